@@ -1,0 +1,177 @@
+"""One list of sample inputs per op, in schema argument order: it feeds the
+correctness tests (every backend against greedyprune.reference) and opcheck.
+
+Odd shapes, every dtype, and the edge cases of DESIGN.md: ties, empty segments,
+k = 0 and k = N, all-zero vectors, segments big enough for the parallel paths.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class Sample:
+    name: str
+    args: tuple
+
+    def __repr__(self) -> str:  # pytest ids
+        return self.name
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def gram(n: int, dtype=torch.float32, rows: int = 64, seed: int = 0) -> torch.Tensor:
+    """Gram of n correlated random contributions (a real problem has correlated neurons)."""
+    g = _gen(seed)
+    basis = torch.randn(rows, max(2, n // 2), generator=g, dtype=torch.float64)
+    mix = torch.randn(max(2, n // 2), n, generator=g, dtype=torch.float64)
+    x = basis @ mix + 0.3 * torch.randn(rows, n, generator=g, dtype=torch.float64)
+    return (x.T @ x / rows).to(dtype)
+
+
+def simplex_point(n: int, nnz: int, seed: int = 1) -> torch.Tensor:
+    g = _gen(seed)
+    a = torch.zeros(n, dtype=torch.float64)
+    idx = torch.randperm(n, generator=g)[:nnz]
+    a[idx] = torch.rand(nnz, generator=g, dtype=torch.float64) + 0.1
+    return a / a.sum()
+
+
+def line_search_samples():
+    out = []
+    for dtype in DTYPES:
+        for n in (1, 7, 33):
+            G = gram(n, dtype, seed=n)
+            w = torch.full((n,), 1.0 / n, dtype=dtype)
+            out.append(Sample(f"{dtype}-N{n}-empty", (G, w, torch.zeros(n, dtype=dtype))))
+            if n > 1:
+                a = simplex_point(n, min(n - 1, 4), seed=n).to(dtype)
+                a = a / a.double().sum().to(dtype)  # re-normalise after rounding
+                out.append(Sample(f"{dtype}-N{n}-simplex", (G, w, a)))
+                e = torch.zeros(n, dtype=dtype)
+                e[n // 2] = 1
+                out.append(Sample(f"{dtype}-N{n}-vertex", (G, w, e)))
+    return out
+
+
+def greedy_local_samples():
+    out = []
+    for dtype in DTYPES:
+        for n, max_neurons, tol, steps in ((1, 1, 0.0, 3), (9, 4, 0.0, 20), (40, 40, 0.0, 200), (33, 20, 1e-3, 5)):
+            G = gram(n, dtype, seed=n + 11)
+            w = torch.full((n,), 1.0 / n, dtype=dtype)
+            out.append(Sample(f"{dtype}-N{n}-max{max_neurons}-tol{tol}-steps{steps}", (G, w, max_neurons, tol, steps)))
+    return out
+
+
+def taylor_samples():
+    out = []
+    shapes = ((5, 7, 3, 3), (3, 5, 17, 17), (4, 6), (2, 3, 1, 129), (0, 4, 3))
+    for dtype in DTYPES:
+        for shape in shapes:
+            g = _gen(len(shape) + shape[1])
+            act = torch.randn(shape, generator=g).to(dtype)
+            grad = torch.randn(shape, generator=g).to(dtype)
+            n = shape[1]
+            a = simplex_point(n, min(n, 3)).to(dtype)
+            for k in sorted({0, min(3, n), n}):
+                out.append(Sample(f"{dtype}-{'x'.join(map(str, shape))}-k{k}", (act, grad, a, k)))
+    # ties: identical channels give identical gr; the lower index must come first
+    act = torch.ones(2, 5, 4)
+    out.append(Sample("ties", (act, torch.ones(2, 5, 4), torch.full((5,), 0.2), 3)))
+    return out
+
+
+def _segments(sizes):
+    return torch.tensor([0] + list(torch.tensor(sizes).cumsum(0).tolist()), dtype=torch.int64)
+
+
+SEGMENT_SIZES = {
+    "small": [5, 0, 17, 1, 64],
+    "mid": [3000, 0, 5001, 7],  # above the no-histogram threshold
+    "big": [70001, 12, 140000],  # parallel histogram path
+}
+
+
+def _values(n: int, dtype, seed: int, ties: bool):
+    g = _gen(seed)
+    v = torch.randn(n, generator=g)
+    if ties:
+        v = torch.round(v * 2) / 2  # few distinct values: many ties
+    return v.to(dtype)
+
+
+def segment_select_samples():
+    out = []
+    for dtype in DTYPES:
+        for name, sizes in SEGMENT_SIZES.items():
+            if name == "big" and dtype not in (torch.float32, torch.float64):
+                continue
+            n = sum(sizes)
+            offsets = _segments(sizes)
+            for ties in (False, True):
+                values = _values(n, dtype, len(sizes), ties)
+                eligible = torch.rand(n, generator=_gen(3)) > 0.4
+                m = torch.tensor([int(eligible[b:e].sum()) for b, e in zip(offsets[:-1], offsets[1:])])
+                full = torch.tensor(sizes, dtype=torch.int64)
+                for largest in (True, False):
+                    tag = f"{dtype}-{name}-ties{ties}-largest{largest}"
+                    out.append(Sample(tag + "-all", (values, offsets, full // 3, None, largest)))
+                    out.append(Sample(tag + "-eligible", (values, offsets, m // 2, eligible, largest)))
+                    out.append(Sample(tag + "-k0-kN", (values, offsets, torch.where(m % 2 == 0, m, 0), eligible, largest)))
+    return out
+
+
+def popup_swap_samples():
+    out = []
+    for dtype in DTYPES:
+        for name, sizes in SEGMENT_SIZES.items():
+            if name == "big" and dtype not in (torch.float32, torch.float64):
+                continue
+            n = sum(sizes)
+            offsets = _segments(sizes)
+            for ties in (False, True):
+                scores = _values(n, dtype, 7, ties)
+                keep = torch.rand(n, generator=_gen(5)) > 0.7
+                for rate in (0.0, 0.37, 1.0):
+                    out.append(Sample(f"{dtype}-{name}-ties{ties}-rate{rate}", (scores, offsets, keep, rate)))
+    # SR-popup's own initialisation: scores 1 (kept) and 0.99 (pruned) give no swap
+    keep = torch.rand(1000, generator=_gen(9)) > 0.5
+    scores = torch.where(keep, torch.tensor(1.0), torch.tensor(0.99))
+    out.append(Sample("init-scores", (scores, _segments([400, 600]), keep, 1.0)))
+    return out
+
+
+def pq_norms_samples():
+    out = []
+    grid = [round(0.1 * i, 1) for i in range(1, 21)]
+    for dtype in DTYPES:
+        for name, sizes in SEGMENT_SIZES.items():
+            if name == "big" and dtype not in (torch.float32, torch.float64):
+                continue
+            n = sum(sizes)
+            offsets = _segments(sizes)
+            w = _values(n, dtype, 11, ties=False)
+            w[: min(n, 40)] = 0  # zeros inside a segment, and an all-zero first segment
+            mask = torch.rand(n, generator=_gen(13)) > 0.3
+            out.append(Sample(f"{dtype}-{name}-p0.5q1", (w, offsets, [0.5, 1.0], None)))
+            out.append(Sample(f"{dtype}-{name}-grid-mask", (w, offsets, grid, mask)))
+            out.append(Sample(f"{dtype}-{name}-irregular", (w, offsets, [0.3, math.pi / 2, 1.0, 7.5], mask)))
+    return out
+
+
+SAMPLES = {
+    "line_search": line_search_samples,
+    "greedy_local": greedy_local_samples,
+    "taylor_scores": taylor_samples,
+    "segment_select": segment_select_samples,
+    "popup_swap": popup_swap_samples,
+    "pq_norms": pq_norms_samples,
+}
