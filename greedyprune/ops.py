@@ -161,6 +161,20 @@ def _check_gram(G, w) -> None:
         raise _arg_error("w", f"must have N = {G.shape[0]} entries (G is N x N), got {w.shape[0]}")
 
 
+_SYMMETRY_TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+
+
+def _check_gram_values(G, w) -> None:
+    """The data checks the C++ kernels make, for the reference backend."""
+    _check_finite(G, "G")
+    _check_finite(w, "w")
+    Gd = G.double()
+    d = Gd.diagonal().abs()
+    tol = _SYMMETRY_TOL.get(G.dtype, 1e-2)
+    if bool(((Gd - Gd.T).abs() > tol * (Gd.abs() + Gd.T.abs() + (d[:, None] * d[None, :]).sqrt())).any()):
+        raise _arg_error("G", "must be symmetric (a Gram matrix)")
+
+
 def line_search(G: torch.Tensor, w: torch.Tensor | None = None, a: torch.Tensor | None = None, *, backend=None) -> LineSearch:
     """Closed-form line search of local imitation over all N candidate neurons at once.
 
@@ -178,13 +192,12 @@ def line_search(G: torch.Tensor, w: torch.Tensor | None = None, a: torch.Tensor 
     if a.shape[0] != G.shape[0]:
         raise _arg_error("a", f"must have N = {G.shape[0]} entries (G is N x N), got {a.shape[0]}")
     if _resolve_backend(backend, G) == "reference":
-        _check_finite(w, "w")
+        _check_gram_values(G, w)
         if bool(((a < 0) | (a > 1)).any()):
             raise _arg_error("a", "entries must lie in [0, 1]")
         s = float(a.double().sum())
         if s != 0 and abs(s - 1) > (1e-2 if a.dtype in (torch.float16, torch.bfloat16) else 1e-4):
             raise _arg_error("a", f"must be all zeros (empty start) or sum to 1 (a point of the simplex), sums to {s}")
-        _check_finite(G, "G")
         return LineSearch(*reference.line_search(G, w, a))
     return LineSearch(*torch.ops.greedyprune.line_search(G, w, a))
 
@@ -218,8 +231,7 @@ def greedy_local(
     if max_steps < 1:
         raise _arg_error("max_steps", f"must be >= 1, got {max_steps}")
     if _resolve_backend(backend, G) == "reference":
-        _check_finite(G, "G")
-        _check_finite(w, "w")
+        _check_gram_values(G, w)
         a, order, losses = reference.greedy_local(G, w, max_neurons, float(tol), max_steps)
     else:
         a, order, losses = torch.ops.greedyprune.greedy_local(G, w, max_neurons, float(tol), max_steps)

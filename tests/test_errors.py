@@ -18,6 +18,7 @@ ACT = torch.randn(2, 3, 4)
 BAD_CALLS = {
     "G not square": (lambda b: ops.line_search(torch.ones(3, 4), backend=b), "G"),
     "G wrong rank": (lambda b: ops.greedy_local(torch.ones(4), W4, backend=b), "G"),
+    "G not symmetric": (lambda b: ops.greedy_local(torch.tensor([[1.0, 0.5], [0.1, 1.0]]), backend=b), "G"),
     "G int dtype": (lambda b: ops.line_search(torch.eye(3, dtype=torch.int32), backend=b), "G"),
     "G non-finite": (lambda b: ops.greedy_local(torch.full((4, 4), math.nan), W4, backend=b), "G"),
     "w wrong length": (lambda b: ops.line_search(G, torch.ones(3), backend=b), "w"),
@@ -65,6 +66,7 @@ def test_bad_input_names_the_argument(backend, case):
 # The C++ checks guard direct torch.ops calls, which skip the Python wrapper.
 DIRECT_BAD_CALLS = {
     "G not square": (lambda o: o.line_search(torch.ones(3, 4), torch.ones(3), torch.zeros(3)), "G"),
+    "G not symmetric": (lambda o: o.line_search(torch.tensor([[1.0, 0.5], [0.1, 1.0]]), torch.ones(2), torch.zeros(2)), "G"),
     "a off the simplex": (lambda o: o.line_search(G, W4, torch.full((4,), 0.5)), "a"),
     "max_neurons": (lambda o: o.greedy_local(G, W4, 9, 0.0, 10), "max_neurons"),
     "grad shape": (lambda o: o.taylor_scores(ACT, torch.randn(2, 3, 5), torch.ones(3), 1), "grad"),

@@ -101,6 +101,30 @@ void check_gram(const at::Tensor& G, const at::Tensor& w) {
   GP_CHECK_ARG(at::isfinite(w).all().item<bool>(), "w", "must be finite");
 }
 
+// G must be symmetric (a Gram matrix): row i stands in for column i. Tiled, so both
+// reads stay in cache; the tolerance allows for GEMMs that sum in different orders.
+template <typename T>
+void check_symmetric(const T* G, int64_t n, double tol) {
+  constexpr int64_t kTile = 64;
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t ti = t0; ti < t1; ++ti)
+      for (int64_t tj = ti; tj < tiles; ++tj)
+        for (int64_t i = ti * kTile; i < std::min(n, (ti + 1) * kTile); ++i)
+          for (int64_t j = std::max(i + 1, tj * kTile); j < std::min(n, (tj + 1) * kTile); ++j) {
+            const double x = static_cast<double>(G[i * n + j]), y = static_cast<double>(G[j * n + i]);
+            const double scale = std::abs(x) + std::abs(y) +
+                                 std::sqrt(std::abs(static_cast<double>(G[i * n + i]) * static_cast<double>(G[j * n + j])));
+            GP_CHECK_ARG(std::abs(x - y) <= tol * scale, "G", "must be symmetric (a Gram matrix), but G[", i, ", ", j,
+                         "] = ", x, " and G[", j, ", ", i, "] = ", y);
+          }
+  });
+}
+
+double symmetry_tolerance(at::ScalarType dt) {
+  return dt == at::kDouble ? 1e-9 : dt == at::kFloat ? 1e-5 : 1e-2;
+}
+
 void check_finite_products(const double* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
     GP_CHECK_ARG(std::isfinite(x[i]), "G", "must be finite (G @ w or G @ a is not at row ", i, ")");
@@ -129,6 +153,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> line_search_cpu(const at::Tensor&
   auto opts = ad.options();
   at::Tensor u = at::empty({n}, opts), v = at::empty({n}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Gc.scalar_type(), "line_search_cpu", [&] {
+    check_symmetric(Gc.data_ptr<scalar_t>(), n, symmetry_tolerance(Gc.scalar_type()));
     gram_matvec<scalar_t, true>(Gc.data_ptr<scalar_t>(), n, pa, u.data_ptr<double>(), wd.data_ptr<double>(),
                                 v.data_ptr<double>());
   });
@@ -176,6 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> greedy_local_cpu(const at::Tensor
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Gc.scalar_type(), "greedy_local_cpu", [&] {
     const scalar_t* pG = Gc.data_ptr<scalar_t>();
+    check_symmetric(pG, n, symmetry_tolerance(Gc.scalar_type()));
     gram_matvec<scalar_t, false>(pG, n, wd.data_ptr<double>(), pv, nullptr, nullptr);
     check_finite_products(pv, n);
     const double* pw = wd.data_ptr<double>();

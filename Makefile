@@ -1,0 +1,43 @@
+# Entry points on a fresh machine (README): `make demo` runs the main job,
+# `make test` runs every check CI runs. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The local CPU wheel; any other torch spec pulls GBs of CUDA packages.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test pytest ctest cuda-check bench
+
+$(VENV)/.deps:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" ninja numpy tqdm pytest pytest-benchmark hypothesis expecttest
+	touch $@
+
+install: $(VENV)/.deps
+	$(PY) -m pip install -q --no-build-isolation -e .
+
+demo: install
+	$(PY) benchmarks/run.py --quick
+
+test: cuda-check ctest pytest
+
+pytest: install
+	$(PY) -m pytest
+
+ctest: install
+	cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build/cmake -j2
+	ctest --test-dir build/cmake --output-on-failure
+
+# Compile-checks every CUDA source for sm_80 and sm_90 (no GPU needed).
+cuda-check:
+	@if ! command -v nvcc >/dev/null; then echo "cuda-check skipped: nvcc not found"; exit 0; fi; \
+	n=0; for f in $$(find csrc -name '*.cu' | sort); do \
+	  for arch in 80 90; do \
+	    nvcc -std=c++17 -O3 -c "$$f" -o /dev/null -gencode arch=compute_$$arch,code=sm_$$arch || exit 1; \
+	  done; n=$$((n+1)); \
+	done; echo "cuda-check: $$n .cu file(s) compiled for sm_80 and sm_90"
+
+bench: install
+	$(PY) benchmarks/run.py --write-results
