@@ -35,8 +35,9 @@ def want_cuda():
 
 
 # Exact float semantics (no FMA contraction) keep CPU results reproducible against
-# the float64 oracle; -fno-math-errno lets sqrt vectorize; OpenMP drives at::parallel_for.
-cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"] + cpu_arch_flags()
+# the float64 oracle; -fno-math-errno and -fno-trapping-math (no FP exception traps
+# are used) let sqrt and branch-free selects vectorize; OpenMP drives at::parallel_for.
+cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"] + cpu_arch_flags()
 sources = ["csrc/greedyprune.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
 

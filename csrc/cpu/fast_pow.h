@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "accumulate.h"
+
 namespace greedyprune {
 
 // log2(x) for x > 0, denormals included (x = 0 gives about -151: callers mask zeros).
-inline float fast_log2(float x) {
+GP_ALWAYS_INLINE float fast_log2(float x) {
   const bool denormal = x < 1.17549435e-38f;
   x = denormal ? x * 16777216.0f : x;  // 2^24
   uint32_t u;
@@ -32,7 +34,7 @@ inline float fast_log2(float x) {
 
 // 2^y for y <= 0; results below 2^-126 are returned as 2^-126 (callers scale
 // inputs into [0, 1], so such terms are negligible next to the largest, which is 1).
-inline float fast_exp2_nonpositive(float y) {
+GP_ALWAYS_INLINE float fast_exp2_nonpositive(float y) {
   y = y < -126.0f ? -126.0f : y;
   const float n = std::floor(y + 0.5f);
   const float f = y - n;  // [-0.5, 0.5)

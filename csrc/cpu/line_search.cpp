@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../checks.h"
 
@@ -23,68 +24,85 @@ struct Scalars {
   bool empty;  // a == 0: the first step takes the whole simplex (gamma = 1)
 };
 
-inline void candidate(double diag, double u, double v, double a, const Scalars& s,
-                      double& gamma, double& loss) {
-  if (s.empty) {
-    gamma = 1.0;
-    loss = diag - 2 * v + s.wGw;
-    return;
+// First index of the smallest entry, or -1 when none is below inf. Lane-wise so it
+// vectorizes: each lane keeps its first minimum, and ties between lanes go to the lower index.
+int64_t first_argmin(const double* x, int64_t n) {
+  constexpr int kL = 8;
+  double m[kL];
+  int64_t idx[kL];
+  for (int l = 0; l < kL; ++l) {
+    m[l] = kInf;
+    idx[l] = -1;
   }
-  const double rd = (u - v) - (s.aGa - s.aGw);
-  const double dd = diag - 2 * u + s.aGa;
-  if (dd <= kDirectionEps * (std::abs(diag) + std::abs(s.aGa)) || a >= 1.0) {
-    gamma = 0.0;
-    loss = kInf;
-    return;
-  }
-  const double r2 = s.aGa - 2 * s.aGw + s.wGw;
-  const double lo = a > 0 ? -a / (1 - a) : 0.0;
-  gamma = std::min(std::max(-rd / dd, lo), 1.0);
-  loss = r2 + 2 * gamma * rd + gamma * gamma * dd;
+  int64_t j = 0;
+  for (; j + kL <= n; j += kL)
+    for (int l = 0; l < kL; ++l) {
+      const bool lower = x[j + l] < m[l];
+      m[l] = lower ? x[j + l] : m[l];
+      idx[l] = lower ? j + l : idx[l];
+    }
+  for (; j < n; ++j)
+    if (x[j] < m[0]) {
+      m[0] = x[j];
+      idx[0] = j;
+    }
+  int64_t best = -1;
+  double best_m = kInf;
+  for (int l = 0; l < kL; ++l)
+    if (m[l] < best_m || (m[l] == best_m && idx[l] >= 0 && idx[l] < best)) {
+      best_m = m[l];
+      best = idx[l];
+    }
+  return best;
 }
 
-// Evaluates every candidate; returns the first index of the smallest finite loss, or -1.
-int64_t evaluate_all(const double* diag, const double* u, const double* v, const double* a,
-                     const Scalars& s, int64_t n, double* gamma, double* loss) {
-  int64_t best = -1;
-  double best_loss = kInf;
-  for (int64_t i = 0; i < n; ++i) {
-    candidate(diag[i], u[i], v[i], a[i], s, gamma[i], loss[i]);
-    if (loss[i] < best_loss) {
-      best_loss = loss[i];
-      best = i;
+// gamma_i and loss_i of the move towards e_i for every i (DESIGN.md section 1;
+// loss = inf marks a skipped candidate). Branch-free, so it vectorizes; returns
+// the first index of the smallest loss, or -1.
+int64_t evaluate_all(const double* __restrict diag, const double* __restrict u, const double* __restrict v,
+                     const double* __restrict a, const Scalars& s, int64_t n, double* __restrict gamma,
+                     double* __restrict loss) {
+  if (s.empty) {
+    for (int64_t i = 0; i < n; ++i) {
+      gamma[i] = 1.0;
+      loss[i] = diag[i] - 2 * v[i] + s.wGw;
     }
+    return first_argmin(loss, n);
   }
-  return best;
+  const double c = s.aGa - s.aGw;
+  const double r2 = s.aGa - 2 * s.aGw + s.wGw;
+  const double abs_aGa = std::abs(s.aGa);
+  for (int64_t i = 0; i < n; ++i) {
+    const double rd = (u[i] - v[i]) - c;
+    const double dd = diag[i] - 2 * u[i] + s.aGa;
+    const double removal = -a[i] / (1 - a[i]);
+    const double lo = a[i] > 0 ? removal : 0.0;
+    const double step = -rd / dd;
+    const double above_lo = step < lo ? lo : step;  // clip to [lo, 1] with selects
+    const double g = above_lo > 1.0 ? 1.0 : above_lo;
+    const double l = r2 + 2 * g * rd + g * g * dd;
+    const bool skip = (dd <= kDirectionEps * (std::abs(diag[i]) + abs_aGa)) | (a[i] >= 1.0);  // no branch
+    gamma[i] = skip ? 0.0 : g;
+    loss[i] = skip ? kInf : l;
+  }
+  return first_argmin(loss, n);
 }
 
 // gx = G x (and gy = G y when kTwo) in float64, one read of G; rows in parallel.
 template <typename T, bool kTwo>
 void gram_matvec(const T* G, int64_t n, const double* x, double* gx, const double* y, double* gy) {
-  constexpr int kLanes = 8;
   at::parallel_for(0, n, 64, [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
-      const T* row = G + i * n;
-      double ax[kLanes] = {}, ay[kLanes] = {};
-      int64_t j = 0;
-      for (; j + kLanes <= n; j += kLanes)
-        for (int l = 0; l < kLanes; ++l) {
-          const double g = static_cast<double>(row[j + l]);
-          ax[l] += g * x[j + l];
-          if (kTwo) ay[l] += g * y[j + l];
-        }
+      const T* __restrict row = G + i * n;
       double sx = 0, sy = 0;
-      for (; j < n; ++j) {
+#pragma omp simd reduction(+ : sx, sy)
+      for (int64_t j = 0; j < n; ++j) {
         const double g = static_cast<double>(row[j]);
         sx += g * x[j];
-        if (kTwo) sy += g * y[j];
-      }
-      for (int l = 0; l < kLanes; ++l) {
-        sx += ax[l];
-        sy += ay[l];
+        if constexpr (kTwo) sy += g * y[j];
       }
       gx[i] = sx;
-      if (kTwo) gy[i] = sy;
+      if constexpr (kTwo) gy[i] = sy;
     }
   });
 }
@@ -101,24 +119,46 @@ void check_gram(const at::Tensor& G, const at::Tensor& w) {
   GP_CHECK_ARG(at::isfinite(w).all().item<bool>(), "w", "must be finite");
 }
 
-// G must be symmetric (a Gram matrix): row i stands in for column i. Tiled, so both
-// reads stay in cache; the tolerance allows for GEMMs that sum in different orders.
+// G must be symmetric (a Gram matrix): row i stands in for column i. Checked by
+// comparing G x with G^T x for a fixed pseudo-random probe x: both are contiguous
+// passes over G (a pairwise compare would read G with stride N), and any asymmetry
+// A with A x below tolerance is vanishingly unlikely. The tolerance allows for
+// GEMMs that sum in different orders. On failure the offending pair is located.
 template <typename T>
 void check_symmetric(const T* G, int64_t n, double tol) {
-  constexpr int64_t kTile = 64;
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t ti = t0; ti < t1; ++ti)
-      for (int64_t tj = ti; tj < tiles; ++tj)
-        for (int64_t i = ti * kTile; i < std::min(n, (ti + 1) * kTile); ++i)
-          for (int64_t j = std::max(i + 1, tj * kTile); j < std::min(n, (tj + 1) * kTile); ++j) {
-            const double x = static_cast<double>(G[i * n + j]), y = static_cast<double>(G[j * n + i]);
-            const double scale = std::abs(x) + std::abs(y) +
-                                 std::sqrt(std::abs(static_cast<double>(G[i * n + i]) * static_cast<double>(G[j * n + j])));
-            GP_CHECK_ARG(std::abs(x - y) <= tol * scale, "G", "must be symmetric (a Gram matrix), but G[", i, ", ", j,
-                         "] = ", x, " and G[", j, ", ", i, "] = ", y);
-          }
+  std::vector<double> x(n), gx(n), mag(n), gtx(n, 0.0);
+  for (int64_t j = 0; j < n; ++j) x[j] = static_cast<double>((static_cast<uint64_t>(j) * 2654435761u) & 0xffffffffu) / 4294967296.0 - 0.5;
+  at::parallel_for(0, n, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const T* __restrict row = G + i * n;
+      double dot = 0, abs_dot = 0;
+#pragma omp simd reduction(+ : dot, abs_dot)
+      for (int64_t j = 0; j < n; ++j) {
+        const double g = static_cast<double>(row[j]);
+        dot += g * x[j];
+        abs_dot += std::abs(g) * std::abs(x[j]);
+      }
+      gx[i] = dot;
+      mag[i] = abs_dot;
+    }
   });
+  // G^T x by column blocks: each block accumulates over all rows, contiguously.
+  at::parallel_for(0, n, 256, [&](int64_t c0, int64_t c1) {
+    for (int64_t i = 0; i < n; ++i) {
+      const T* row = G + i * n;
+      for (int64_t j = c0; j < c1; ++j) gtx[j] += static_cast<double>(row[j]) * x[i];
+    }
+  });
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= std::abs(gx[i] - gtx[i]) <= 2 * tol * mag[i] + 1e-300;
+  if (ok) return;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = i + 1; j < n; ++j) {
+      const double a = static_cast<double>(G[i * n + j]), b = static_cast<double>(G[j * n + i]);
+      GP_CHECK_ARG(std::abs(a - b) <= tol * (std::abs(a) + std::abs(b)), "G", "must be symmetric (a Gram matrix), but G[", i,
+                   ", ", j, "] = ", a, " and G[", j, ", ", i, "] = ", b);
+    }
+  GP_CHECK_ARG(false, "G", "must be symmetric (a Gram matrix): G x and G^T x differ beyond rounding");
 }
 
 double symmetry_tolerance(at::ScalarType dt) {

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -81,117 +82,190 @@ PowerPlan plan_powers(const std::vector<double>& powers) {
 }
 
 template <typename C>
-inline C log2_of(C x) {
+GP_ALWAYS_INLINE C log2_of(C x) {
   return std::log2(x);
 }
 template <>
-inline float log2_of<float>(float x) {
+GP_ALWAYS_INLINE float log2_of<float>(float x) {
   return fast_log2(x);
 }
 template <typename C>
-inline C exp2_of(C y) {
+GP_ALWAYS_INLINE C exp2_of(C y) {
   return std::exp2(y);
 }
 template <>
-inline float exp2_of<float>(float y) {
+GP_ALWAYS_INLINE float exp2_of<float>(float y) {
   return fast_exp2_nonpositive(y);
 }
 
-// x^base for x in [0, 1]; zero stays zero.
+// Bits of |x|: for non-negative floats the IEEE bit patterns order like unsigned
+// integers, and inf / NaN patterns lie above every finite one.
 template <typename C>
-inline C base_pow(C x, BaseKind kind, C base) {
+struct AbsBits;
+template <>
+struct AbsBits<float> {
+  using type = uint32_t;
+  static constexpr uint32_t kInfinity = 0x7f800000u;
+};
+template <>
+struct AbsBits<double> {
+  using type = uint64_t;
+  static constexpr uint64_t kInfinity = 0x7ff0000000000000ull;
+};
+
+// Pass 1 over a piece: the largest masked |w| as one integer max reduction (it
+// vectorizes), which also tells whether a masked |w| is inf or NaN.
+template <typename T, bool kMasked>
+typename ComputeType<T>::type piece_max(const T* w, const bool* mask, int64_t b, int64_t e, bool& bad) {
+  using C = typename ComputeType<T>::type;
+  using U = typename AbsBits<C>::type;
+  U m = 0;
+  for (int64_t j = b; j < e; ++j) {
+    const C a = std::abs(static_cast<C>(w[j]));
+    U u;
+    std::memcpy(&u, &a, sizeof(u));
+    u = kMasked ? (mask[j] ? u : U(0)) : u;
+    m = m < u ? u : m;
+  }
+  bad = m >= AbsBits<C>::kInfinity;
+  C mx;
+  std::memcpy(&mx, &m, sizeof(mx));
+  return mx;
+}
+
+// xs[j] = (|w[rb + j]| / max)^base, zero where masked out: one fused loop per kind,
+// so each vectorizes.
+template <typename T, bool kMasked>
+void scaled_pow(const T* w, const bool* mask, int64_t rb, int64_t len, typename ComputeType<T>::type inv,
+                BaseKind kind, typename ComputeType<T>::type base, typename ComputeType<T>::type* xs) {
+  using C = typename ComputeType<T>::type;
+  auto scaled = [&](int64_t j) {
+    const C x = std::abs(static_cast<C>(w[rb + j])) * inv;
+    return kMasked ? (mask[rb + j] ? x : C(0)) : x;
+  };
   switch (kind) {
     case BaseKind::kOne:
-      return x;
+      for (int64_t j = 0; j < len; ++j) xs[j] = scaled(j);
+      return;
     case BaseKind::kSqrt:
-      return std::sqrt(x);
+      for (int64_t j = 0; j < len; ++j) xs[j] = std::sqrt(scaled(j));
+      return;
     case BaseKind::kSquare:
-      return x * x;
-    default:
-      return x > 0 ? exp2_of(base * log2_of(x)) : C(0);
+      for (int64_t j = 0; j < len; ++j) {
+        const C x = scaled(j);
+        xs[j] = x * x;
+      }
+      return;
+    case BaseKind::kGeneral:  // two loops: fused, the compiler gives up on vectorizing it
+      for (int64_t j = 0; j < len; ++j) xs[j] = scaled(j);
+      for (int64_t j = 0; j < len; ++j) {
+        const C y = exp2_of(base * log2_of(xs[j]));  // garbage for 0, masked out next
+        xs[j] = xs[j] > C(0) ? y : C(0);
+      }
+      return;
   }
 }
 
+// Chains of up to kShortChain multiples: sums of xs^1 .. xs^K in one pass, one
+// scalar SIMD reduction per power (an array reduction would shuffle lanes).
+constexpr int kShortChain = 4;
+template <typename C, int K>
+void short_chain(const C* __restrict xs, int64_t len, C (&out)[kShortChain]) {
+  C s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+#pragma omp simd reduction(+ : s1, s2, s3, s4)
+  for (int64_t j = 0; j < len; ++j) {
+    const C x = xs[j];
+    C y = x;
+    s1 += y;
+    if constexpr (K > 1) s2 += (y *= x);
+    if constexpr (K > 2) s3 += (y *= x);
+    if constexpr (K > 3) s4 += (y *= x);
+  }
+  out[0] = s1;
+  out[1] = s2;
+  out[2] = s3;
+  out[3] = s4;
+}
+
+// ys *= xs, returning sum(ys): one pass per multiple of a long chain.
 template <typename C>
-inline void lane_add(C (&acc)[kLanes], const C* y, int64_t len) {
-  int64_t j = 0;
-  for (; j + kLanes <= len; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += y[j + l];
-  for (; j < len; ++j) acc[0] += y[j];
+C chain_step(C* __restrict ys, const C* __restrict xs, int64_t len) {
+  C s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < len; ++j) {
+    ys[j] *= xs[j];
+    s += ys[j];
+  }
+  return s;
+}
+
+// sum over j of xs[j]^p from lx = log2(xs), zero where xs is zero.
+template <typename C>
+C direct_power_sum(const C* __restrict xs, const C* __restrict lx, int64_t len, C p) {
+  C s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < len; ++j) {
+    const C y = exp2_of(p * lx[j]);
+    s += xs[j] > C(0) ? y : C(0);
+  }
+  return s;
 }
 
 // log sums of every term over the masked entries of w[b, e), and their count.
-template <typename T>
+// `totals` is scratch for the U float64 sums.
+template <typename T, bool kMasked>
 void piece_log_sums(const T* w, const bool* mask, int64_t b, int64_t e, const PowerPlan& plan, double* logs,
-                    int64_t& count) {
+                    int64_t& count, std::vector<double>& totals) {
   using C = typename ComputeType<T>::type;
   const int U = static_cast<int>(plan.power.size());
-  // Pass 1: the largest masked |w|, the count, and a check for non-finite values.
-  C lane_max[kLanes] = {};
   bool bad = false;
-  int64_t cnt = 0;
-  {
-    int64_t j = b;
-    for (; j + kLanes <= e; j += kLanes)
-      for (int l = 0; l < kLanes; ++l) {
-        const bool on = mask == nullptr || mask[j + l];
-        const C x = on ? std::abs(static_cast<C>(w[j + l])) : C(0);
-        cnt += on;
-        bad |= !(x <= std::numeric_limits<C>::max());
-        lane_max[l] = x > lane_max[l] ? x : lane_max[l];
-      }
-    for (; j < e; ++j) {
-      const bool on = mask == nullptr || mask[j];
-      const C x = on ? std::abs(static_cast<C>(w[j])) : C(0);
-      cnt += on;
-      bad |= !(x <= std::numeric_limits<C>::max());
-      lane_max[0] = x > lane_max[0] ? x : lane_max[0];
-    }
-  }
+  const C mx = piece_max<T, kMasked>(w, mask, b, e, bad);
   GP_CHECK_ARG(!bad, "w", "must be finite where it is masked in (a non-finite value lies in [", b, ", ", e, "))");
-  count = cnt;
-  const C mx = *std::max_element(lane_max, lane_max + kLanes);
+  count = kMasked ? std::count(mask + b, mask + e, true) : e - b;
   if (mx == 0) {
     std::fill(logs, logs + U, kNegInf);
     return;
   }
-  // Pass 2 (the piece is in cache now): scaled terms in float lanes, runs flushed to float64.
+  // Pass 2 (the piece is in cache now): every term lies in [0, 1] after scaling by
+  // 1/max; each run's float sums are flushed into float64.
   const C inv = C(1) / mx;
   const C base = static_cast<C>(plan.base);
-  std::vector<double> total(U, 0.0);
+  const int kmax = plan.chain ? *std::max_element(plan.multiple.begin(), plan.multiple.end()) : 0;
+  totals.assign(U, 0.0);
+  auto flush = [&](int k, C run) {  // chain mode: multiple k; direct mode: term k
+    const int u = plan.chain ? plan.term_at_multiple[k] : k;
+    if (u >= 0) totals[u] += static_cast<double>(run);
+  };
   C xs[kRunLength], ys[kRunLength];
   for (int64_t rb = b; rb < e; rb += kRunLength) {
     const int64_t len = std::min<int64_t>(kRunLength, e - rb);
-    for (int64_t j = 0; j < len; ++j) {
-      const bool on = mask == nullptr || mask[rb + j];
-      xs[j] = on ? std::abs(static_cast<C>(w[rb + j])) * inv : C(0);
-    }
     if (plan.chain) {
-      for (int64_t j = 0; j < len; ++j) xs[j] = base_pow(xs[j], plan.kind, base);
-      const int kmax = plan.multiple.empty() ? 0 : *std::max_element(plan.multiple.begin(), plan.multiple.end());
-      for (int64_t j = 0; j < len; ++j) ys[j] = xs[j];
-      for (int k = 1; k <= kmax; ++k) {
-        if (k > 1)
-          for (int64_t j = 0; j < len; ++j) ys[j] *= xs[j];
-        const int u = plan.term_at_multiple[k];
-        if (u < 0) continue;
-        C acc[kLanes] = {};
-        lane_add(acc, ys, len);
-        for (int l = 0; l < kLanes; ++l) total[u] += static_cast<double>(acc[l]);
+      scaled_pow<T, kMasked>(w, mask, rb, len, inv, plan.kind, base, xs);
+      if (kmax <= kShortChain) {
+        C runs[kShortChain];
+        switch (kmax) {
+          case 1: short_chain<C, 1>(xs, len, runs); break;
+          case 2: short_chain<C, 2>(xs, len, runs); break;
+          case 3: short_chain<C, 3>(xs, len, runs); break;
+          default: short_chain<C, 4>(xs, len, runs); break;
+        }
+        for (int k = 1; k <= kmax; ++k) flush(k, runs[k - 1]);
+        continue;
       }
+      std::copy(xs, xs + len, ys);
+      C run = 0;
+#pragma omp simd reduction(+ : run)
+      for (int64_t j = 0; j < len; ++j) run += xs[j];
+      flush(1, run);
+      for (int k = 2; k <= kmax; ++k) flush(k, chain_step(ys, xs, len));
     } else {
-      for (int64_t j = 0; j < len; ++j) xs[j] = xs[j] > 0 ? log2_of(xs[j]) : -std::numeric_limits<C>::infinity();
-      for (int u = 0; u < U; ++u) {
-        const C p = static_cast<C>(plan.power[u]);
-        for (int64_t j = 0; j < len; ++j) ys[j] = xs[j] > -std::numeric_limits<C>::infinity() ? exp2_of(p * xs[j]) : C(0);
-        C acc[kLanes] = {};
-        lane_add(acc, ys, len);
-        for (int l = 0; l < kLanes; ++l) total[u] += static_cast<double>(acc[l]);
-      }
+      scaled_pow<T, kMasked>(w, mask, rb, len, inv, BaseKind::kOne, base, xs);
+      for (int64_t j = 0; j < len; ++j) ys[j] = log2_of(xs[j]);
+      for (int u = 0; u < U; ++u) flush(u, direct_power_sum(xs, ys, len, static_cast<C>(plan.power[u])));
     }
   }
   const double log_mx = std::log(static_cast<double>(mx));
-  for (int u = 0; u < U; ++u) logs[u] = total[u] > 0 ? plan.power[u] * log_mx + std::log(total[u]) : kNegInf;
+  for (int u = 0; u < U; ++u) logs[u] = totals[u] > 0 ? plan.power[u] * log_mx + std::log(totals[u]) : kNegInf;
 }
 
 inline double log_add_exp(double x, double y) {
@@ -229,7 +303,9 @@ std::tuple<at::Tensor, at::Tensor> pq_norms_cpu(const at::Tensor& w, const at::T
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, wc.scalar_type(), "pq_norms_cpu", [&] {
     const scalar_t* pw = wc.data_ptr<scalar_t>();
+    auto piece = pm ? piece_log_sums<scalar_t, true> : piece_log_sums<scalar_t, false>;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<double> totals;
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
         int64_t l = std::upper_bound(po + 1, po + L + 1, lo) - (po + 1);
@@ -237,11 +313,11 @@ std::tuple<at::Tensor, at::Tensor> pq_norms_cpu(const at::Tensor& w, const at::T
           const int64_t pb = std::max(lo, po[l]), pe = std::min(hi, po[l + 1]);
           if (pb >= pe) continue;
           if (po[l] >= lo && po[l + 1] <= hi) {
-            piece_log_sums(pw, pm, pb, pe, plan, terms.data() + l * U, counts[l]);
+            piece(pw, pm, pb, pe, plan, terms.data() + l * U, counts[l], totals);
           } else {
             const int64_t slot = po[l] < lo ? 2 * c : 2 * c + 1;
             edge_seg[slot] = l;
-            piece_log_sums(pw, pm, pb, pe, plan, edge_logs.data() + slot * U, edge_count[slot]);
+            piece(pw, pm, pb, pe, plan, edge_logs.data() + slot * U, edge_count[slot], totals);
           }
         }
       }
