@@ -106,17 +106,23 @@ def offsets_from_sizes(sizes: Sequence[int], device=None) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)]).to(device)
 
 
-def _offsets(offsets, n: int, n_arg: str, device) -> torch.Tensor:
-    """None means one segment over everything; checks the structure (host-side, small)."""
+def _offsets(offsets, n: int, device) -> torch.Tensor:
+    """None means one segment over everything. Structure only: the kernels check
+    the values (start 0, end n, non-decreasing); see _check_offset_values."""
     if offsets is None:
         return torch.tensor([0, n], dtype=torch.int64, device=device)
     offsets = torch.as_tensor(offsets, device=device)
     if offsets.dtype != torch.int64:
         raise _arg_error("offsets", f"must be int64, got {offsets.dtype}")
     _check_dim(offsets, 1, "offsets")
-    o = offsets.tolist()
-    if not o:
+    if offsets.numel() == 0:
         raise _arg_error("offsets", "must hold at least one entry (L+1 for L segments)")
+    return offsets
+
+
+def _check_offset_values(offsets: torch.Tensor, n: int, n_arg: str) -> None:
+    """The value checks of the C++ kernels, for the reference backend."""
+    o = offsets.tolist()
     if o[0] != 0:
         raise _arg_error("offsets", f"must start at 0, got {o[0]}")
     if o[-1] != n:
@@ -125,7 +131,6 @@ def _offsets(offsets, n: int, n_arg: str, device) -> torch.Tensor:
     if bad:
         i = bad[0]
         raise _arg_error("offsets", f"must be non-decreasing, but offsets[{i}] = {o[i]} < offsets[{i - 1}] = {o[i - 1]}")
-    return offsets
 
 
 # --------------------------------------------------------------- line search
@@ -307,7 +312,7 @@ def segment_select(
     _check_float(values, "values")
     _check_dim(values, 1, "values")
     n = values.numel()
-    offsets = _offsets(offsets, n, "values", values.device)
+    offsets = _offsets(offsets, n, values.device)
     L = offsets.numel() - 1
     k = torch.as_tensor(k, dtype=torch.int64, device=values.device)
     k = k.expand(L).contiguous() if k.dim() == 0 else k
@@ -317,6 +322,7 @@ def segment_select(
     if eligible is not None:
         _check_bool(eligible, n, "eligible", "values")
     if _resolve_backend(backend, values) == "reference":
+        _check_offset_values(offsets, n, "values")
         _check_no_nan(values, "values")
         counts = [int(x) for x in (eligible if eligible is not None else torch.ones_like(values, dtype=torch.bool))
                   .to(torch.int64).cumsum(0).tolist()] if n else []
@@ -340,13 +346,14 @@ def popup_swap(scores: torch.Tensor, keep: torch.Tensor, rate: float, offsets=No
     _check_float(scores, "scores")
     _check_dim(scores, 1, "scores")
     n = scores.numel()
-    offsets = _offsets(offsets, n, "scores", scores.device)
+    offsets = _offsets(offsets, n, scores.device)
     _check_bool(keep, n, "keep", "scores")
     _check_dim(keep, 1, "keep")
     rate = float(rate)
     if not (math.isfinite(rate) and 0 <= rate <= 1):
         raise _arg_error("rate", f"must lie in [0, 1], got {rate}")
     if _resolve_backend(backend, scores) == "reference":
+        _check_offset_values(offsets, n, "scores")
         _check_no_nan(scores, "scores")
         return PopupSwap(*reference.popup_swap(scores, offsets, keep, rate))
     return PopupSwap(*torch.ops.greedyprune.popup_swap(scores, offsets, keep, rate))
@@ -378,13 +385,14 @@ def pq_norms(w: torch.Tensor, powers, offsets=None, mask: torch.Tensor | None = 
     """
     _check_float(w, "w")
     n = w.numel()
-    offsets = _offsets(offsets, n, "w", w.device)
+    offsets = _offsets(offsets, n, w.device)
     powers = _check_powers(powers)
     if mask is not None:
         _check_bool(mask, n, "mask", "w")
         mask = mask.reshape(-1)
     flat = w.reshape(-1)
     if _resolve_backend(backend, w) == "reference":
+        _check_offset_values(offsets, n, "w")
         _check_finite(flat if mask is None else flat[mask], "w")
         return PQNorms(*reference.pq_norms(flat, offsets, powers, mask))
     return PQNorms(*torch.ops.greedyprune.pq_norms(flat, offsets, powers, mask))

@@ -32,10 +32,10 @@ GP_ALWAYS_INLINE float fast_log2(float x) {
   return e + t * series;
 }
 
-// 2^y for y <= 0; results below 2^-126 are returned as 2^-126 (callers scale
-// inputs into [0, 1], so such terms are negligible next to the largest, which is 1).
-GP_ALWAYS_INLINE float fast_exp2_nonpositive(float y) {
-  y = y < -126.0f ? -126.0f : y;
+// 2^y for y in [-126, 127]; y is clamped to that range, so callers keep results
+// away from its ends (pq_norms checks the range of every piece, or scales it).
+GP_ALWAYS_INLINE float fast_exp2(float y) {
+  y = y < -126.0f ? -126.0f : (y > 127.0f ? 127.0f : y);
   const float n = std::floor(y + 0.5f);
   const float f = y - n;  // [-0.5, 0.5)
   // e^(f ln 2) by its Taylor series to degree 7: error < 6e-9 on this interval.

@@ -95,7 +95,7 @@ GP_ALWAYS_INLINE C exp2_of(C y) {
 }
 template <>
 GP_ALWAYS_INLINE float exp2_of<float>(float y) {
-  return fast_exp2_nonpositive(y);
+  return fast_exp2(y);
 }
 
 // Bits of |x|: for non-negative floats the IEEE bit patterns order like unsigned
@@ -166,6 +166,63 @@ void scaled_pow(const T* w, const bool* mask, int64_t rb, int64_t len, typename 
   }
 }
 
+// One pass over a piece for short chains: sums of |w|^(k base), k = 1 .. K, without
+// scaling, plus the largest |w| as an integer max (see piece_max). Valid only when
+// that max keeps every term of the float arithmetic in range: the caller checks.
+template <typename T, bool kMasked, BaseKind kKind, int K>
+typename ComputeType<T>::type fused_short_chain(const T* w, const bool* mask, int64_t b, int64_t e,
+                                                typename ComputeType<T>::type base, double (&totals)[4]) {
+  using C = typename ComputeType<T>::type;
+  using U = typename AbsBits<C>::type;
+  U m = 0;
+  for (int64_t rb = b; rb < e; rb += kRunLength) {
+    const int64_t re = std::min(e, rb + kRunLength);
+    C s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+#pragma omp simd reduction(+ : s1, s2, s3, s4) reduction(max : m)
+    for (int64_t j = rb; j < re; ++j) {
+      const C a = std::abs(static_cast<C>(w[j]));
+      const C x = kMasked ? (mask[j] ? a : C(0)) : a;
+      U u;
+      std::memcpy(&u, &x, sizeof(u));
+      m = m < u ? u : m;
+      C xb;
+      if constexpr (kKind == BaseKind::kOne) {
+        xb = x;
+      } else if constexpr (kKind == BaseKind::kSqrt) {
+        xb = std::sqrt(x);
+      } else if constexpr (kKind == BaseKind::kSquare) {
+        xb = x * x;
+      } else {
+        const C y = exp2_of(base * log2_of(x));
+        xb = x > C(0) ? y : C(0);
+      }
+      C y = xb;
+      s1 += y;
+      if constexpr (K > 1) s2 += (y *= xb);
+      if constexpr (K > 2) s3 += (y *= xb);
+      if constexpr (K > 3) s4 += (y *= xb);
+    }
+    totals[0] += s1;
+    totals[1] += s2;
+    totals[2] += s3;
+    totals[3] += s4;
+  }
+  C mx;
+  std::memcpy(&mx, &m, sizeof(mx));
+  return mx;
+}
+
+template <typename T, bool kMasked, BaseKind kKind>
+typename ComputeType<T>::type fused_short_chain(int kmax, const T* w, const bool* mask, int64_t b, int64_t e,
+                                                typename ComputeType<T>::type base, double (&totals)[4]) {
+  switch (kmax) {
+    case 1: return fused_short_chain<T, kMasked, kKind, 1>(w, mask, b, e, base, totals);
+    case 2: return fused_short_chain<T, kMasked, kKind, 2>(w, mask, b, e, base, totals);
+    case 3: return fused_short_chain<T, kMasked, kKind, 3>(w, mask, b, e, base, totals);
+    default: return fused_short_chain<T, kMasked, kKind, 4>(w, mask, b, e, base, totals);
+  }
+}
+
 // Chains of up to kShortChain multiples: sums of xs^1 .. xs^K in one pass, one
 // scalar SIMD reduction per power (an array reduction would shuffle lanes).
 constexpr int kShortChain = 4;
@@ -218,10 +275,37 @@ void piece_log_sums(const T* w, const bool* mask, int64_t b, int64_t e, const Po
                     int64_t& count, std::vector<double>& totals) {
   using C = typename ComputeType<T>::type;
   const int U = static_cast<int>(plan.power.size());
+  count = kMasked ? std::count(mask + b, mask + e, true) : e - b;
+  const int kmax = plan.chain ? *std::max_element(plan.multiple.begin(), plan.multiple.end()) : 0;
+  const C base = static_cast<C>(plan.base);
+  if (plan.chain && kmax <= kShortChain) {
+    // Fast path: one unscaled pass. It stands when the largest |w| keeps the float
+    // terms well inside their range (|log2 of a term| <= 100); otherwise, or on a
+    // non-finite value, the piece is redone below with scaling.
+    double sums[4] = {};
+    C mx = 0;
+    switch (plan.kind) {
+      case BaseKind::kOne: mx = fused_short_chain<T, kMasked, BaseKind::kOne>(kmax, w, mask, b, e, base, sums); break;
+      case BaseKind::kSqrt: mx = fused_short_chain<T, kMasked, BaseKind::kSqrt>(kmax, w, mask, b, e, base, sums); break;
+      case BaseKind::kSquare: mx = fused_short_chain<T, kMasked, BaseKind::kSquare>(kmax, w, mask, b, e, base, sums); break;
+      case BaseKind::kGeneral: mx = fused_short_chain<T, kMasked, BaseKind::kGeneral>(kmax, w, mask, b, e, base, sums); break;
+    }
+    const double log2_mx = std::log2(static_cast<double>(mx));
+    if (mx == 0) {
+      std::fill(logs, logs + U, kNegInf);
+      return;
+    }
+    if (std::isfinite(log2_mx) && log2_mx * plan.base * kmax <= 100 && log2_mx * plan.base >= -100) {
+      for (int u = 0; u < U; ++u) {
+        const double total = sums[plan.multiple[u] - 1];
+        logs[u] = total > 0 ? std::log(total) : kNegInf;
+      }
+      return;
+    }
+  }
   bool bad = false;
   const C mx = piece_max<T, kMasked>(w, mask, b, e, bad);
   GP_CHECK_ARG(!bad, "w", "must be finite where it is masked in (a non-finite value lies in [", b, ", ", e, "))");
-  count = kMasked ? std::count(mask + b, mask + e, true) : e - b;
   if (mx == 0) {
     std::fill(logs, logs + U, kNegInf);
     return;
@@ -229,8 +313,6 @@ void piece_log_sums(const T* w, const bool* mask, int64_t b, int64_t e, const Po
   // Pass 2 (the piece is in cache now): every term lies in [0, 1] after scaling by
   // 1/max; each run's float sums are flushed into float64.
   const C inv = C(1) / mx;
-  const C base = static_cast<C>(plan.base);
-  const int kmax = plan.chain ? *std::max_element(plan.multiple.begin(), plan.multiple.end()) : 0;
   totals.assign(U, 0.0);
   auto flush = [&](int k, C run) {  // chain mode: multiple k; direct mode: term k
     const int u = plan.chain ? plan.term_at_multiple[k] : k;

@@ -19,14 +19,25 @@ namespace {
 template <typename T>
 void channel_dots(const T* act, const T* grad, int64_t B, int64_t N, int64_t S, double* r) {
   if (S >= kRunLength / 4) {
-    // Each (b, i) is a contiguous run of S elements: channels in parallel.
-    at::parallel_for(0, N, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t i = c0; i < c1; ++i) {
-        double s = 0;
-        for (int64_t b = 0; b < B; ++b) s += dot_accurate(act + (b * N + i) * S, grad + (b * N + i) * S, S);
-        r[i] = s;
+    // Tiles of (kBatchGroup samples x kChannelBlock channels) read memory in order;
+    // their fixed sizes make the sums independent of the thread count.
+    constexpr int64_t kBatchGroup = 4, kChannelBlock = 32;
+    const int64_t groups = (B + kBatchGroup - 1) / kBatchGroup;
+    const int64_t blocks = (N + kChannelBlock - 1) / kChannelBlock;
+    std::vector<double> partial(groups * N, 0.0);
+    at::parallel_for(0, groups * blocks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t g = t / blocks, c0 = (t % blocks) * kChannelBlock, c1 = std::min(N, c0 + kChannelBlock);
+        for (int64_t b = g * kBatchGroup; b < std::min(B, (g + 1) * kBatchGroup); ++b)
+          for (int64_t i = c0; i < c1; ++i)
+            partial[g * N + i] += dot_accurate(act + (b * N + i) * S, grad + (b * N + i) * S, S);
       }
     });
+    for (int64_t i = 0; i < N; ++i) {
+      double s = 0;
+      for (int64_t g = 0; g < groups; ++g) s += partial[g * N + i];
+      r[i] = s;
+    }
     return;
   }
   // Short runs (Linear layers, tiny maps): accumulate columns over the batch in float64.
