@@ -8,10 +8,11 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install demo test pytest ctest cuda-check bench
 
-$(VENV)/.deps:
+# Re-run when this file changes (a new dependency reaches existing venvs too).
+$(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" ninja numpy tqdm pytest pytest-benchmark hypothesis expecttest
+	$(PY) -m pip install -q "$(TORCH_SPEC)" triton==3.9.0 ninja numpy tqdm pytest pytest-benchmark hypothesis expecttest
 	touch $@
 
 install: $(VENV)/.deps

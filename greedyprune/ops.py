@@ -32,14 +32,16 @@ except ImportError as _err:  # pragma: no cover - exercised only in broken insta
         stacklevel=2,
     )
 
-BACKENDS = ("auto", "cpu", "reference")
+from . import triton as _triton
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _default_backend = "auto"
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def set_backend(name: str) -> None:
-    """Set the process-wide default backend ("auto", "cpu" or "reference")."""
+    """Set the process-wide default backend: "auto", "cpu", "cuda", "triton" or "reference"."""
     global _default_backend
     _default_backend = _check_backend_name(name)
 
@@ -54,20 +56,57 @@ def _check_backend_name(name: str) -> str:
     return name
 
 
-def _resolve_backend(backend: str | None, t: torch.Tensor) -> str:
+def _has_cuda_kernel(op: str) -> bool:
+    return HAS_C and torch._C._dispatch_has_kernel_for_dispatch_key(f"greedyprune::{op}", "CUDA")
+
+
+def _triton_serves(op: str, t: torch.Tensor) -> bool:
+    on_device = t.device.type == "cuda" or (_triton.INTERPRETED and t.device.type == "cpu")
+    return _triton.HAS_TRITON and op in _triton.OPS and on_device
+
+
+def _resolve_backend(op: str, backend: str | None, t: torch.Tensor) -> str:
+    """The backend that runs `op` on tensors like `t`; a clear error if the choice cannot."""
     name = _check_backend_name(backend or _default_backend)
+    device = t.device.type
+    if name == "auto":
+        if device == "cpu":
+            return "cpu" if HAS_C else "reference"
+        if _has_cuda_kernel(op):
+            return "cuda"
+        if _triton_serves(op, t):
+            return "triton"
+        raise RuntimeError(f"greedyprune: no backend serves {op} on {t.device}: this build has no CUDA kernels "
+                           f"and Triton {'has no kernel for it' if _triton.HAS_TRITON else 'is not installed'}")
     if name == "reference":
-        return name
-    if not HAS_C:
-        if name == "cpu":
+        if device != "cpu":
+            raise RuntimeError(f"greedyprune: backend 'reference' runs on CPU tensors, got {t.device}")
+    elif name == "cpu":
+        if not HAS_C:
             raise RuntimeError("greedyprune: backend 'cpu' needs the compiled extension greedyprune._C")
-        return "reference"
-    if t.device.type != "cpu":
-        raise RuntimeError(
-            f"greedyprune: backend {name!r} cannot serve tensors on {t.device}: "
-            "this build has CPU kernels only (see README, 'Building with CUDA')"
-        )
-    return "cpu"
+        if device != "cpu":
+            raise RuntimeError(f"greedyprune: backend 'cpu' cannot serve tensors on {t.device}")
+    elif name == "cuda":
+        if device != "cuda" or not _has_cuda_kernel(op):
+            raise RuntimeError(f"greedyprune: backend 'cuda' cannot serve {op} on {t.device}: it needs CUDA tensors "
+                               "and a build with CUDA kernels (see README, 'Building')")
+    elif not _triton_serves(op, t):
+        raise RuntimeError(f"greedyprune: backend 'triton' cannot serve {op} on {t.device}: it needs triton, an op "
+                           f"among {_triton.OPS}, and CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)")
+    return name
+
+
+# Backends whose data checks (offsets, NaN, simplex, symmetry) run here, not in a C++ kernel.
+_PYTHON_CHECKED = ("reference", "triton")
+
+
+def _call(op: str, name: str, *args):
+    """Run op on the resolved backend: the dispatcher picks the CPU or CUDA kernel."""
+    if name == "reference":
+        return getattr(reference, op)(*args)
+    if name == "triton":
+        return getattr(torch.ops.greedyprune_triton, op)(*args)
+    return getattr(torch.ops.greedyprune, op)(*args)
 
 
 def _arg_error(arg: str, msg: str) -> ValueError:
@@ -196,15 +235,15 @@ def line_search(G: torch.Tensor, w: torch.Tensor | None = None, a: torch.Tensor 
     _check_dim(a, 1, "a")
     if a.shape[0] != G.shape[0]:
         raise _arg_error("a", f"must have N = {G.shape[0]} entries (G is N x N), got {a.shape[0]}")
-    if _resolve_backend(backend, G) == "reference":
+    name = _resolve_backend("line_search", backend, G)
+    if name in _PYTHON_CHECKED:
         _check_gram_values(G, w)
         if bool(((a < 0) | (a > 1)).any()):
             raise _arg_error("a", "entries must lie in [0, 1]")
         s = float(a.double().sum())
         if s != 0 and abs(s - 1) > (1e-2 if a.dtype in (torch.float16, torch.bfloat16) else 1e-4):
             raise _arg_error("a", f"must be all zeros (empty start) or sum to 1 (a point of the simplex), sums to {s}")
-        return LineSearch(*reference.line_search(G, w, a))
-    return LineSearch(*torch.ops.greedyprune.line_search(G, w, a))
+    return LineSearch(*_call("line_search", name, G, w, a))
 
 
 def greedy_local(
@@ -235,11 +274,10 @@ def greedy_local(
     max_steps = 4 * max_neurons if max_steps is None else int(max_steps)
     if max_steps < 1:
         raise _arg_error("max_steps", f"must be >= 1, got {max_steps}")
-    if _resolve_backend(backend, G) == "reference":
+    name = _resolve_backend("greedy_local", backend, G)
+    if name in _PYTHON_CHECKED:
         _check_gram_values(G, w)
-        a, order, losses = reference.greedy_local(G, w, max_neurons, float(tol), max_steps)
-    else:
-        a, order, losses = torch.ops.greedyprune.greedy_local(G, w, max_neurons, float(tol), max_steps)
+    a, order, losses = _call("greedy_local", name, G, w, max_neurons, float(tol), max_steps)
     steps = int((order >= 0).sum())
     return GreedyPath(a, order[:steps], losses[:steps])
 
@@ -275,9 +313,7 @@ def taylor_scores(act: torch.Tensor, grad: torch.Tensor, a: torch.Tensor, k: int
     k = int(k)
     if not 0 <= k <= n:
         raise _arg_error("k", f"must lie in [0, N = {n}], got {k}")
-    if _resolve_backend(backend, act) == "reference":
-        return TaylorScores(*reference.taylor_scores(act, grad, a, k))
-    return TaylorScores(*torch.ops.greedyprune.taylor_scores(act, grad, a, k))
+    return TaylorScores(*_call("taylor_scores", _resolve_backend("taylor_scores", backend, act), act, grad, a, k))
 
 
 # ---------------------------------------------------------- segmented select
@@ -321,7 +357,8 @@ def segment_select(
         raise _arg_error("k", f"must have one entry per segment ({L}), got {k.numel()}")
     if eligible is not None:
         _check_bool(eligible, n, "eligible", "values")
-    if _resolve_backend(backend, values) == "reference":
+    name = _resolve_backend("segment_select", backend, values)
+    if name in _PYTHON_CHECKED:
         _check_offset_values(offsets, n, "values")
         _check_no_nan(values, "values")
         counts = [int(x) for x in (eligible if eligible is not None else torch.ones_like(values, dtype=torch.bool))
@@ -331,8 +368,7 @@ def segment_select(
             m = (counts[o[seg + 1] - 1] if o[seg + 1] else 0) - (counts[o[seg] - 1] if o[seg] else 0)
             if not 0 <= int(k[seg]) <= m:
                 raise _arg_error("k", f"must lie in [0, eligible entries of the segment]: segment {seg} has {m}, k = {int(k[seg])}")
-        return reference.segment_select(values, offsets, k, eligible, largest)
-    return torch.ops.greedyprune.segment_select(values, offsets, k, eligible, bool(largest))
+    return _call("segment_select", name, values, offsets, k, eligible, bool(largest))
 
 
 def popup_swap(scores: torch.Tensor, keep: torch.Tensor, rate: float, offsets=None, *, backend=None) -> PopupSwap:
@@ -352,11 +388,11 @@ def popup_swap(scores: torch.Tensor, keep: torch.Tensor, rate: float, offsets=No
     rate = float(rate)
     if not (math.isfinite(rate) and 0 <= rate <= 1):
         raise _arg_error("rate", f"must lie in [0, 1], got {rate}")
-    if _resolve_backend(backend, scores) == "reference":
+    name = _resolve_backend("popup_swap", backend, scores)
+    if name in _PYTHON_CHECKED:
         _check_offset_values(offsets, n, "scores")
         _check_no_nan(scores, "scores")
-        return PopupSwap(*reference.popup_swap(scores, offsets, keep, rate))
-    return PopupSwap(*torch.ops.greedyprune.popup_swap(scores, offsets, keep, rate))
+    return PopupSwap(*_call("popup_swap", name, scores, offsets, keep, rate))
 
 
 # -------------------------------------------------------------- PQ norms
@@ -391,11 +427,11 @@ def pq_norms(w: torch.Tensor, powers, offsets=None, mask: torch.Tensor | None = 
         _check_bool(mask, n, "mask", "w")
         mask = mask.reshape(-1)
     flat = w.reshape(-1)
-    if _resolve_backend(backend, w) == "reference":
+    name = _resolve_backend("pq_norms", backend, w)
+    if name in _PYTHON_CHECKED:
         _check_offset_values(offsets, n, "w")
         _check_finite(flat if mask is None else flat[mask], "w")
-        return PQNorms(*reference.pq_norms(flat, offsets, powers, mask))
-    return PQNorms(*torch.ops.greedyprune.pq_norms(flat, offsets, powers, mask))
+    return PQNorms(*_call("pq_norms", name, flat, offsets, powers, mask))
 
 
 def pq_index_from_log_sums(log_sum_p: torch.Tensor, log_sum_q: torch.Tensor, counts: torch.Tensor, p: float, q: float) -> torch.Tensor:
