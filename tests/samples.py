@@ -108,40 +108,40 @@ def _values(n: int, dtype, seed: int, ties: bool):
     return v.to(dtype)
 
 
-def segment_select_samples():
-    out = []
+def _segment_layouts():
+    """(dtype, layout name, sizes, n, offsets) for every dtype and segment layout
+    (the big layout in 32/64-bit floats only: it exists for the parallel paths)."""
     for dtype in DTYPES:
         for name, sizes in SEGMENT_SIZES.items():
             if name == "big" and dtype not in (torch.float32, torch.float64):
                 continue
-            n = sum(sizes)
-            offsets = _segments(sizes)
-            for ties in (False, True):
-                values = _values(n, dtype, len(sizes), ties)
-                eligible = torch.rand(n, generator=_gen(3)) > 0.4
-                m = torch.tensor([int(eligible[b:e].sum()) for b, e in zip(offsets[:-1], offsets[1:])])
-                full = torch.tensor(sizes, dtype=torch.int64)
-                for largest in (True, False):
-                    tag = f"{dtype}-{name}-ties{ties}-largest{largest}"
-                    out.append(Sample(tag + "-all", (values, offsets, full // 3, None, largest)))
-                    out.append(Sample(tag + "-eligible", (values, offsets, m // 2, eligible, largest)))
-                    out.append(Sample(tag + "-k0-kN", (values, offsets, torch.where(m % 2 == 0, m, 0), eligible, largest)))
+            yield dtype, name, sizes, sum(sizes), _segments(sizes)
+
+
+def segment_select_samples():
+    out = []
+    for dtype, name, sizes, n, offsets in _segment_layouts():
+        for ties in (False, True):
+            values = _values(n, dtype, len(sizes), ties)
+            eligible = torch.rand(n, generator=_gen(3)) > 0.4
+            m = torch.tensor([int(eligible[b:e].sum()) for b, e in zip(offsets[:-1], offsets[1:])])
+            full = torch.tensor(sizes, dtype=torch.int64)
+            for largest in (True, False):
+                tag = f"{dtype}-{name}-ties{ties}-largest{largest}"
+                out.append(Sample(tag + "-all", (values, offsets, full // 3, None, largest)))
+                out.append(Sample(tag + "-eligible", (values, offsets, m // 2, eligible, largest)))
+                out.append(Sample(tag + "-k0-kN", (values, offsets, torch.where(m % 2 == 0, m, 0), eligible, largest)))
     return out
 
 
 def popup_swap_samples():
     out = []
-    for dtype in DTYPES:
-        for name, sizes in SEGMENT_SIZES.items():
-            if name == "big" and dtype not in (torch.float32, torch.float64):
-                continue
-            n = sum(sizes)
-            offsets = _segments(sizes)
-            for ties in (False, True):
-                scores = _values(n, dtype, 7, ties)
-                keep = torch.rand(n, generator=_gen(5)) > 0.7
-                for rate in (0.0, 0.37, 1.0):
-                    out.append(Sample(f"{dtype}-{name}-ties{ties}-rate{rate}", (scores, offsets, keep, rate)))
+    for dtype, name, sizes, n, offsets in _segment_layouts():
+        for ties in (False, True):
+            scores = _values(n, dtype, 7, ties)
+            keep = torch.rand(n, generator=_gen(5)) > 0.7
+            for rate in (0.0, 0.37, 1.0):
+                out.append(Sample(f"{dtype}-{name}-ties{ties}-rate{rate}", (scores, offsets, keep, rate)))
     # SR-popup's own initialisation: scores 1 (kept) and 0.99 (pruned) give no swap
     keep = torch.rand(1000, generator=_gen(9)) > 0.5
     scores = torch.where(keep, torch.tensor(1.0), torch.tensor(0.99))
@@ -152,18 +152,13 @@ def popup_swap_samples():
 def pq_norms_samples():
     out = []
     grid = [round(0.1 * i, 1) for i in range(1, 21)]
-    for dtype in DTYPES:
-        for name, sizes in SEGMENT_SIZES.items():
-            if name == "big" and dtype not in (torch.float32, torch.float64):
-                continue
-            n = sum(sizes)
-            offsets = _segments(sizes)
-            w = _values(n, dtype, 11, ties=False)
-            w[: min(n, 40)] = 0  # zeros inside a segment, and an all-zero first segment
-            mask = torch.rand(n, generator=_gen(13)) > 0.3
-            out.append(Sample(f"{dtype}-{name}-p0.5q1", (w, offsets, [0.5, 1.0], None)))
-            out.append(Sample(f"{dtype}-{name}-grid-mask", (w, offsets, grid, mask)))
-            out.append(Sample(f"{dtype}-{name}-irregular", (w, offsets, [0.3, math.pi / 2, 1.0, 7.5], mask)))
+    for dtype, name, sizes, n, offsets in _segment_layouts():
+        w = _values(n, dtype, 11, ties=False)
+        w[: min(n, 40)] = 0  # zeros inside a segment, and an all-zero first segment
+        mask = torch.rand(n, generator=_gen(13)) > 0.3
+        out.append(Sample(f"{dtype}-{name}-p0.5q1", (w, offsets, [0.5, 1.0], None)))
+        out.append(Sample(f"{dtype}-{name}-grid-mask", (w, offsets, grid, mask)))
+        out.append(Sample(f"{dtype}-{name}-irregular", (w, offsets, [0.3, math.pi / 2, 1.0, 7.5], mask)))
     return out
 
 
