@@ -10,9 +10,11 @@
 
 namespace greedyprune {
 
+// NaN keys lie outside [kMin, kMax], the keys of -inf and +inf.
 template <typename T>
 struct OrderKey {  // float32, float16, bfloat16: exact through float32
   using type = uint32_t;
+  static constexpr uint32_t kMin = ~0xff800000u, kMax = 0x7f800000u | 0x80000000u;
   static inline uint32_t of(T value) {
     float f = static_cast<float>(value);
     if (f == 0.0f) f = 0.0f;
@@ -25,6 +27,7 @@ struct OrderKey {  // float32, float16, bfloat16: exact through float32
 template <>
 struct OrderKey<double> {
   using type = uint64_t;
+  static constexpr uint64_t kMin = ~0xfff0000000000000ull, kMax = 0x7ff0000000000000ull | 0x8000000000000000ull;
   static inline uint64_t of(double d) {
     if (d == 0.0) d = 0.0;
     uint64_t u;

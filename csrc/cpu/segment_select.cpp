@@ -1,7 +1,9 @@
 // CPU kernels of segmented selection (DESIGN.md section 3): `segment_select`
 // (k largest/smallest eligible entries per segment) and `popup_swap` (the SR-popup
-// restricted swap). Selection is a radix histogram on order keys followed by an
-// nth_element over the one bin that holds the threshold: no full sort.
+// restricted swap). Two passes per segment, no sort: a radix histogram of the
+// order keys (with the counts and the NaN check) finds the bin of the threshold;
+// a second pass decides every entry outside that bin by its bin alone and
+// gathers the bin's entries, among which nth_element places the threshold.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -17,8 +19,7 @@
 namespace greedyprune {
 namespace {
 
-constexpr int64_t kGrain = 1 << 16;         // entries per parallel chunk, at least
-constexpr int64_t kSmallSegment = 1 << 12;  // below this, skip the histogram
+constexpr int64_t kGrain = 1 << 16;  // entries per parallel chunk, at least
 
 // The selection order: larger key first, then lower index.
 template <typename K>
@@ -51,76 +52,88 @@ int64_t for_chunks(int64_t b, int64_t e, F&& f) {
   return chunks;
 }
 
-template <typename K, typename F>
-std::vector<Entry<K>> gather(int64_t b, int64_t e, F&& take) {
-  std::vector<std::vector<Entry<K>>> parts(std::max<int64_t>(1, at::get_num_threads()));
-  const int64_t chunks = for_chunks(b, e, [&](int64_t c, int64_t lo, int64_t hi) {
-    for (int64_t j = lo; j < hi; ++j) take(j, parts[c]);
-  });
-  std::vector<Entry<K>> all = std::move(parts[0]);
-  for (int64_t c = 1; c < chunks; ++c) all.insert(all.end(), parts[c].begin(), parts[c].end());
-  return all;
-}
-
-// The k-th best eligible entry of [b, e) (1 <= k <= number of eligible entries).
-template <typename K, typename KeyAt, typename Eligible>
-Entry<K> kth_best(int64_t b, int64_t e, int64_t k, KeyAt key_at, Eligible eligible) {
-  std::vector<Entry<K>> cand;
-  int64_t need = k;
-  if (e - b <= kSmallSegment) {
-    for (int64_t j = b; j < e; ++j)
-      if (eligible(j)) cand.push_back({key_at(j), j});
-  } else {
-    const int bits = e - b > (1 << 20) ? 16 : 12;
-    const int shift = static_cast<int>(sizeof(K)) * 8 - bits;
-    const int64_t bins = int64_t{1} << bits;
-    std::vector<int64_t> hist(std::max<int64_t>(1, at::get_num_threads()) * bins, 0);
-    const int64_t chunks = for_chunks(b, e, [&](int64_t c, int64_t lo, int64_t hi) {
-      int64_t* h = hist.data() + c * bins;
-      for (int64_t j = lo; j < hi; ++j)
-        if (eligible(j)) ++h[key_at(j) >> shift];
-    });
-    int64_t bin = bins - 1, above = 0;
-    for (;; --bin) {
-      int64_t count = 0;
-      for (int64_t c = 0; c < chunks; ++c) count += hist[c * bins + bin];
-      if (above + count >= k) break;
-      above += count;
-    }
-    need = k - above;
-    cand = gather<K>(b, e, [&](int64_t j, std::vector<Entry<K>>& out) {
-      if (eligible(j)) {
-        const K key = key_at(j);
-        if (static_cast<int64_t>(key >> shift) == bin) out.push_back({key, j});
-      }
-    });
+// Per-chunk lists of entries, concatenated in chunk order.
+template <typename K, int kLists>
+struct ChunkLists {
+  std::vector<std::vector<Entry<K>>> lists[kLists];
+  ChunkLists() {
+    for (auto& l : lists) l.resize(std::max<int64_t>(1, at::get_num_threads()));
   }
+  std::vector<Entry<K>> merged(int which, int64_t chunks) {
+    std::vector<Entry<K>> all = std::move(lists[which][0]);
+    for (int64_t c = 1; c < chunks; ++c) all.insert(all.end(), lists[which][c].begin(), lists[which][c].end());
+    return all;
+  }
+};
+
+// Radix view of one segment [b, e): order keys of `values` (flipped for
+// "smallest first") and a histogram of their top bits.
+template <typename T, bool kFlip>
+struct SegmentRadix {
+  using K = typename OrderKey<T>::type;
+  const T* values;
+  int64_t b, e;
+  int shift;
+  int64_t bins;
+  std::vector<int64_t> hist;
+
+  SegmentRadix(const T* v, int64_t b_, int64_t e_) : values(v), b(b_), e(e_) {
+    const int bits = e - b > (1 << 20) ? 16 : e - b > (1 << 12) ? 12 : 4;
+    shift = static_cast<int>(sizeof(K)) * 8 - bits;
+    bins = int64_t{1} << bits;
+  }
+  K key(int64_t j) const {
+    const K k = OrderKey<T>::of(values[j]);
+    return kFlip ? static_cast<K>(~k) : k;
+  }
+  int64_t bin(K key) const { return static_cast<int64_t>(key >> shift); }
+
+  // Pass 1: histogram of the eligible keys; returns how many entries satisfy
+  // count_if. Fails on NaN (its key lies outside the keys of -inf .. +inf).
+  template <typename Eligible, typename CountIf>
+  int64_t histogram(Eligible eligible, CountIf count_if, const char* arg) {
+    const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
+    std::vector<int64_t> local(slots * bins, 0), counted(slots, 0);
+    std::vector<char> nan(slots, 0);
+    const int64_t chunks = for_chunks(b, e, [&](int64_t c, int64_t lo, int64_t hi) {
+      int64_t* h = local.data() + c * bins;
+      int64_t n = 0;
+      bool bad = false;
+      for (int64_t j = lo; j < hi; ++j) {
+        const K raw = OrderKey<T>::of(values[j]);
+        bad |= (raw < OrderKey<T>::kMin) | (raw > OrderKey<T>::kMax);
+        if (eligible(j)) ++h[bin(kFlip ? static_cast<K>(~raw) : raw)];
+        n += count_if(j) ? 1 : 0;
+      }
+      counted[c] = n;
+      nan[c] = bad;
+    });
+    hist.assign(bins, 0);
+    int64_t total = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      GP_CHECK_ARG(!nan[c], arg, "must not contain NaN (segment starting at ", b, ")");
+      total += counted[c];
+      for (int64_t i = 0; i < bins; ++i) hist[i] += local[c * bins + i];
+    }
+    return total;
+  }
+
+  // The bin that holds the k-th best eligible entry (1 <= k <= eligible entries),
+  // and that entry's rank inside the bin.
+  std::pair<int64_t, int64_t> find(int64_t k) const {
+    int64_t above = 0;
+    for (int64_t i = bins - 1;; --i) {
+      if (above + hist[i] >= k) return {i, k - above};
+      above += hist[i];
+    }
+  }
+};
+
+// The need-th best of the gathered entries of the threshold bin.
+template <typename K>
+Entry<K> threshold(std::vector<Entry<K>>& cand, int64_t need) {
   std::nth_element(cand.begin(), cand.begin() + (need - 1), cand.end(), better<K>);
   return cand[need - 1];
-}
-
-// Counts the entries of [b, e) where pred holds; fails on a NaN value.
-template <typename T, typename P>
-int64_t count_checked(const T* values, int64_t b, int64_t e, P pred, const char* arg) {
-  std::vector<int64_t> counts(std::max<int64_t>(1, at::get_num_threads()), 0);
-  std::vector<char> nan(counts.size(), 0);
-  const int64_t chunks = for_chunks(b, e, [&](int64_t c, int64_t lo, int64_t hi) {
-    int64_t n = 0;
-    bool bad = false;
-    for (int64_t j = lo; j < hi; ++j) {
-      n += pred(j) ? 1 : 0;
-      const float v = static_cast<float>(values[j]);
-      bad |= v != v;
-    }
-    counts[c] = n;
-    nan[c] = bad;
-  });
-  int64_t total = 0;
-  for (int64_t c = 0; c < chunks; ++c) {
-    GP_CHECK_ARG(!nan[c], arg, "must not contain NaN (segment starting at ", b, ")");
-    total += counts[c];
-  }
-  return total;
 }
 
 // Big segments one at a time with parallel passes inside; small ones in parallel.
@@ -142,24 +155,32 @@ template <typename T, bool kLargest>
 void select_segment(const T* values, const bool* eligible, int64_t k, int64_t b, int64_t e, bool* out) {
   using K = typename OrderKey<T>::type;
   auto is_eligible = [eligible](int64_t j) { return eligible == nullptr || eligible[j]; };
-  const int64_t m = count_checked(values, b, e, is_eligible, "values");
+  SegmentRadix<T, !kLargest> radix(values, b, e);
+  const int64_t m = radix.histogram(is_eligible, is_eligible, "values");
   GP_CHECK_ARG(k >= 0 && k <= m, "k", "must lie in [0, eligible entries of the segment]: segment [", b, ", ",
                e, ") has ", m, " eligible entries, k = ", k);
   if (k == 0) return;
-  auto key_at = [values](int64_t j) {
-    const K key = OrderKey<T>::of(values[j]);
-    return kLargest ? key : static_cast<K>(~key);
-  };
   if (k == m) {
     for_chunks(b, e, [&](int64_t, int64_t lo, int64_t hi) {
       for (int64_t j = lo; j < hi; ++j) out[j] = is_eligible(j);
     });
     return;
   }
-  const Entry<K> t = kth_best<K>(b, e, k, key_at, is_eligible);
-  for_chunks(b, e, [&](int64_t, int64_t lo, int64_t hi) {
-    for (int64_t j = lo; j < hi; ++j) out[j] = is_eligible(j) && at_or_above(key_at(j), j, t);
+  const auto [bin, need] = radix.find(k);
+  // Pass 2: bins above the threshold's are selected, bins below are not; gather its bin.
+  ChunkLists<K, 1> lists;
+  const int64_t chunks = for_chunks(b, e, [&](int64_t c, int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+      if (!is_eligible(j)) continue;
+      const K key = radix.key(j);
+      const int64_t kb = radix.bin(key);
+      out[j] = kb > bin;
+      if (kb == bin) lists.lists[0][c].push_back({key, j});
+    }
   });
+  std::vector<Entry<K>> cand = lists.merged(0, chunks);
+  const Entry<K> t = threshold(cand, need);
+  for (const Entry<K>& x : cand) out[x.idx] = at_or_above(x.key, x.idx, t);
 }
 
 at::Tensor segment_select_cpu(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& k,
@@ -199,27 +220,33 @@ at::Tensor segment_select_cpu(const at::Tensor& values, const at::Tensor& offset
 template <typename T>
 int64_t popup_segment(const T* scores, const bool* keep, int64_t b, int64_t e, double rate, bool* out) {
   using K = typename OrderKey<T>::type;
-  const int64_t n = count_checked(scores, b, e, [keep](int64_t j) { return keep[j]; }, "scores");
+  SegmentRadix<T, false> radix(scores, b, e);
+  const int64_t n = radix.histogram([](int64_t) { return true; }, [keep](int64_t j) { return keep[j]; }, "scores");
   if (n == 0 || n == e - b) return 0;
-  auto key_at = [scores](int64_t j) { return OrderKey<T>::of(scores[j]); };
-  const Entry<K> t = kth_best<K>(b, e, n, key_at, [](int64_t) { return true; });
-  // Phi* (kept, would be dropped) and Psi* (pruned, would be revived) in one pass.
-  std::vector<Entry<K>> phi, psi;
-  {
-    const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
-    std::vector<std::vector<Entry<K>>> phis(slots), psis(slots);
-    const int64_t chunks = for_chunks(b, e, [&](int64_t c, int64_t lo, int64_t hi) {
-      for (int64_t j = lo; j < hi; ++j) {
-        const K key = key_at(j);
-        const bool top = at_or_above(key, j, t);
-        if (keep[j] && !top) phis[c].push_back({key, j});
-        if (!keep[j] && top) psis[c].push_back({key, j});
-      }
-    });
-    for (int64_t c = 0; c < chunks; ++c) {
-      phi.insert(phi.end(), phis[c].begin(), phis[c].end());
-      psi.insert(psi.end(), psis[c].begin(), psis[c].end());
+  const auto [bin, need] = radix.find(n);
+  // Pass 2: Phi* (kept, would be dropped) and Psi* (pruned, would be revived) are
+  // decided by bin outside the threshold's bin; its own entries are gathered.
+  enum { kCand, kPhi, kPsi };
+  ChunkLists<K, 3> lists;
+  const int64_t chunks = for_chunks(b, e, [&](int64_t c, int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+      const K key = radix.key(j);
+      const int64_t kb = radix.bin(key);
+      if (kb == bin)
+        lists.lists[kCand][c].push_back({key, j});
+      else if (keep[j] && kb < bin)
+        lists.lists[kPhi][c].push_back({key, j});
+      else if (!keep[j] && kb > bin)
+        lists.lists[kPsi][c].push_back({key, j});
     }
+  });
+  std::vector<Entry<K>> cand = lists.merged(kCand, chunks), phi = lists.merged(kPhi, chunks),
+                        psi = lists.merged(kPsi, chunks);
+  const Entry<K> t = threshold(cand, need);
+  for (const Entry<K>& x : cand) {
+    const bool top = at_or_above(x.key, x.idx, t);
+    if (keep[x.idx] && !top) phi.push_back(x);
+    if (!keep[x.idx] && top) psi.push_back(x);
   }
   TORCH_INTERNAL_ASSERT(phi.size() == psi.size(), "popup_swap: |Phi*| != |Psi*|");
   const int64_t s = static_cast<int64_t>(psi.size());

@@ -1,0 +1,37 @@
+// Plain-CUDA launchers of the greedyprune kernels (no torch headers: the .cu files compile
+// with nvcc alone). Contracts: DESIGN.md, "The ops". Every launcher only enqueues work on
+// `stream` (no host synchronisation) and returns cudaGetLastError() after its launches.
+// Pointers are device pointers unless said otherwise; `workspace` is scratch device memory
+// of at least the matching *_workspace_bytes() (may be null when that is 0).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace greedyprune::cuda {
+
+enum class DType { kFloat32, kFloat16, kBFloat16 };
+
+// pq_norms: for each segment l of w (offsets[l] .. offsets[l+1]) and each power p_j,
+// log_sums[l * ld + j] = log sum |w|^p_j over entries where mask is true (mask == nullptr:
+// all), -inf for empty or all-zero segments; counts[l] = number of masked-in entries.
+// offsets: [num_segments + 1] int64, already validated (0 .. n, non-decreasing).
+// powers: host array of num_powers finite values > 0 (any number; passes of 64).
+// *nonfinite (device int) is zeroed, then set to 1 when a masked-in |w| is inf or NaN;
+// the outputs are meaningless in that case.
+size_t pq_norms_workspace_bytes(int64_t n, int num_powers);
+cudaError_t pq_norms(const void* w, DType dtype, const bool* mask, int64_t n, const int64_t* offsets,
+                     int64_t num_segments, const double* powers, int num_powers, double* log_sums, int64_t ld,
+                     int64_t* counts, int* nonfinite, void* workspace, cudaStream_t stream);
+
+// taylor_scores: act and grad are contiguous [B, N, S] of `dtype`; a is float32 [N].
+// r[i] = sum_{b,s} act * grad (accumulated in float64, stored as float32),
+// gr[i] = r[i] - sum_j a_j r_j (in float64), topk[0 .. k) = the k channels with the most
+// negative gr in ascending order (ties: lowest index), 0 <= k <= N.
+size_t taylor_scores_workspace_bytes(int64_t B, int64_t N, int64_t S);
+cudaError_t taylor_scores(const void* act, const void* grad, DType dtype, const float* a, int64_t B, int64_t N,
+                          int64_t S, int64_t k, float* r, float* gr, int64_t* topk, void* workspace,
+                          cudaStream_t stream);
+
+}  // namespace greedyprune::cuda
