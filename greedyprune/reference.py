@@ -189,6 +189,8 @@ def pq_norms(w, offsets, powers, mask=None):
     for s, (b, e) in enumerate(segs):
         xs = x[b:e] if mask is None else x[b:e][mask.reshape(-1)[b:e]]
         counts[s] = xs.numel()
+        # log sum x^p = p log M + log sum (x/M)^p with M = max x: no under- or overflow
+        m = xs.max() if xs.numel() else torch.tensor(0.0, dtype=torch.float64)
         for j, p in enumerate(powers):
-            log_sums[s, j] = torch.log(torch.sum(xs**p))
+            log_sums[s, j] = p * torch.log(m) + torch.log(torch.sum((xs / m) ** p)) if m > 0 else -math.inf
     return log_sums, counts

@@ -109,6 +109,20 @@ def test_ten_million_entries_with_p_one_tenth_stay_finite():
     torch.testing.assert_close(ops.pq_norms(w, [0.1, 1.0]).log_sums, ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1e-40, 1e-300, 1e30])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extreme_magnitudes_match_float64(backend, scale, dtype):
+    """Subnormal or huge largest |w| (float32 subnormal below 1.2e-38): no overflow of 1/max."""
+    w = (torch.randn(3000, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * scale).to(dtype)
+    if not bool(torch.isfinite(w).all()) or not bool((w != 0).any()):
+        pytest.skip(f"{scale} is outside {dtype}")
+    powers = [0.1, 1.0, 2.0, 7.5]
+    offsets = torch.tensor([0, 1000, 3000])
+    got = ops.pq_norms(w, powers, offsets, backend=backend).log_sums
+    exact = reference.pq_norms(w, offsets, powers)[0]
+    torch.testing.assert_close(got, exact, rtol=0, atol=1e-5)
+
+
 RESNET50_CONV_WEIGHTS = 23_454_912  # 53 conv layers of torchvision's ResNet-50
 
 

@@ -133,14 +133,24 @@ typename ComputeType<T>::type piece_max(const T* w, const bool* mask, int64_t b,
   return mx;
 }
 
+// Factors (pre, inv) with |w| * pre * inv = |w| / max, exact in pre: a subnormal max
+// is first raised by 2^(digits+1), or 1/max would overflow.
+template <typename C>
+std::pair<C, C> scale_factors(C mx) {
+  const C pre = mx < std::numeric_limits<C>::min() ? std::ldexp(C(1), std::numeric_limits<C>::digits + 1) : C(1);
+  return {pre, C(1) / (mx * pre)};
+}
+
 // xs[j] = (|w[rb + j]| / max)^base, zero where masked out: one fused loop per kind,
 // so each vectorizes.
 template <typename T, bool kMasked>
-void scaled_pow(const T* w, const bool* mask, int64_t rb, int64_t len, typename ComputeType<T>::type inv,
-                BaseKind kind, typename ComputeType<T>::type base, typename ComputeType<T>::type* xs) {
+void scaled_pow(const T* w, const bool* mask, int64_t rb, int64_t len,
+                std::pair<typename ComputeType<T>::type, typename ComputeType<T>::type> scale, BaseKind kind,
+                typename ComputeType<T>::type base, typename ComputeType<T>::type* xs) {
   using C = typename ComputeType<T>::type;
+  const auto [pre, inv] = scale;
   auto scaled = [&](int64_t j) {
-    const C x = std::abs(static_cast<C>(w[rb + j])) * inv;
+    const C x = std::abs(static_cast<C>(w[rb + j])) * pre * inv;
     return kMasked ? (mask[rb + j] ? x : C(0)) : x;
   };
   switch (kind) {
@@ -312,7 +322,7 @@ void piece_log_sums(const T* w, const bool* mask, int64_t b, int64_t e, const Po
   }
   // Pass 2 (the piece is in cache now): every term lies in [0, 1] after scaling by
   // 1/max; each run's float sums are flushed into float64.
-  const C inv = C(1) / mx;
+  const auto scale = scale_factors(mx);
   totals.assign(U, 0.0);
   auto flush = [&](int k, C run) {  // chain mode: multiple k; direct mode: term k
     const int u = plan.chain ? plan.term_at_multiple[k] : k;
@@ -322,7 +332,7 @@ void piece_log_sums(const T* w, const bool* mask, int64_t b, int64_t e, const Po
   for (int64_t rb = b; rb < e; rb += kRunLength) {
     const int64_t len = std::min<int64_t>(kRunLength, e - rb);
     if (plan.chain) {
-      scaled_pow<T, kMasked>(w, mask, rb, len, inv, plan.kind, base, xs);
+      scaled_pow<T, kMasked>(w, mask, rb, len, scale, plan.kind, base, xs);
       if (kmax <= kShortChain) {
         C runs[kShortChain];
         switch (kmax) {
@@ -341,7 +351,7 @@ void piece_log_sums(const T* w, const bool* mask, int64_t b, int64_t e, const Po
       flush(1, run);
       for (int k = 2; k <= kmax; ++k) flush(k, chain_step(ys, xs, len));
     } else {
-      scaled_pow<T, kMasked>(w, mask, rb, len, inv, BaseKind::kOne, base, xs);
+      scaled_pow<T, kMasked>(w, mask, rb, len, scale, BaseKind::kOne, base, xs);
       for (int64_t j = 0; j < len; ++j) ys[j] = log2_of(xs[j]);
       for (int u = 0; u < U; ++u) flush(u, direct_power_sum(xs, ys, len, static_cast<C>(plan.power[u])));
     }

@@ -124,7 +124,8 @@ __device__ void warp_piece(float* xs, int begin, int end, const Powers& pw, doub
   }
   to_log_ratios(xs, begin + lane, end, 32, largest);
   for (int u = 0; u < pw.count; ++u) {
-    const double s = warp_reduce(static_cast<double>(power_sum(xs, begin + lane, end, 32, static_cast<float>(pw.p[u]))), Sum());
+    const float p = static_cast<float>(pw.p[u]);
+    const double s = warp_reduce(static_cast<double>(power_sum(xs, begin + lane, end, 32, p)), Sum());
     if (lane == 0) logs[u] = log_sum(pw.p[u], largest, s);
   }
 }
@@ -150,7 +151,8 @@ __device__ void block_piece(float* xs, int begin, int end, const Powers& pw, dou
   }
   to_log_ratios(xs, begin + tid, end, kThreads, largest);
   for (int u = 0; u < pw.count; ++u) {
-    const double s = warp_reduce(static_cast<double>(power_sum(xs, begin + tid, end, kThreads, static_cast<float>(pw.p[u]))), Sum());
+    const float p = static_cast<float>(pw.p[u]);
+    const double s = warp_reduce(static_cast<double>(power_sum(xs, begin + tid, end, kThreads, p)), Sum());
     if (tid % 32 == 0) sums[u][tid / 32] = s;
   }
   __syncthreads();
@@ -303,10 +305,17 @@ cudaError_t pq_norms(const void* w, DType dtype, const bool* mask, int64_t n, co
     const Outputs out{log_sums + p0, ld, counts, slot_logs, slot_counts};
     if (tiles > 0) {
       switch (dtype) {
-        case DType::kFloat32: launch_tiles<float>(w, mask, n, offsets, num_segments, pw, out, nonfinite, stream); break;
-        case DType::kFloat16: launch_tiles<__half>(w, mask, n, offsets, num_segments, pw, out, nonfinite, stream); break;
-        case DType::kBFloat16: launch_tiles<__nv_bfloat16>(w, mask, n, offsets, num_segments, pw, out, nonfinite, stream); break;
-        default: return cudaErrorInvalidValue;
+        case DType::kFloat32:
+          launch_tiles<float>(w, mask, n, offsets, num_segments, pw, out, nonfinite, stream);
+          break;
+        case DType::kFloat16:
+          launch_tiles<__half>(w, mask, n, offsets, num_segments, pw, out, nonfinite, stream);
+          break;
+        case DType::kBFloat16:
+          launch_tiles<__nv_bfloat16>(w, mask, n, offsets, num_segments, pw, out, nonfinite, stream);
+          break;
+        default:
+          return cudaErrorInvalidValue;
       }
     }
     if (num_segments > 0) {

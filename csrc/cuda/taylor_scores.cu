@@ -252,7 +252,9 @@ __global__ void scatter_ranks(const int* __restrict__ ranks, int64_t N, int64_t 
   if (i < N && ranks[i] < k) topk[ranks[i]] = i;
 }
 
-// How stage 1 splits [B, N, S] (B, S >= 1): partials are [groups, N, width] doubles.
+// How stage 1 splits [B, N, S] (B, N, S >= 1): partials are [groups, N, width] doubles.
+// Columns layout: enough groups of rows for about kColumnBlocks blocks, each group at
+// least kRun rows long.
 struct Plan {
   bool rows;
   int64_t groups, group_rows, width;
@@ -279,7 +281,7 @@ struct Workspace {
 // Layout: part [groups * N * width] doubles, r_sum [N] doubles, keys [N], ranks [N].
 Workspace carve(void* workspace, int64_t B, int64_t N, int64_t S, size_t* bytes) {
   int64_t part = 0;
-  if (B > 0 && S > 0) {
+  if (B > 0 && N > 0 && S > 0) {
     const Plan p = plan_of(B, N, S);
     part = p.groups * N * p.width;
   }
@@ -299,8 +301,10 @@ void launch_partials(const void* act, const void* grad, int64_t B, int64_t N, in
   const T* y = static_cast<const T*>(grad);
   if (p.rows) {
     constexpr int V = Pack<T>::kSize;
-    const bool packed = S % V == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
-    channel_rows<T><<<static_cast<unsigned>(p.groups * N), kThreads, 0, stream>>>(x, y, B, N, S, p.group_rows, packed, part);
+    const bool packed =
+        S % V == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
+    const unsigned blocks = static_cast<unsigned>(p.groups * N);
+    channel_rows<T><<<blocks, kThreads, 0, stream>>>(x, y, B, N, S, p.group_rows, packed, part);
   } else {
     const dim3 grid(static_cast<unsigned>(ceil_div(N * S, kThreads)), static_cast<unsigned>(p.groups));
     channel_columns<T><<<grid, kThreads, 0, stream>>>(x, y, B, N * S, p.group_rows, part);
@@ -334,7 +338,8 @@ cudaError_t taylor_scores(const void* act, const void* grad, DType dtype, const 
       case DType::kBFloat16: launch_partials<__nv_bfloat16>(act, grad, B, N, S, p, ws.part, stream); break;
       default: return cudaErrorInvalidValue;
     }
-    channel_totals<<<static_cast<unsigned>(ceil_div(N, kThreads)), kThreads, 0, stream>>>(ws.part, p.groups, N, p.width, ws.r_sum);
+    const unsigned blocks = static_cast<unsigned>(ceil_div(N, kThreads));
+    channel_totals<<<blocks, kThreads, 0, stream>>>(ws.part, p.groups, N, p.width, ws.r_sum);
   }
   const bool argmin = k <= kArgminMaxK;
   finish<<<1, kFinishThreads, 0, stream>>>(ws.r_sum, a, N, k, argmin, r, gr, ws.keys, topk);

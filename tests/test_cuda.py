@@ -1,0 +1,264 @@
+"""CUDA kernels (csrc/cuda) against the float64 oracle on CPU copies of their inputs.
+
+Runs only where torch sees a GPU and greedyprune._C was built with CUDA kernels
+("skipped: no CUDA" otherwise). Calls torch.ops.greedyprune directly, so the kernels'
+own argument checks are tested, plus once through greedyprune.ops. CUDA takes
+float32/float16/bfloat16, so float64 samples are left out.
+"""
+import math
+
+import pytest
+import torch
+
+from greedyprune import ops, reference
+from samples import SAMPLES, Sample, simplex_point
+
+CUDA_OPS = ("pq_norms", "taylor_scores")
+LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _has_cuda_kernels() -> bool:
+    if not (ops.HAS_C and torch.cuda.is_available()):
+        return False
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"greedyprune::{op}", "CUDA") for op in CUDA_OPS)
+
+
+pytestmark = pytest.mark.skipif(not _has_cuda_kernels(), reason="skipped: no CUDA")
+
+
+def to_cuda(args):
+    return tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def run_cuda(op, args):
+    out = getattr(torch.ops.greedyprune, op)(*to_cuda(args))
+    assert all(t.device.type == "cuda" for t in out)
+    return tuple(t.cpu() for t in out)
+
+
+# ------------------------------------------------------------------ pq_norms
+
+
+def pq_oracle(w, offsets, powers, mask=None):
+    """reference.pq_norms, vectorized over segments (float64 throughout)."""
+    x = w.reshape(-1).double().abs()
+    L = offsets.numel() - 1
+    seg = torch.repeat_interleave(torch.arange(L), offsets.diff())
+    if mask is not None:
+        keep = mask.reshape(-1)
+        x, seg = x[keep], seg[keep]
+    counts = torch.zeros(L, dtype=torch.int64).index_add_(0, seg, torch.ones_like(seg))
+    sums = torch.stack([torch.zeros(L, dtype=torch.float64).index_add_(0, seg, x**p) for p in powers], 1)
+    return torch.log(sums.reshape(L, len(powers))), counts
+
+
+def check_pq(out, args, atol=1e-6):
+    """log sums within atol: power sums within atol relative of float64."""
+    log_sums, counts = out
+    expected = pq_oracle(*args)
+    assert log_sums.dtype == torch.float64 and counts.dtype == torch.int64
+    assert torch.equal(counts, expected[1])
+    torch.testing.assert_close(log_sums, expected[0], rtol=0, atol=atol)
+
+
+def resnet50_conv_rows():
+    """(output channels, fan-in) of ResNet-50's 53 conv layers: 26,560 rows, 23,454,912 weights."""
+    rows, inplanes = [(64, 3 * 7 * 7)], 64
+    for planes, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for b in range(blocks):
+            rows += [(planes, inplanes), (planes, planes * 9), (planes * 4, planes)]
+            if b == 0:
+                rows.append((planes * 4, inplanes))  # downsample
+            inplanes = planes * 4
+    return rows
+
+
+def pq_extra_samples():
+    """Segment borders around tile and warp sizes, many tiny segments, long all-zero and
+    masked-out segments, magnitudes that overflow or underflow |w|^p in float32, > 64 powers."""
+    g = torch.Generator().manual_seed(21)
+    offsets = ops.offsets_from_sizes
+    out = []
+    sizes = [8191, 1, 8192, 8193, 0, 1024, 1025, 16384, 3, 0, 40000, 0, 1]
+    w = torch.randn(sum(sizes), generator=g)
+    mask = torch.rand(w.numel(), generator=g) > 0.25
+    for dtype in LOW_PRECISION:
+        out.append(Sample(f"{dtype}-borders", (w.to(dtype), offsets(sizes), [0.5, 1.0, 2.0], None)))
+        out.append(Sample(f"{dtype}-borders-mask", (w.to(dtype), offsets(sizes), [0.1, 1.0, 7.5], mask)))
+    tiny = torch.randint(0, 4, (30000,), generator=g).tolist()
+    out.append(Sample("tiny-segments", (torch.randn(sum(tiny), generator=g), offsets(tiny), [0.5, 1.0], None)))
+    # zeros | masked out, with NaN there | ordinary
+    w = torch.cat([torch.zeros(20000), torch.full((20000,), math.nan), torch.randn(10000, generator=g)])
+    mask = torch.cat([torch.ones(20000, dtype=torch.bool), torch.zeros(20000, dtype=torch.bool),
+                      torch.rand(10000, generator=g) > 0.5])
+    out.append(Sample("zero-and-masked-out", (w, offsets([20000, 20000, 10000]), [0.5, 1.0], mask)))
+    w = torch.cat([torch.randn(10000, generator=g) * 1e30, torch.randn(10000, generator=g) * 1e-30,
+                   torch.randn(10000, generator=g) * 1e-40])  # the last ones are float32 denormals
+    out.append(Sample("range", (w, offsets([10000] * 3), [0.1, 1.0, 3.0, 7.5], None)))
+    out.append(Sample("70-powers", (torch.randn(29005, generator=g), offsets([5, 9000, 20000]),
+                                    [round(0.05 * i, 2) for i in range(1, 71)], None)))
+    return out
+
+
+PQ_SAMPLES = [s for s in SAMPLES["pq_norms"]() if s.args[0].dtype != torch.float64] + pq_extra_samples()
+
+
+@pytest.mark.parametrize("sample", PQ_SAMPLES, ids=repr)
+def test_pq_norms_matches_oracle(sample):
+    check_pq(run_cuda("pq_norms", sample.args), sample.args)
+
+
+@pytest.mark.parametrize("scope", ["rows", "layers", "global"])
+def test_pq_norms_resnet50_scale(scope):
+    """ResNet-50's conv weights per output row (26,560 segments), per layer and globally:
+    power sums within 1e-6 relative of float64, and the same bits on a second run."""
+    rows = resnet50_conv_rows()
+    sizes = {"rows": [fan for out, fan in rows for _ in range(out)], "layers": [out * fan for out, fan in rows],
+             "global": [sum(out * fan for out, fan in rows)]}[scope]
+    g = torch.Generator().manual_seed(1)
+    n = sum(sizes)
+    w = torch.randn(n, generator=g) * torch.rand(n, generator=g) * 0.1
+    mask = torch.rand(n, generator=g) > 0.3
+    args = (w, ops.offsets_from_sizes(sizes), [0.1, 0.5, 1.0, 2.0], mask)
+    out = run_cuda("pq_norms", args)
+    check_pq(out, args)
+    again = run_cuda("pq_norms", args)
+    assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_pq_norms_23M_within_1e5_of_float64(dtype):
+    g = torch.Generator().manual_seed(1)
+    n = 23_454_912
+    w = (torch.randn(n, generator=g) * torch.rand(n, generator=g) * 0.1).to(dtype)
+    powers = [0.1, 0.5, 1.0, 2.0]
+    out = torch.ops.greedyprune.pq_norms(w.cuda(), torch.tensor([0, n], device="cuda"), powers, None)[0].cpu()
+    x = w.double().abs()
+    exact = torch.tensor([[float(torch.log(torch.sum(x**p))) for p in powers]], dtype=torch.float64)
+    rel = (out - exact).exp() - 1
+    assert float(rel.abs().max()) < 1e-5, rel
+
+
+# ------------------------------------------------------------- taylor_scores
+
+
+def check_taylor(out, args):
+    ref = reference.taylor_scores(*args)
+    act = args[0]
+    per_channel = act[0].numel() * max(1, act.shape[0]) if act.numel() else 1
+    atol = 1e-6 * math.sqrt(per_channel)
+    for x, y in zip(out[:2], ref[:2]):
+        assert x.dtype == torch.float32 and x.shape == y.shape
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=atol)
+    assert out[2].dtype == torch.int64 and out[2].tolist() == ref[2].tolist()
+
+
+def taylor_extra_samples():
+    """Row lengths S on both sides of the kernels' layouts (S = 1 is a Linear layer), empty
+    maps, and integer-valued data (exact sums, many ties) where every k must match exactly."""
+    g = torch.Generator().manual_seed(5)
+    out = []
+    shapes = [(7, 9, 1), (300, 70), (5, 6, 31), (4, 6, 32), (3, 5, 33), (6, 8, 7, 7), (2, 4, 14, 14),
+              (2, 3, 56, 56), (1, 3, 300), (3, 4, 0)]
+    for dtype in LOW_PRECISION:
+        for shape in shapes:
+            act = torch.randn(shape, generator=g).to(dtype)
+            grad = torch.randn(shape, generator=g).to(dtype)
+            n = shape[1]
+            a = simplex_point(n, min(n, 3)).to(dtype)
+            out.append(Sample(f"{dtype}-{'x'.join(map(str, shape))}", (act, grad, a, min(3, n))))
+    for B, N, S, ks in ((4, 5000, 3, (5, 16, 17, 5000)), (2, 300, 40, (0, 1, 300)), (64, 2000, 1, (1000,))):
+        act = torch.randint(-3, 4, (B, N, S), generator=g).float()
+        grad = torch.randint(-3, 4, (B, N, S), generator=g).float()
+        a = torch.full((N,), 1.0 / N)
+        for k in ks:
+            out.append(Sample(f"integers-{B}x{N}x{S}-k{k}", (act, grad, a, k)))
+    return out
+
+
+TAYLOR_SAMPLES = [s for s in SAMPLES["taylor_scores"]() if s.args[0].dtype != torch.float64] + taylor_extra_samples()
+
+
+@pytest.mark.parametrize("sample", TAYLOR_SAMPLES, ids=repr)
+def test_taylor_scores_matches_reference(sample):
+    check_taylor(run_cuda("taylor_scores", sample.args), sample.args)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_taylor_scores_unaligned_and_repeatable(dtype):
+    """Inputs that start off a 16-byte boundary (no vector loads), at ResNet scale; same bits twice."""
+    shape = (16, 64, 28, 28)
+    numel = math.prod(shape)
+    act = torch.randn(numel + 1, device="cuda").to(dtype)[1:].view(shape)
+    grad = torch.randn(numel + 1, device="cuda").to(dtype)[1:].view(shape)
+    a = torch.full((64,), 1 / 64, device="cuda")
+    out = torch.ops.greedyprune.taylor_scores(act, grad, a, 5)
+    check_taylor(tuple(t.cpu() for t in out), (act.cpu(), grad.cpu(), a.cpu(), 5))
+    again = torch.ops.greedyprune.taylor_scores(act, grad, a, 5)
+    assert all(torch.equal(x, y) for x, y in zip(out, again))
+
+
+def test_ops_wrappers_pick_the_cuda_kernels():
+    w = torch.randn(1000, device="cuda")
+    offsets = ops.offsets_from_sizes([300, 700], device="cuda")
+    res = ops.pq_norms(w, [0.5, 1.0], offsets)  # backend "auto"
+    assert res.log_sums.is_cuda
+    check_pq(tuple(t.cpu() for t in res), (w.cpu(), offsets.cpu(), [0.5, 1.0], None))
+    act, grad = torch.randn(4, 6, 5, device="cuda"), torch.randn(4, 6, 5, device="cuda")
+    a = torch.full((6,), 1 / 6, device="cuda")
+    res = ops.taylor_scores(act, grad, a, 2, backend="cuda")
+    assert res.gr.is_cuda
+    check_taylor(tuple(t.cpu() for t in res), (act.cpu(), grad.cpu(), a.cpu(), 2))
+
+
+# ---------------------------------------------------------------- bad input
+
+NAN_IN_LONG_SEGMENT = torch.randn(100000)
+NAN_IN_LONG_SEGMENT[54321] = math.nan
+
+
+def _cu(*xs):
+    return [x.cuda() for x in xs]
+
+
+ONES10 = torch.ones(10)
+BAD_CALLS = {
+    "w inf": (lambda o: o.pq_norms(*_cu(torch.tensor([1.0, math.inf]), torch.tensor([0, 2])), [1.0], None), "w"),
+    "w NaN across tiles": (lambda o: o.pq_norms(*_cu(NAN_IN_LONG_SEGMENT, torch.tensor([0, 100000])), [0.5],
+                                                None), "w"),
+    "w float64": (lambda o: o.pq_norms(*_cu(ONES10.double(), torch.tensor([0, 10])), [1.0], None), "w"),
+    "offsets decreasing": (lambda o: o.pq_norms(*_cu(ONES10, torch.tensor([0, 6, 4, 10])), [1.0], None), "offsets"),
+    "offsets not ending at n": (lambda o: o.pq_norms(*_cu(ONES10, torch.tensor([0, 9])), [1.0], None), "offsets"),
+    "offsets on the CPU": (lambda o: o.pq_norms(ONES10.cuda(), torch.tensor([0, 10]), [1.0], None), "offsets"),
+    "powers zero": (lambda o: o.pq_norms(*_cu(ONES10, torch.tensor([0, 10])), [0.0], None), "powers"),
+    "mask on the CPU": (lambda o: o.pq_norms(*_cu(ONES10, torch.tensor([0, 10])), [1.0], ONES10.bool()), "mask"),
+    "act float64": (lambda o: o.taylor_scores(*_cu(torch.ones(2, 3).double(), torch.ones(2, 3).double(),
+                                                   torch.ones(3)), 1), "act"),
+    "grad shape": (lambda o: o.taylor_scores(*_cu(torch.ones(2, 3, 4), torch.ones(2, 3, 5), torch.ones(3)), 1), "grad"),
+    "taylor k > N": (lambda o: o.taylor_scores(*_cu(torch.ones(2, 3), torch.ones(2, 3), torch.ones(3)), 4), "k"),
+    "a on the CPU": (lambda o: o.taylor_scores(*_cu(torch.ones(2, 3), torch.ones(2, 3)), torch.ones(3), 1), "a"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS), ids=list(BAD_CALLS))
+def test_bad_input_names_the_argument(case):
+    call, arg = BAD_CALLS[case]
+    with pytest.raises(ValueError, match=f"argument '{arg}'"):
+        call(torch.ops.greedyprune)
+
+
+def test_non_finite_values_masked_out_are_ignored():
+    w = NAN_IN_LONG_SEGMENT.clone()
+    mask = ~torch.isnan(w)
+    args = (w, torch.tensor([0, 30000, 100000]), [0.5, 1.0], mask)
+    check_pq(run_cuda("pq_norms", args), args)
+
+
+# ----------------------------------------------------------------- opcheck
+
+OPCHECK_CASES = [("pq_norms", s) for s in PQ_SAMPLES[::6]] + [("taylor_scores", s) for s in TAYLOR_SAMPLES[::6]]
+
+
+@pytest.mark.parametrize("op,sample", OPCHECK_CASES, ids=[f"{op}-{s.name}" for op, s in OPCHECK_CASES])
+def test_opcheck(op, sample):
+    torch.library.opcheck(getattr(torch.ops.greedyprune, op).default, to_cuda(sample.args))
