@@ -1,0 +1,95 @@
+"""GPU benchmark: every op with a GPU backend (CUDA kernels, Triton) against a plain
+torch baseline and the device-to-device copy bandwidth, measured in the same run.
+
+    python benchmarks/gpu_bench.py [--out FILE]   # default: benchmarks/gpu_results.json
+
+Times are medians of CUDA-event timings after warm-up. A memory-bound op's
+"% of copy bandwidth" = (bytes it must read / its time) / (bytes a clone moves,
+read + write, / the clone's time); the issue's target is >= 80%.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+import torch
+
+import cases
+from greedyprune import ops
+from greedyprune import triton as gp_triton
+
+
+def cuda_time_ms(fn, repeats: int = 50) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def backends_for(op: str, t: torch.Tensor) -> list[str]:
+    names = []
+    for name in ("cuda", "triton"):
+        try:
+            ops._resolve_backend(op, name, t)
+            names.append(name)
+        except RuntimeError:
+            pass
+    return names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_results.json"))
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "gpu_bench.py needs a CUDA device"
+    rows = []
+
+    weights = cases.conv_weights(False)
+    w, row_offsets = weights.flat.cuda(), weights.row_offsets.cuda()
+    copy_ms = cuda_time_ms(lambda: w.clone())
+    copy_gbs = 2 * w.numel() * 4 / copy_ms / 1e6
+    rows.append(dict(op="copy", provider="torch clone", ms=copy_ms, gb_per_s=copy_gbs, size=weights.sizes))
+    rows.append(dict(op="pq_norms_2p", provider="torch.sum", ms=cuda_time_ms(lambda: torch.sum(w)), size=weights.sizes))
+    for name in backends_for("pq_norms", w):
+        ms = cuda_time_ms(lambda: ops.pq_norms(w, list(cases.TWO_POWERS), row_offsets, backend=name))
+        rows.append(dict(op="pq_norms_2p", provider=name, ms=ms, gb_per_s=w.numel() * 4 / ms / 1e6, size=weights.sizes))
+        ms = cuda_time_ms(lambda: ops.pq_norms(w, cases.GRID_POWERS, row_offsets, backend=name), repeats=10)
+        rows.append(dict(op="pq_norms_grid", provider=name, ms=ms, size=weights.sizes))
+
+    t = cases.taylor_inputs(False)
+    act, grad, a = t.act.cuda(), t.grad.cuda(), t.a.cuda()
+    rows.append(dict(op="taylor_scores", provider="torch (act*grad).sum + topk",
+                     ms=cuda_time_ms(lambda: cases.torch_taylor_scores(act, grad, a, t.k)), size=t.sizes))
+    for name in backends_for("taylor_scores", act):
+        ms = cuda_time_ms(lambda: ops.taylor_scores(act, grad, a, t.k, backend=name))
+        rows.append(dict(op="taylor_scores", provider=name, ms=ms, gb_per_s=2 * act.numel() * 4 / ms / 1e6, size=t.sizes))
+
+    for op in ("greedy_local", "line_search", "popup_swap", "segment_select"):
+        probe = torch.zeros(1, device="cuda")
+        if not backends_for(op, probe):
+            rows.append(dict(op=op, provider="(no GPU backend yet)", ms=None))
+
+    print(f"| op | provider | median ms | GB/s | % of copy bandwidth ({copy_gbs:.0f} GB/s) |")
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        gbs = r.get("gb_per_s")
+        pct = f"{100 * gbs / copy_gbs:.0f}%" if gbs and r["op"] != "copy" else ""
+        ms = f"{r['ms']:.3f}" if r["ms"] is not None else "-"
+        print(f"| {r['op']} | {r['provider']} | {ms} | {f'{gbs:.0f}' if gbs else ''} | {pct} |")
+    with open(args.out, "w") as f:
+        json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                       triton=gp_triton.HAS_TRITON, rows=rows), f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
