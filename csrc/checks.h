@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #define GP_CHECK_ARG(cond, arg, ...) \
   TORCH_CHECK_VALUE(cond, "greedyprune: argument '", arg, "' ", __VA_ARGS__)
 
@@ -47,6 +49,37 @@ inline void check_flat_bool(const at::Tensor& t, int64_t n, const char* arg, con
   GP_CHECK_ARG(t.scalar_type() == at::kBool, arg, "must be bool, got ", t.scalar_type());
   GP_CHECK_ARG(t.numel() == n, arg, "must have as many entries as '", n_arg, "' (", n, "), got ",
                t.numel());
+}
+
+// Op-level checks shared by every backend's binding (device placement included: a
+// kernel must never read a tensor of another device through its data pointer).
+
+inline void check_taylor_scores_args(const at::Tensor& act, const at::Tensor& grad, const at::Tensor& a, int64_t k) {
+  check_float_dtype(act, "act");
+  GP_CHECK_ARG(act.dim() >= 2, "act", "must be shaped [B, N, *] (at least 2 dimensions), got shape ", act.sizes());
+  GP_CHECK_ARG(grad.sizes() == act.sizes(), "grad", "must have the shape of 'act' ", act.sizes(), ", got ",
+               grad.sizes());
+  GP_CHECK_ARG(grad.scalar_type() == act.scalar_type(), "grad", "must have the dtype of 'act' (",
+               act.scalar_type(), "), got ", grad.scalar_type());
+  check_same_device(grad, act, "grad", "act");
+  const int64_t N = act.size(1);
+  check_float_dtype(a, "a");
+  check_dim(a, 1, "a");
+  GP_CHECK_ARG(a.size(0) == N, "a", "must have N = act.size(1) = ", N, " entries, got ", a.size(0));
+  check_same_device(a, act, "a", "act");
+  GP_CHECK_ARG(k >= 0 && k <= N, "k", "must lie in [0, N = ", N, "], got ", k);
+}
+
+inline void check_pq_norms_args(const at::Tensor& w, const at::Tensor& offsets, at::ArrayRef<double> powers,
+                                const c10::optional<at::Tensor>& mask) {
+  check_float_dtype(w, "w");
+  check_offsets(offsets, w.numel(), "w");
+  GP_CHECK_ARG(!powers.empty(), "powers", "must name at least one power");
+  for (double p : powers) GP_CHECK_ARG(std::isfinite(p) && p > 0, "powers", "must all be finite and > 0, got ", p);
+  if (mask.has_value()) {
+    check_flat_bool(*mask, w.numel(), "mask", "w");
+    check_same_device(*mask, w, "mask", "w");
+  }
 }
 
 }  // namespace greedyprune

@@ -116,6 +116,7 @@ void check_gram(const at::Tensor& G, const at::Tensor& w) {
   check_dim(w, 1, "w");
   GP_CHECK_ARG(w.size(0) == G.size(0), "w", "must have N = ", G.size(0), " entries (G is N x N), got ",
                w.size(0));
+  check_same_device(w, G, "w", "G");
   GP_CHECK_ARG(at::isfinite(w).all().item<bool>(), "w", "must be finite");
 }
 
@@ -177,6 +178,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> line_search_cpu(const at::Tensor&
   check_dim(a, 1, "a");
   const int64_t n = G.size(0);
   GP_CHECK_ARG(a.size(0) == n, "a", "must have N = ", n, " entries (G is N x N), got ", a.size(0));
+  check_same_device(a, G, "a", "G");
   const at::Tensor ad = a.to(at::kDouble).contiguous(), wd = w.to(at::kDouble).contiguous();
   const double* pa = ad.data_ptr<double>();
   double sum_a = 0;

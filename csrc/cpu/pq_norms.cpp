@@ -369,16 +369,10 @@ inline double log_add_exp(double x, double y) {
 
 std::tuple<at::Tensor, at::Tensor> pq_norms_cpu(const at::Tensor& w, const at::Tensor& offsets,
                                                 at::ArrayRef<double> powers, const c10::optional<at::Tensor>& mask) {
-  check_float_dtype(w, "w");
+  check_pq_norms_args(w, offsets, powers, mask);
   const int64_t n = w.numel();
-  check_offsets(offsets, n, "w");
-  GP_CHECK_ARG(!powers.empty(), "powers", "must name at least one power");
-  for (double p : powers) GP_CHECK_ARG(std::isfinite(p) && p > 0, "powers", "must all be finite and > 0, got ", p);
   at::Tensor m;
-  if (mask.has_value()) {
-    m = mask->contiguous();
-    check_flat_bool(m, n, "mask", "w");
-  }
+  if (mask.has_value()) m = mask->contiguous();
   const int64_t L = offsets.numel() - 1;
   const PowerPlan plan = plan_powers(std::vector<double>(powers.begin(), powers.end()));
   const int64_t U = static_cast<int64_t>(plan.power.size());

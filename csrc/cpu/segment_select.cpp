@@ -197,6 +197,7 @@ at::Tensor segment_select_cpu(const at::Tensor& values, const at::Tensor& offset
   if (eligible.has_value()) {
     elig = eligible->contiguous();
     check_flat_bool(elig, n, "eligible", "values");
+    check_same_device(elig, values, "eligible", "values");
   }
   const at::Tensor v = values.contiguous(), off = offsets.cpu().contiguous(), kc = k.cpu().contiguous();
   at::Tensor out = at::zeros({n}, values.options().dtype(at::kBool));
@@ -270,6 +271,7 @@ std::tuple<at::Tensor, at::Tensor> popup_swap_cpu(const at::Tensor& scores, cons
   check_offsets(offsets, n, "scores");
   check_flat_bool(keep, n, "keep", "scores");
   check_dim(keep, 1, "keep");
+  check_same_device(keep, scores, "keep", "scores");
   GP_CHECK_ARG(std::isfinite(rate) && rate >= 0 && rate <= 1, "rate", "must lie in [0, 1], got ", rate);
   const int64_t L = offsets.numel() - 1;
   const at::Tensor s = scores.contiguous(), kp = keep.contiguous(), off = offsets.cpu().contiguous();

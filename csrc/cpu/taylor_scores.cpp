@@ -55,19 +55,9 @@ void channel_dots(const T* act, const T* grad, int64_t B, int64_t N, int64_t S, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> taylor_scores_cpu(const at::Tensor& act, const at::Tensor& grad,
                                                                  const at::Tensor& a, int64_t k) {
-  check_float_dtype(act, "act");
-  GP_CHECK_ARG(act.dim() >= 2, "act", "must be shaped [B, N, *] (at least 2 dimensions), got shape ",
-               act.sizes());
-  GP_CHECK_ARG(grad.sizes() == act.sizes(), "grad", "must have the shape of 'act' ", act.sizes(), ", got ",
-               grad.sizes());
-  GP_CHECK_ARG(grad.scalar_type() == act.scalar_type(), "grad", "must have the dtype of 'act' (",
-               act.scalar_type(), "), got ", grad.scalar_type());
+  check_taylor_scores_args(act, grad, a, k);
   const int64_t B = act.size(0), N = act.size(1);
   const int64_t S = N == 0 || B == 0 ? 0 : act.numel() / (B * N);
-  check_float_dtype(a, "a");
-  check_dim(a, 1, "a");
-  GP_CHECK_ARG(a.size(0) == N, "a", "must have N = act.size(1) = ", N, " entries, got ", a.size(0));
-  GP_CHECK_ARG(k >= 0 && k <= N, "k", "must lie in [0, N = ", N, "], got ", k);
 
   at::Tensor r = at::zeros({N}, act.options().dtype(at::kDouble));
   double* pr = r.data_ptr<double>();

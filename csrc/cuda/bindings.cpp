@@ -34,19 +34,12 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
 
 std::tuple<at::Tensor, at::Tensor> pq_norms_cuda(const at::Tensor& w, const at::Tensor& offsets,
                                                  at::ArrayRef<double> powers, const c10::optional<at::Tensor>& mask) {
-  check_float_dtype(w, "w");
   check_cuda(w, "w");
+  check_same_device(offsets, w, "offsets", "w");  // the kernels read offsets on the device
+  check_pq_norms_args(w, offsets, powers, mask);
   const int64_t n = w.numel();
-  check_same_device(offsets, w, "offsets", "w");
-  check_offsets(offsets, n, "w");
-  GP_CHECK_ARG(!powers.empty(), "powers", "must name at least one power");
-  for (double p : powers) GP_CHECK_ARG(std::isfinite(p) && p > 0, "powers", "must all be finite and > 0, got ", p);
   at::Tensor m;
-  if (mask.has_value()) {
-    m = mask->contiguous();
-    check_flat_bool(m, n, "mask", "w");
-    check_same_device(m, w, "mask", "w");
-  }
+  if (mask.has_value()) m = mask->contiguous();
   const c10::cuda::CUDAGuard guard(w.device());
   const int64_t L = offsets.numel() - 1;
   const int P = static_cast<int>(powers.size());
@@ -66,22 +59,10 @@ std::tuple<at::Tensor, at::Tensor> pq_norms_cuda(const at::Tensor& w, const at::
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> taylor_scores_cuda(const at::Tensor& act, const at::Tensor& grad,
                                                                   const at::Tensor& a, int64_t k) {
-  check_float_dtype(act, "act");
   check_cuda(act, "act");
-  GP_CHECK_ARG(act.dim() >= 2, "act", "must be shaped [B, N, *] (at least 2 dimensions), got shape ",
-               act.sizes());
-  GP_CHECK_ARG(grad.sizes() == act.sizes(), "grad", "must have the shape of 'act' ", act.sizes(), ", got ",
-               grad.sizes());
-  GP_CHECK_ARG(grad.scalar_type() == act.scalar_type(), "grad", "must have the dtype of 'act' (",
-               act.scalar_type(), "), got ", grad.scalar_type());
-  check_same_device(grad, act, "grad", "act");
+  check_taylor_scores_args(act, grad, a, k);
   const int64_t B = act.size(0), N = act.size(1);
   const int64_t S = N == 0 || B == 0 ? 0 : act.numel() / (B * N);
-  check_float_dtype(a, "a");
-  check_dim(a, 1, "a");
-  GP_CHECK_ARG(a.size(0) == N, "a", "must have N = act.size(1) = ", N, " entries, got ", a.size(0));
-  check_same_device(a, act, "a", "act");
-  GP_CHECK_ARG(k >= 0 && k <= N, "k", "must lie in [0, N = ", N, "], got ", k);
 
   const c10::cuda::CUDAGuard guard(act.device());
   const at::Tensor x = act.contiguous(), y = grad.contiguous(), af = a.to(at::kFloat).contiguous();
