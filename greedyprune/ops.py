@@ -361,13 +361,13 @@ def segment_select(
     if name in _PYTHON_CHECKED:
         _check_offset_values(offsets, n, "values")
         _check_no_nan(values, "values")
-        counts = [int(x) for x in (eligible if eligible is not None else torch.ones_like(values, dtype=torch.bool))
-                  .to(torch.int64).cumsum(0).tolist()] if n else []
-        o = offsets.tolist()
-        for seg in range(L):
-            m = (counts[o[seg + 1] - 1] if o[seg + 1] else 0) - (counts[o[seg] - 1] if o[seg] else 0)
-            if not 0 <= int(k[seg]) <= m:
-                raise _arg_error("k", f"must lie in [0, eligible entries of the segment]: segment {seg} has {m}, k = {int(k[seg])}")
+        el = torch.ones_like(values, dtype=torch.int64) if eligible is None else eligible.to(torch.int64)
+        prefix = torch.cat([el.new_zeros(1), el.cumsum(0)])
+        m = prefix[offsets[1:]] - prefix[offsets[:-1]]  # eligible entries per segment
+        bad = torch.nonzero((k < 0) | (k > m)).flatten()
+        if bad.numel():
+            seg = int(bad[0])
+            raise _arg_error("k", f"must lie in [0, eligible entries of the segment]: segment {seg} has {int(m[seg])}, k = {int(k[seg])}")
     return _call("segment_select", name, values, offsets, k, eligible, bool(largest))
 
 
