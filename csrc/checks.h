@@ -82,4 +82,51 @@ inline void check_pq_norms_args(const at::Tensor& w, const at::Tensor& offsets, 
   }
 }
 
+// G: non-empty square float matrix; w: float [N], on G's device, finite (read on the host).
+inline void check_gram_args(const at::Tensor& G, const at::Tensor& w) {
+  check_float_dtype(G, "G");
+  check_dim(G, 2, "G");
+  GP_CHECK_ARG(G.size(0) == G.size(1) && G.size(0) > 0, "G", "must be a non-empty square matrix, got shape ",
+               G.sizes());
+  check_float_dtype(w, "w");
+  check_dim(w, 1, "w");
+  GP_CHECK_ARG(w.size(0) == G.size(0), "w", "must have N = ", G.size(0), " entries (G is N x N), got ",
+               w.size(0));
+  check_same_device(w, G, "w", "G");
+  GP_CHECK_ARG(at::isfinite(w).all().item<bool>(), "w", "must be finite");
+}
+
+// line_search's G, w and a: a is all zeros (the empty start) or a point of the simplex,
+// checked on a host copy. Returns whether a is all zeros.
+inline bool check_line_search_args(const at::Tensor& G, const at::Tensor& w, const at::Tensor& a) {
+  check_gram_args(G, w);
+  check_float_dtype(a, "a");
+  check_dim(a, 1, "a");
+  const int64_t n = G.size(0);
+  GP_CHECK_ARG(a.size(0) == n, "a", "must have N = ", n, " entries (G is N x N), got ", a.size(0));
+  check_same_device(a, G, "a", "G");
+  const at::Tensor ad = a.to(at::kDouble).cpu().contiguous();
+  const double* pa = ad.data_ptr<double>();
+  double sum_a = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    GP_CHECK_ARG(pa[i] >= 0 && pa[i] <= 1, "a", "entries must lie in [0, 1], got a[", i, "] = ", pa[i]);
+    sum_a += pa[i];
+  }
+  // A 16-bit simplex point cannot sum to 1 exactly.
+  const bool half = a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16;
+  GP_CHECK_ARG(sum_a == 0 || std::abs(sum_a - 1) <= (half ? 1e-2 : 1e-4), "a",
+               "must be all zeros (empty start) or sum to 1 (a point of the simplex), sums to ", sum_a);
+  return sum_a == 0;
+}
+
+inline void check_greedy_local_args(const at::Tensor& G, const at::Tensor& w, int64_t max_neurons, double tol,
+                                    int64_t max_steps) {
+  check_gram_args(G, w);
+  const int64_t n = G.size(0);
+  GP_CHECK_ARG(max_neurons >= 1 && max_neurons <= n, "max_neurons", "must lie in [1, N = ", n, "], got ",
+               max_neurons);
+  GP_CHECK_ARG(std::isfinite(tol) && tol >= 0, "tol", "must be finite and >= 0, got ", tol);
+  GP_CHECK_ARG(max_steps >= 1, "max_steps", "must be >= 1, got ", max_steps);
+}
+
 }  // namespace greedyprune

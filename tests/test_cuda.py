@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from greedyprune import ops, reference
-from samples import SAMPLES, Sample, simplex_point
+from samples import SAMPLES, Sample, gram, simplex_point
+from test_against_reference import check_greedy_local, check_line_search
 
-CUDA_OPS = ("pq_norms", "taylor_scores")
+CUDA_OPS = ("pq_norms", "taylor_scores", "line_search", "greedy_local")
 LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -211,6 +212,84 @@ def test_ops_wrappers_pick_the_cuda_kernels():
     check_taylor(tuple(t.cpu() for t in res), (act.cpu(), grad.cpu(), a.cpu(), 2))
 
 
+# ------------------------------------------------------ line_search, greedy_local
+
+
+def line_search_extra_samples():
+    """Exact ties (G = identity: lowest index wins) and a vertex start, where every move is
+    a removal or skipped."""
+    out = []
+    for dtype in LOW_PRECISION:
+        for n in (7, 40):
+            eye, w = torch.eye(n, dtype=dtype), torch.full((n,), 1.0 / n, dtype=dtype)
+            e = torch.zeros(n, dtype=dtype)
+            e[n - 1] = 1
+            out.append(Sample(f"{dtype}-eye{n}-empty", (eye, w, torch.zeros(n, dtype=dtype))))
+            out.append(Sample(f"{dtype}-eye{n}-vertex", (eye, w, e)))
+    return out
+
+
+def greedy_local_extra_samples():
+    """Ties, the tol and max_steps stops, and a non-uniform target w (removals happen)."""
+    out = []
+    for dtype in LOW_PRECISION:
+        for n in (7, 40):
+            w = torch.full((n,), 1.0 / n, dtype=dtype)
+            G = gram(n, dtype, seed=100 + n)
+            wr = torch.rand(n, generator=torch.Generator().manual_seed(n)).to(dtype)
+            out += [Sample(f"{dtype}-eye{n}", (torch.eye(n, dtype=dtype), w, n, 0.0, 2 * n)),
+                    Sample(f"{dtype}-N{n}-tol", (G, w, n, 1e-2, 50)),
+                    Sample(f"{dtype}-N{n}-steps3", (G, w, n, 0.0, 3)),
+                    Sample(f"{dtype}-N{n}-random-w", (G, wr, max(1, n // 2), 0.0, 3 * n))]
+    return out
+
+
+LINE_SEARCH_SAMPLES = [s for s in SAMPLES["line_search"]() if s.args[0].dtype != torch.float64] + \
+    line_search_extra_samples()
+GREEDY_SAMPLES = [s for s in SAMPLES["greedy_local"]() if s.args[0].dtype != torch.float64] + \
+    greedy_local_extra_samples()
+
+
+@pytest.mark.parametrize("sample", LINE_SEARCH_SAMPLES, ids=repr)
+def test_line_search_matches_oracle(sample):
+    out = run_cuda("line_search", sample.args)
+    check_line_search(out, reference.line_search(*sample.args), sample.args)
+
+
+@pytest.mark.parametrize("sample", GREEDY_SAMPLES, ids=repr)
+def test_greedy_local_matches_oracle(sample):
+    out = run_cuda("greedy_local", sample.args)
+    check_greedy_local(out, reference.greedy_local(*sample.args), sample.args)
+
+
+@pytest.mark.parametrize("n", [8192, 10000])
+def test_greedy_local_large_matches_cpu(n):
+    """N = 8192 is the largest single-block run, N = 10000 takes the multi-block path: the same
+    path as the CPU kernel, and the same bits on a second run."""
+    G = gram(n, torch.float32, rows=256, seed=3)
+    w = torch.full((n,), 1.0 / n)
+    args = (G, w, 60, 0.0, 80)
+    out = run_cuda("greedy_local", args)
+    check_greedy_local(out, torch.ops.greedyprune.greedy_local(*args), args)
+    again = run_cuda("greedy_local", args)
+    assert all(torch.equal(x, y) for x, y in zip(out, again))
+
+
+def test_line_search_large_matches_cpu():
+    n = 10000
+    G = gram(n, torch.float32, rows=256, seed=4)
+    args = (G, torch.full((n,), 1.0 / n), simplex_point(n, 50).float())
+    check_line_search(run_cuda("line_search", args), torch.ops.greedyprune.line_search(*args), args)
+
+
+def test_ops_wrappers_pick_the_cuda_line_search():
+    G = gram(12, torch.float32, seed=2).cuda()
+    res = ops.greedy_local(G, backend="cuda")
+    assert res.a.is_cuda
+    cpu = ops.greedy_local(G.cpu(), backend="cpu")
+    assert res.order.tolist() == cpu.order.tolist()
+
+
 # ---------------------------------------------------------------- bad input
 
 NAN_IN_LONG_SEGMENT = torch.randn(100000)
@@ -222,6 +301,7 @@ def _cu(*xs):
 
 
 ONES10 = torch.ones(10)
+ASYMMETRIC = torch.tensor([[1.0, 0.5], [0.1, 1.0]])
 BAD_CALLS = {
     "w inf": (lambda o: o.pq_norms(*_cu(torch.tensor([1.0, math.inf]), torch.tensor([0, 2])), [1.0], None), "w"),
     "w NaN across tiles": (lambda o: o.pq_norms(*_cu(NAN_IN_LONG_SEGMENT, torch.tensor([0, 100000])), [0.5],
@@ -237,6 +317,15 @@ BAD_CALLS = {
     "grad shape": (lambda o: o.taylor_scores(*_cu(torch.ones(2, 3, 4), torch.ones(2, 3, 5), torch.ones(3)), 1), "grad"),
     "taylor k > N": (lambda o: o.taylor_scores(*_cu(torch.ones(2, 3), torch.ones(2, 3), torch.ones(3)), 4), "k"),
     "a on the CPU": (lambda o: o.taylor_scores(*_cu(torch.ones(2, 3), torch.ones(2, 3)), torch.ones(3), 1), "a"),
+    "G not symmetric": (lambda o: o.line_search(*_cu(ASYMMETRIC, torch.ones(2), torch.zeros(2))), "G"),
+    "G not symmetric, greedy": (lambda o: o.greedy_local(*_cu(ASYMMETRIC, torch.ones(2)), 1, 0.0, 3), "G"),
+    "G NaN": (lambda o: o.greedy_local(*_cu(torch.full((4, 4), math.nan), torch.ones(4)), 1, 0.0, 3), "G"),
+    "G inf": (lambda o: o.line_search(*_cu(torch.tensor([[math.inf, 0.0], [0.0, 1.0]]), torch.ones(2), torch.zeros(2))),
+              "G"),
+    "G float64": (lambda o: o.line_search(*_cu(torch.eye(2).double(), torch.ones(2), torch.zeros(2))), "G"),
+    "a off the simplex": (lambda o: o.line_search(*_cu(torch.eye(4), torch.ones(4), torch.full((4,), 0.5))), "a"),
+    "w on the CPU": (lambda o: o.greedy_local(torch.eye(2).cuda(), torch.ones(2), 1, 0.0, 3), "w"),
+    "max_neurons > N": (lambda o: o.greedy_local(*_cu(torch.eye(2), torch.ones(2)), 3, 0.0, 3), "max_neurons"),
 }
 
 
@@ -256,7 +345,8 @@ def test_non_finite_values_masked_out_are_ignored():
 
 # ----------------------------------------------------------------- opcheck
 
-OPCHECK_CASES = [("pq_norms", s) for s in PQ_SAMPLES[::6]] + [("taylor_scores", s) for s in TAYLOR_SAMPLES[::6]]
+OPCHECK_CASES = ([("pq_norms", s) for s in PQ_SAMPLES[::6]] + [("taylor_scores", s) for s in TAYLOR_SAMPLES[::6]] +
+                 [("line_search", s) for s in LINE_SEARCH_SAMPLES[::6]] + [("greedy_local", s) for s in GREEDY_SAMPLES[::6]])
 
 
 @pytest.mark.parametrize("op,sample", OPCHECK_CASES, ids=[f"{op}-{s.name}" for op, s in OPCHECK_CASES])

@@ -107,19 +107,6 @@ void gram_matvec(const T* G, int64_t n, const double* x, double* gx, const doubl
   });
 }
 
-void check_gram(const at::Tensor& G, const at::Tensor& w) {
-  check_float_dtype(G, "G");
-  check_dim(G, 2, "G");
-  GP_CHECK_ARG(G.size(0) == G.size(1) && G.size(0) > 0, "G", "must be a non-empty square matrix, got shape ",
-               G.sizes());
-  check_float_dtype(w, "w");
-  check_dim(w, 1, "w");
-  GP_CHECK_ARG(w.size(0) == G.size(0), "w", "must have N = ", G.size(0), " entries (G is N x N), got ",
-               w.size(0));
-  check_same_device(w, G, "w", "G");
-  GP_CHECK_ARG(at::isfinite(w).all().item<bool>(), "w", "must be finite");
-}
-
 // G must be symmetric (a Gram matrix): row i stands in for column i. Checked by
 // comparing G x with G^T x for a fixed pseudo-random probe x: both are contiguous
 // passes over G (a pairwise compare would read G with stride N), and any asymmetry
@@ -173,23 +160,10 @@ void check_finite_products(const double* x, int64_t n) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> line_search_cpu(const at::Tensor& G, const at::Tensor& w,
                                                                const at::Tensor& a) {
-  check_gram(G, w);
-  check_float_dtype(a, "a");
-  check_dim(a, 1, "a");
+  const bool empty = check_line_search_args(G, w, a);
   const int64_t n = G.size(0);
-  GP_CHECK_ARG(a.size(0) == n, "a", "must have N = ", n, " entries (G is N x N), got ", a.size(0));
-  check_same_device(a, G, "a", "G");
   const at::Tensor ad = a.to(at::kDouble).contiguous(), wd = w.to(at::kDouble).contiguous();
   const double* pa = ad.data_ptr<double>();
-  double sum_a = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    GP_CHECK_ARG(pa[i] >= 0 && pa[i] <= 1, "a", "entries must lie in [0, 1], got a[", i, "] = ", pa[i]);
-    sum_a += pa[i];
-  }
-  // A 16-bit simplex point cannot sum to 1 exactly.
-  const bool half = a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16;
-  GP_CHECK_ARG(sum_a == 0 || std::abs(sum_a - 1) <= (half ? 1e-2 : 1e-4), "a",
-               "must be all zeros (empty start) or sum to 1 (a point of the simplex), sums to ", sum_a);
 
   const at::Tensor Gc = G.contiguous();
   auto opts = ad.options();
@@ -205,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> line_search_cpu(const at::Tensor&
   check_finite_products(pv, n);
   const at::Tensor diag = Gc.diagonal().to(at::kDouble).contiguous();
   const double* pw = wd.data_ptr<double>();
-  Scalars s{0, 0, 0, sum_a == 0};
+  Scalars s{0, 0, 0, empty};
   for (int64_t i = 0; i < n; ++i) {
     s.aGa += pa[i] * pu[i];
     s.aGw += pa[i] * pv[i];
@@ -220,12 +194,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> line_search_cpu(const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor> greedy_local_cpu(const at::Tensor& G, const at::Tensor& w,
                                                                 int64_t max_neurons, double tol,
                                                                 int64_t max_steps) {
-  check_gram(G, w);
+  check_greedy_local_args(G, w, max_neurons, tol, max_steps);
   const int64_t n = G.size(0);
-  GP_CHECK_ARG(max_neurons >= 1 && max_neurons <= n, "max_neurons", "must lie in [1, N = ", n, "], got ",
-               max_neurons);
-  GP_CHECK_ARG(std::isfinite(tol) && tol >= 0, "tol", "must be finite and >= 0, got ", tol);
-  GP_CHECK_ARG(max_steps >= 1, "max_steps", "must be >= 1, got ", max_steps);
 
   const at::Tensor Gc = G.contiguous();
   const at::Tensor wd = w.to(at::kDouble).contiguous();

@@ -1,4 +1,4 @@
-// CUDA backend of pq_norms and taylor_scores: the argument checks of the CPU kernels
+// CUDA backend of pq_norms, taylor_scores, line_search and greedy_local: the argument checks of the CPU kernels
 // (csrc/checks.h), then the plain-CUDA launchers of csrc/cuda/*.cu on the current stream.
 // Outputs have the CPU kernels' shapes and dtypes (float64 inputs are CPU-only).
 #include <ATen/ATen.h>
@@ -76,11 +76,63 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> taylor_scores_cuda(const at::Tens
   return {r, gr, topk};
 }
 
+// The one device-to-host copy of line_search / greedy_local, after their kernels: the
+// flags their symmetry and finiteness checks raised (bit 1: not symmetric, bit 2: G a or
+// G w not finite), in the CPU kernel's order of checks.
+void check_gram_flags(const at::Tensor& flags) {
+  const int f = flags.item<int>();
+  GP_CHECK_ARG(!(f & 1), "G", "must be symmetric (a Gram matrix): G x and G^T x differ beyond rounding");
+  GP_CHECK_ARG(!(f & 2), "G", "must be finite (G @ w or G @ a is not)");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> line_search_cuda(const at::Tensor& G, const at::Tensor& w,
+                                                                const at::Tensor& a) {
+  check_cuda(G, "G");
+  check_line_search_args(G, w, a);
+  const int64_t n = G.size(0);
+  const c10::cuda::CUDAGuard guard(G.device());
+  const at::Tensor Gc = G.contiguous();
+  const at::Tensor wd = w.to(at::kDouble).contiguous(), ad = a.to(at::kDouble).contiguous();
+  const auto f64 = G.options().dtype(at::kDouble);
+  at::Tensor gamma = at::empty({n}, f64), loss = at::empty({n}, f64);
+  at::Tensor best = at::empty({}, G.options().dtype(at::kLong));
+  at::Tensor flags = at::empty({1}, G.options().dtype(at::kInt));
+  at::Tensor ws = workspace(cuda::line_search_workspace_bytes(n), G);
+  C10_CUDA_CHECK(cuda::line_search(Gc.data_ptr(), dtype_of(Gc), n, wd.data_ptr<double>(), ad.data_ptr<double>(),
+                                   gamma.data_ptr<double>(), loss.data_ptr<double>(), best.data_ptr<int64_t>(),
+                                   flags.data_ptr<int>(), ws.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  check_gram_flags(flags);
+  return {gamma, loss, best};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> greedy_local_cuda(const at::Tensor& G, const at::Tensor& w,
+                                                                 int64_t max_neurons, double tol,
+                                                                 int64_t max_steps) {
+  check_cuda(G, "G");
+  check_greedy_local_args(G, w, max_neurons, tol, max_steps);
+  const int64_t n = G.size(0);
+  const c10::cuda::CUDAGuard guard(G.device());
+  const at::Tensor Gc = G.contiguous(), wd = w.to(at::kDouble).contiguous();
+  const auto f64 = G.options().dtype(at::kDouble);
+  at::Tensor a = at::empty({n}, f64), losses = at::empty({max_steps}, f64);
+  at::Tensor order = at::empty({max_steps}, G.options().dtype(at::kLong));
+  at::Tensor flags = at::empty({1}, G.options().dtype(at::kInt));
+  at::Tensor ws = workspace(cuda::greedy_local_workspace_bytes(n), G);
+  C10_CUDA_CHECK(cuda::greedy_local(Gc.data_ptr(), dtype_of(Gc), n, wd.data_ptr<double>(), max_neurons, tol,
+                                    max_steps, a.data_ptr<double>(), order.data_ptr<int64_t>(),
+                                    losses.data_ptr<double>(), flags.data_ptr<int>(), ws.data_ptr(),
+                                    c10::cuda::getCurrentCUDAStream()));
+  check_gram_flags(flags);
+  return {a, order, losses};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(greedyprune, CUDA, m) {
   m.impl("pq_norms", &pq_norms_cuda);
   m.impl("taylor_scores", &taylor_scores_cuda);
+  m.impl("line_search", &line_search_cuda);
+  m.impl("greedy_local", &greedy_local_cuda);
 }
 
 }  // namespace greedyprune

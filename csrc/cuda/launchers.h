@@ -34,4 +34,22 @@ cudaError_t taylor_scores(const void* act, const void* grad, DType dtype, const 
                           int64_t S, int64_t k, float* r, float* gr, int64_t* topk, void* workspace,
                           cudaStream_t stream);
 
+// line_search: G contiguous [n, n] of `dtype` (symmetric), w and a float64 [n] (a on the
+// simplex or all zero, already validated). gamma[j], loss[j] of the move towards e_j (skipped
+// candidates: gamma 0, loss inf), *best = first index of the smallest loss or -1.
+// *flags (device int) is zeroed, then gets bit 1 when G is not symmetric (G x vs G^T x for the
+// CPU kernel's probe x and tolerance) and bit 2 when G a or G w is not finite; the outputs are
+// meaningless when it is set.
+size_t line_search_workspace_bytes(int64_t n);
+cudaError_t line_search(const void* G, DType dtype, int64_t n, const double* w, const double* a, double* gamma,
+                        double* loss, int64_t* best, int* flags, void* workspace, cudaStream_t stream);
+
+// greedy_local: the whole greedy path from a = 0 on the device (no host synchronisation per
+// step), same G, w and flags as line_search. Writes a [n] float64, order [max_steps] (-1
+// padded) and losses [max_steps] (+inf padded). 1 <= max_neurons <= n, tol >= 0, max_steps >= 1.
+size_t greedy_local_workspace_bytes(int64_t n);
+cudaError_t greedy_local(const void* G, DType dtype, int64_t n, const double* w, int64_t max_neurons, double tol,
+                         int64_t max_steps, double* a, int64_t* order, double* losses, int* flags, void* workspace,
+                         cudaStream_t stream);
+
 }  // namespace greedyprune::cuda
