@@ -21,6 +21,7 @@
 #include <cmath>
 
 #include "launchers.h"
+#include "reductions.cuh"
 
 namespace greedyprune::cuda {
 namespace {
@@ -35,7 +36,6 @@ constexpr int kBigBlock = 1024;
 #define GREEDYPRUNE_SINGLE_BLOCK_MAX_N 8192
 #endif
 constexpr int64_t kSingleBlockMaxN = GREEDYPRUNE_SINGLE_BLOCK_MAX_N;
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr double kDirectionEps = 1e-12;  // as on the CPU: ||d_i||^2 this small is a no-op move
 constexpr int kNotSymmetric = 1, kNotFinite = 2;
 
@@ -85,22 +85,6 @@ __device__ Best block_best(Best b, Best* scratch) {
   __syncthreads();
   Best total = scratch[0];
   for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) total = better(total, scratch[w]);
-  __syncthreads();
-  return total;
-}
-
-__device__ inline double warp_sum(double v) {
-  for (int d = 16; d > 0; d /= 2) v += __shfl_xor_sync(kFullMask, v, d);
-  return v;
-}
-
-// Every thread gets the sum, combined in a fixed order. Ends with a barrier.
-__device__ double block_sum(double v, double* scratch) {
-  v = warp_sum(v);
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  double total = scratch[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) total += scratch[w];
   __syncthreads();
   return total;
 }
@@ -196,10 +180,10 @@ __global__ void __launch_bounds__(kThreads)
     sx += g * x;
     sm += fabs(g) * fabs(x);
   }
-  su = warp_sum(su);
-  sv = warp_sum(sv);
-  sx = warp_sum(sx);
-  sm = warp_sum(sm);
+  su = warp_reduce(su, Sum());
+  sv = warp_reduce(sv, Sum());
+  sx = warp_reduce(sx, Sum());
+  sm = warp_reduce(sm, Sum());
   if (lane == 0) {
     if (a) u[i] = su;
     v[i] = sv;
@@ -236,10 +220,10 @@ __global__ void __launch_bounds__(kBigBlock)
     }
     wGw += w[j] * v[j];
   }
-  aGa = block_sum(aGa, scratch);
-  aGw = block_sum(aGw, scratch);
-  wGw = block_sum(wGw, scratch);
-  nnz = block_sum(nnz, scratch);
+  aGa = block_reduce(aGa, Sum(), scratch);
+  aGw = block_reduce(aGw, Sum(), scratch);
+  wGw = block_reduce(wGw, Sum(), scratch);
+  nnz = block_reduce(nnz, Sum(), scratch);
   if (threadIdx.x == 0) *out = Scalars{aGa, aGw, wGw, static_cast<int64_t>(nnz), nnz == 0};
 }
 

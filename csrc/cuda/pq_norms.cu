@@ -20,6 +20,7 @@
 #include <climits>
 
 #include "launchers.h"
+#include "reductions.cuh"
 
 namespace greedyprune::cuda {
 namespace {
@@ -31,7 +32,6 @@ constexpr int kWarpPiece = 1024;  // pieces up to this length go to one warp (32
 constexpr int kPowersPerPass = 64;
 constexpr int kCombineThreads = 256;
 constexpr int kCombineBlocks = 65535;
-constexpr unsigned kFullMask = 0xffffffffu;
 static_assert(kTile / kThreads <= 32 && kWarpPiece / 32 <= 32, "float runs of at most 32 terms");
 static_assert(kThreads >= kPowersPerPass && kCombineThreads >= kPowersPerPass, "a thread per power");
 
@@ -52,39 +52,6 @@ struct Outputs {
 
 __host__ __device__ inline int64_t lesser(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ inline int64_t greater(int64_t a, int64_t b) { return a > b ? a : b; }
-
-__device__ inline float to_float(float x) { return x; }
-__device__ inline float to_float(__half x) { return __half2float(x); }
-__device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-struct Sum {
-  template <typename V>
-  __device__ V operator()(V a, V b) const { return a + b; }
-};
-struct Max {
-  template <typename V>
-  __device__ V operator()(V a, V b) const { return a > b ? a : b; }
-};
-
-// Butterfly reduction: every lane gets the result, in an order fixed by the lane numbers.
-template <typename V, typename Op>
-__device__ V warp_reduce(V v, Op op) {
-  for (int d = 16; d > 0; d /= 2) v = op(v, __shfl_xor_sync(kFullMask, v, d));
-  return v;
-}
-
-// Every thread gets the result; warps combine in warp order. `scratch`: one shared entry
-// per warp. Ends with a barrier, so scratch can be reused at once.
-template <typename V, typename Op>
-__device__ V block_reduce(V v, Op op, V* scratch) {
-  v = warp_reduce(v, op);
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  V total = scratch[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) total = op(total, scratch[w]);
-  __syncthreads();
-  return total;
-}
 
 // xs[j] <- log2(xs[j] / max), -inf for zeros and masked-out entries (marked -1): then
 // every power of an entry is one exp2f, and zeros give exactly 0.

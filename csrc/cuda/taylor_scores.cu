@@ -21,6 +21,7 @@
 #include <climits>
 
 #include "launchers.h"
+#include "reductions.cuh"
 
 namespace greedyprune::cuda {
 namespace {
@@ -36,15 +37,11 @@ constexpr int64_t kArgminMaxK = 16;       // larger k: ranking
 constexpr int kRankThreads = 256;
 constexpr int64_t kRankChunk = 1024;      // keys compared per rank_partial block, at least
 constexpr int64_t kMaxGridY = 65535;
-constexpr unsigned kFullMask = 0xffffffffu;
 
 __host__ __device__ inline int64_t lesser(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ inline int64_t greater(int64_t a, int64_t b) { return a > b ? a : b; }
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-__device__ inline float to_float(float x) { return x; }
-__device__ inline float to_float(__half x) { return __half2float(x); }
-__device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 // 16 bytes of T, for vector loads.
 template <typename T>
@@ -52,22 +49,6 @@ struct alignas(16) Pack {
   static constexpr int kSize = 16 / sizeof(T);
   T v[kSize];
 };
-
-__device__ inline double warp_sum(double v) {
-  for (int d = 16; d > 0; d /= 2) v += __shfl_xor_sync(kFullMask, v, d);
-  return v;
-}
-
-// Every thread gets the sum; warps combine in warp order. Ends with a barrier.
-__device__ double block_sum(double v, double* scratch) {
-  v = warp_sum(v);
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  double total = scratch[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) total += scratch[w];
-  __syncthreads();
-  return total;
-}
 
 // Float run of at most kRun products, flushed into a double.
 struct RunSum {
@@ -128,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
     else
       row_dot(act + row, grad + row, S, lane, acc);
   }
-  const double total = block_sum(acc.value(), scratch);
+  const double total = block_reduce(acc.value(), Sum(), scratch);
   if (threadIdx.x == 0) part[g * N + i] = total;
 }
 
@@ -181,7 +162,7 @@ __global__ void __launch_bounds__(kFinishThreads)
   const int tid = threadIdx.x;
   double s = 0.0;
   for (int64_t i = tid; i < N; i += kFinishThreads) s += static_cast<double>(a[i]) * r_sum[i];
-  const double ar = block_sum(s, scratch);
+  const double ar = block_reduce(s, Sum(), scratch);
   for (int64_t i = tid; i < N; i += kFinishThreads) {
     const double g = r_sum[i] - ar;
     r[i] = static_cast<float>(r_sum[i]);
