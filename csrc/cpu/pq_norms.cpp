@@ -41,6 +41,7 @@ struct PowerPlan {
   std::vector<double> power;
   std::vector<int64_t> term_of;  // requested power j -> term u
   std::vector<int> term_at_multiple;  // chain mode: multiple k -> term u, or -1
+  int kmax = 0;                       // chain mode: the largest multiple
 };
 
 PowerPlan plan_powers(const std::vector<double>& powers) {
@@ -75,6 +76,7 @@ PowerPlan plan_powers(const std::vector<double>& powers) {
                 : plan.base == 0.5 ? BaseKind::kSqrt
                 : plan.base == 2.0 ? BaseKind::kSquare
                                    : BaseKind::kGeneral;
+    plan.kmax = *std::max_element(plan.multiple.begin(), plan.multiple.end());
     plan.term_at_multiple.assign(kMaxMultiple + 1, -1);
     for (size_t u = 0; u < plan.multiple.size(); ++u) plan.term_at_multiple[plan.multiple[u]] = static_cast<int>(u);
   }
@@ -286,7 +288,7 @@ void piece_log_sums(const T* w, const bool* mask, int64_t b, int64_t e, const Po
   using C = typename ComputeType<T>::type;
   const int U = static_cast<int>(plan.power.size());
   count = kMasked ? std::count(mask + b, mask + e, true) : e - b;
-  const int kmax = plan.chain ? *std::max_element(plan.multiple.begin(), plan.multiple.end()) : 0;
+  const int kmax = plan.kmax;
   const C base = static_cast<C>(plan.base);
   if (plan.chain && kmax <= kShortChain) {
     // Fast path: one unscaled pass. It stands when the largest |w| keeps the float
