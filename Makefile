@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" triton==3.9.0 ninja numpy tqdm pytest pytest-benchmark hypothesis expecttest
+	$(PY) -m pip install -q "$(TORCH_SPEC)" triton==3.9.0 ninja numpy tqdm torch-pruning scikit-learn matplotlib pytest pytest-benchmark hypothesis expecttest
 	touch $@
 
 install: $(VENV)/.deps
