@@ -1,0 +1,82 @@
+"""Greedy global imitation of one unit (seed 000, section 2.2) and the authors' released
+fixed-step forward selection (the baseline).
+
+Both grow a = counts / (k + 1) with the fixed step gamma_k = 1 / (k + 1), scoring
+candidates by the discrepancy of the whole network's output. Global imitation evaluates
+every candidate exactly while nnz(a) <= exact_until, then only the `taylor_top` with the
+most negative Taylor score (the directional derivative from `ops.taylor_scores`).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .. import ops
+from .selection import Selection
+from .suffix import SuffixEvaluator
+
+
+def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float | None = None,
+                     exact_until: int = 25, taylor_top: int = 5, max_steps: int | None = None,
+                     progress=None, method: str = "global") -> Selection:
+    """Stop when the discrepancy <= tol, nnz(a) reaches max_neurons, or after max_steps
+    steps (default 4 * max_neurons). `progress` (a tqdm bar or None) is advanced per step."""
+    n = evaluator.channels
+    if not 1 <= max_neurons <= n:
+        raise ValueError(f"greedyprune: argument 'max_neurons' must be in [1, {n}], got {max_neurons}")
+    if exact_until < 0:
+        raise ValueError(f"greedyprune: argument 'exact_until' must be >= 0, got {exact_until}")
+    if not 1 <= taylor_top <= n:
+        raise ValueError(f"greedyprune: argument 'taylor_top' must be in [1, {n}], got {taylor_top}")
+    max_steps = 4 * max_neurons if max_steps is None else max_steps
+    if max_steps < 1:
+        raise ValueError(f"greedyprune: argument 'max_steps' must be >= 1, got {max_steps}")
+    timing = {"evaluate": 0.0, "taylor": 0.0}
+    start = time.perf_counter()
+    device = evaluator.target.device
+    eye = torch.eye(n, device=device)
+
+    def evaluate(gates):
+        t = time.perf_counter()
+        out = evaluator.evaluate(gates)
+        timing["evaluate"] += time.perf_counter() - t
+        return out
+
+    # Step 0: the best single channel (gates N e_i).
+    losses = evaluate(eye * n)
+    best = int(torch.argmin(losses))
+    counts = torch.zeros(n, dtype=torch.float64, device=device)
+    counts[best] = 1
+    loss = float(losses[best])
+    path = [loss]
+    steps = 1
+    while steps < max_steps and not (tol is not None and loss <= tol) and int((counts > 0).sum()) < max_neurons:
+        a = counts / steps
+        gamma = 1.0 / (steps + 1)
+        if int((counts > 0).sum()) <= exact_until:
+            candidates = torch.arange(n, device=device)
+        else:
+            t = time.perf_counter()
+            act, grad = evaluator.taylor_inputs((a * n).float())
+            candidates = ops.taylor_scores(act, grad, a.float(), taylor_top).topk
+            timing["taylor"] += time.perf_counter() - t
+        gates = ((1 - gamma) * a).float().unsqueeze(0) + gamma * eye[candidates]
+        losses = evaluate(gates * n)
+        pick = int(torch.argmin(losses))
+        counts[candidates[pick]] += 1
+        loss = float(losses[pick])
+        path.append(loss)
+        steps += 1
+        if progress is not None:
+            progress.update(1)
+    timing["total"] = time.perf_counter() - start
+    return Selection(method, counts / steps, loss, steps, path, timing)
+
+
+def forward_selection(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float | None = None,
+                      max_steps: int | None = None, progress=None) -> Selection:
+    """The authors' released method (GFS): fixed step 1/(k+1), every candidate scored
+    exactly, on the evaluator's loss (they use cross-entropy on true labels: kind "ce")."""
+    return global_imitation(evaluator, max_neurons=max_neurons, tol=tol, exact_until=evaluator.channels,
+                            taylor_top=1, max_steps=max_steps, progress=progress, method="gfs")
