@@ -1,0 +1,229 @@
+"""Datasets for the pruning drivers: scikit-learn's bundled digits (no download),
+CIFAR-10 from its python-pickle folder, and ImageFolder trees (needs torchvision).
+
+`load_dataset(source, split)` gives a map-style Dataset of (image float32 [C, H, W],
+label int64); `make_loader` a DataLoader whose order and augmentation follow `seed`.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from .training import check_int
+
+SPLITS = ("train", "test", "val")  # "val" is an alias of "test"
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILE = "test_batch"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_dataset(source: str, split: str, *, image_size: int = 224) -> Dataset:
+    """The `split` ("train" or "test"; "val" = "test") of `source`.
+
+    source: "digits" (scikit-learn's 8x8 digits, 1437 train / 360 test images),
+    a CIFAR-10 python-pickle folder (data_batch_1..5, test_batch, or its parent),
+    or an ImageFolder root with train/ and val/ (or test/) subfolders; `image_size`
+    is the crop side for ImageFolder only.
+    """
+    split = _check_split(split)
+    kind, root = _classify_source(source)
+    if kind == "digits":
+        return _digits(split)
+    if kind == "cifar10":
+        return CIFAR10(root, train=split == "train")
+    return _image_folder(root, split, image_size)
+
+
+def dataset_info(source: str) -> dict:
+    """in_channels, image_size and num_classes of `source`, without loading its images
+    (ImageFolder: classes = subfolders of train/, image_size = the default crop, 224)."""
+    kind, root = _classify_source(source)
+    if kind == "digits":
+        return dict(in_channels=1, image_size=8, num_classes=10)
+    if kind == "cifar10":
+        return dict(in_channels=3, image_size=32, num_classes=10)
+    classes = [d for d in os.scandir(root / "train") if d.is_dir()]
+    return dict(in_channels=3, image_size=224, num_classes=len(classes))
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    """A DataLoader whose shuffling (and the dataset's augmentation, if any) is drawn from `seed`.
+
+    Equal seeds give equal batches. Every epoch the augmentation is reseeded from the
+    loader's generator: in the main process, or in each worker with its own seed.
+    """
+    if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
+        raise TypeError(f"greedyprune: argument 'dataset' must be a map-style Dataset, got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise ValueError("greedyprune: argument 'dataset' is empty")
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("seed", seed, minimum=0)
+    check_int("num_workers", num_workers, minimum=0)
+    if drop_last and batch_size > len(dataset):
+        raise ValueError(f"greedyprune: argument 'batch_size' ({batch_size}) exceeds the dataset's "
+                         f"{len(dataset)} samples with drop_last=True: the loader would be empty")
+    generator = torch.Generator().manual_seed(seed)
+    return _SeededLoader(dataset, batch_size=batch_size, shuffle=bool(shuffle), generator=generator,
+                         num_workers=num_workers, drop_last=drop_last,
+                         worker_init_fn=_reseed_worker if num_workers > 0 else None)
+
+
+class CIFAR10(Dataset):
+    """CIFAR-10 from its pickle batches, kept as uint8 and normalized per item.
+
+    The train split is augmented with a random 32x32 crop of the image zero-padded by 4
+    and a random horizontal flip, drawn from the dataset's own generator (`reseed`).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, train: bool, augment: bool | None = None, seed: int = 0):
+        root = Path(root)
+        files = CIFAR10_TRAIN_FILES if train else (CIFAR10_TEST_FILE,)
+        images, labels = zip(*(_read_cifar_batch(root / name) for name in files))
+        self.images = torch.from_numpy(np.concatenate(images))  # uint8 [n, 3, 32, 32]
+        self.labels = torch.from_numpy(np.concatenate(labels))  # int64 [n]
+        self.augment = train if augment is None else augment
+        self._mean = torch.tensor(CIFAR10_MEAN).view(3, 1, 1)
+        self._std = torch.tensor(CIFAR10_STD).view(3, 1, 1)
+        self._generator = torch.Generator()
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation's random stream from `seed`."""
+        self._generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index].float() / 255
+        if self.augment:
+            image = self._random_crop_flip(image)
+        return (image - self._mean) / self._std, self.labels[index]
+
+    def _random_crop_flip(self, image: torch.Tensor, padding: int = 4) -> torch.Tensor:
+        size = image.shape[-1]
+        padded = F.pad(image, (padding,) * 4)  # black border, as in the usual uint8 pipeline
+        top, left = torch.randint(0, 2 * padding + 1, (2,), generator=self._generator).tolist()
+        image = padded[:, top:top + size, left:left + size]
+        if torch.rand((), generator=self._generator) < 0.5:
+            image = image.flip(-1)
+        return image.contiguous()
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"greedyprune: argument 'split' must be one of {SPLITS}, got {split!r}")
+    return "test" if split == "val" else split
+
+
+def _classify_source(source) -> tuple[str, Path | None]:
+    """("digits" | "cifar10" | "imagefolder", the folder to read)."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"greedyprune: argument 'source' must be a str or path, got {type(source).__name__}")
+    if source == "digits":
+        return "digits", None
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"greedyprune: argument 'source' must be 'digits' or an existing folder "
+                         f"(CIFAR-10 pickle batches or an ImageFolder root), got {str(source)!r}")
+    for folder in (root, root / CIFAR10_FOLDER):
+        if (folder / CIFAR10_TEST_FILE).is_file() or (folder / CIFAR10_TRAIN_FILES[0]).is_file():
+            return "cifar10", folder
+    if (root / "train").is_dir() and _eval_folder(root) is not None:
+        return "imagefolder", root
+    raise ValueError(f"greedyprune: argument 'source' folder {str(source)!r} holds neither CIFAR-10 pickle "
+                     "batches (data_batch_1..5, test_batch) nor train/ and val/ ImageFolder subfolders")
+
+
+def _eval_folder(root: Path) -> Path | None:
+    return next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
+
+
+@lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[torch.Tensor, ...]:
+    """Standardized digits as (x_train, y_train, x_test, y_test); computed once per process."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]  # [n, 1, 8, 8]
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    mean, std = x_train.mean(), x_train.std()  # train statistics only, so the test split stays unseen
+    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    return tuple(torch.from_numpy(a) for a in (x_train, y_train, x_test, y_test))
+
+
+def _digits(split: str) -> TensorDataset:
+    x_train, y_train, x_test, y_test = _digits_arrays()
+    return TensorDataset(x_train, y_train) if split == "train" else TensorDataset(x_test, y_test)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [n, 3, 32, 32], int64 [n]) from one pickle batch (rows are R, G, B planes of 32x32)."""
+    if not path.is_file():
+        raise ValueError(f"greedyprune: argument 'source': CIFAR-10 batch file {str(path)!r} is missing")
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise ValueError(f"greedyprune: argument 'source': {str(path)!r} is not a CIFAR-10 batch "
+                         f"(data {data.shape}, {len(labels)} labels)")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _image_folder(root: Path, split: str, image_size: int) -> Dataset:
+    try:
+        from torchvision import datasets, transforms
+    except ImportError as err:
+        raise ImportError(f"greedyprune: source {str(root)!r} is an ImageFolder root, which needs torchvision "
+                          "(pip install torchvision); 'digits' and CIFAR-10 folders do not") from err
+    check_int("image_size", image_size, minimum=1)
+    if split == "train":
+        steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+        folder = root / "train"
+    else:
+        steps = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
+        folder = _eval_folder(root)
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+
+
+def _augmented_base(dataset: Dataset):
+    """The dataset under any Subset wrappers if it draws its own augmentation, else None."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset if callable(getattr(dataset, "reseed", None)) else None
+
+
+class _SeededLoader(DataLoader):
+    """A DataLoader that reseeds its dataset's augmentation from its generator every epoch."""
+
+    def __iter__(self):
+        augmented = _augmented_base(self.dataset)
+        if augmented is not None and self.num_workers == 0:
+            # drawn at iteration, not construction, so loaders sharing one dataset stay independent
+            augmented.reseed(int(torch.randint(2**62, (), generator=self.generator)))
+        return super().__iter__()
+
+
+def _reseed_worker(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    augmented = _augmented_base(info.dataset)
+    if augmented is not None:
+        augmented.reseed(info.seed)  # per worker and per epoch, derived from the loader's generator

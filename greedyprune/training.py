@@ -1,0 +1,250 @@
+"""Training, fine-tuning and evaluation loops for the pruning drivers, and a cache of
+trained models (`pretrained`).
+
+Loaders yield (inputs, targets) batches; `predict_logits` also takes bare input batches.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
+          label_smoothing: float = 0.0, nesterov: bool = False, device=None,
+          params: Iterable[torch.Tensor] | None = None,
+          after_step: Callable[[nn.Module, int], None] | None = None,
+          progress: bool = True, desc: str = "train") -> list[float]:
+    """SGD with cosine learning-rate decay per iteration (lr at step 0, 0 after the last step).
+
+    Optimizes `params` if given, else every parameter of `model` that requires grad, on
+    cross-entropy with `label_smoothing`. `after_step(model, step)` runs after each
+    optimizer step (step = 0 .. epochs*len(loader)-1) while the optimizer's lr is still the
+    one that step used. `device`: where the model and batches go (default: the model's).
+    Returns the mean training loss of each epoch; the model's train/eval mode is restored.
+    """
+    check_module(model)
+    check_int("epochs", epochs, minimum=1)
+    check_real("lr", lr, low=0.0, low_open=True)
+    check_real("momentum", momentum, low=0.0, high=1.0)
+    check_real("weight_decay", weight_decay, low=0.0)
+    check_real("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    if nesterov and momentum == 0:
+        raise ValueError("greedyprune: argument 'nesterov' needs momentum > 0")
+    if after_step is not None and not callable(after_step):
+        raise TypeError(f"greedyprune: argument 'after_step' must be callable, got {type(after_step).__name__}")
+    steps_per_epoch = _check_loader(loader)
+    device = _place(model, device)
+    trained = _check_params(model, params)
+
+    optimizer = torch.optim.SGD(trained, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    total_steps = epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps)))
+
+    was_training = model.training
+    model.train()
+    epoch_losses, step = [], 0
+    try:
+        for epoch in range(epochs):
+            loss_sum, samples = 0.0, 0
+            batches = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            for batch in batches:
+                inputs, targets = _unpack(batch, device)
+                loss = F.cross_entropy(model(inputs), targets, label_smoothing=label_smoothing)
+                batch_loss, step_lr = loss.item(), optimizer.param_groups[0]["lr"]
+                if not math.isfinite(batch_loss):  # stop before a NaN step spoils the weights
+                    raise FloatingPointError(f"greedyprune: training loss became {batch_loss} at epoch {epoch + 1}, "
+                                             f"step {step} (lr {step_lr:.3g}); try a smaller 'lr'")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if after_step is not None:
+                    after_step(model, step)
+                schedule.step()
+                step += 1
+                loss_sum += batch_loss * len(targets)
+                samples += len(targets)
+                batches.set_postfix(loss=f"{batch_loss:.4f}", lr=f"{step_lr:.3g}", refresh=False)
+            epoch_losses.append(loss_sum / samples)
+    finally:
+        model.train(was_training)
+    return epoch_losses
+
+
+def finetune(model: nn.Module, loader, *, epochs: int, lr: float = 0.01, weight_decay: float = 5e-5,
+             label_smoothing: float = 0.1, **kw) -> list[float]:
+    """The greedy-pruning paper's fine-tuning recipe: `train` with SGD momentum 0.9, cosine
+    decay, label smoothing 0.1, lr 0.01 and weight decay 5e-5 unless overridden."""
+    kw.setdefault("desc", "finetune")
+    return train(model, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, label_smoothing=label_smoothing,
+                 **kw)
+
+
+def evaluate(model: nn.Module, loader, *, device=None) -> dict:
+    """Mean cross-entropy `loss`, `accuracy` (fraction correct) and `samples` over `loader`,
+    in eval mode without grad; the model's previous mode is restored."""
+    check_module(model)
+    _check_loader(loader)
+    device = _place(model, device)
+    loss_sum, correct, samples = 0.0, 0, 0
+    with eval_mode(model), torch.no_grad():
+        for batch in loader:
+            inputs, targets = _unpack(batch, device)
+            logits = model(inputs)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            correct += (logits.argmax(dim=1) == targets).sum().item()
+            samples += len(targets)
+    if samples == 0:
+        raise ValueError("greedyprune: argument 'loader' yielded no samples")
+    return dict(loss=loss_sum / samples, accuracy=correct / samples, samples=samples)
+
+
+def predict_logits(model: nn.Module, loader, *, device=None) -> torch.Tensor:
+    """The model's logits for every batch of `loader`, concatenated, in eval mode without grad
+    (on `device`). Batches may be input tensors or (inputs, ...) tuples."""
+    check_module(model)
+    _check_loader(loader)
+    device = _place(model, device)
+    with eval_mode(model), torch.no_grad():
+        logits = [model((batch if torch.is_tensor(batch) else batch[0]).to(device)) for batch in loader]
+    if not logits:
+        raise ValueError("greedyprune: argument 'loader' yielded no batches")
+    return torch.cat(logits)
+
+
+def pretrained(name_key: str, build: Callable[[], nn.Module], fit: Callable[[nn.Module], object], *,
+               cache_dir: str | os.PathLike | None = None) -> nn.Module:
+    """`build()` with the weights cached under `name_key`; on a cache miss `fit(model)` trains it
+    and its state_dict is saved atomically (temp file, then os.replace).
+
+    cache_dir: default $GREEDYPRUNE_CACHE, else ~/.cache/greedyprune. name_key: letters,
+    digits, '.', '_', '-' (not first), at most 200 characters.
+    """
+    if not isinstance(name_key, str) or not _SAFE_NAME.fullmatch(name_key):
+        raise ValueError("greedyprune: argument 'name_key' must be a safe file name (letters, digits, '.', '_', '-', "
+                         f"not starting with '.', '_' or '-', at most 200 characters), got {name_key!r}")
+    for name, fn in (("build", build), ("fit", fit)):
+        if not callable(fn):
+            raise TypeError(f"greedyprune: argument '{name}' must be callable, got {type(fn).__name__}")
+    folder = Path(cache_dir or os.environ.get("GREEDYPRUNE_CACHE") or Path.home() / ".cache" / "greedyprune")
+    folder = folder.expanduser()
+    path = folder / f"{name_key}.pt"
+
+    model = build()
+    check_module(model, name="build()'s result")
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as err:
+            raise RuntimeError(f"greedyprune: cached weights {str(path)!r} do not load into build()'s model "
+                               f"({err}); delete the file to retrain") from err
+        return model
+
+    fit(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    # a crash mid-write must never leave a truncated file under the final name
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name_key}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(model.state_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return model
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """The model in eval mode inside the block; its previous train/eval mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _place(model: nn.Module, device) -> torch.device:
+    """The device batches go to: `device` (the model is moved there) or the model's own."""
+    if device is not None:
+        device = torch.device(device)
+        model.to(device)
+        return device
+    first = next(model.parameters(), None)
+    if first is None:
+        first = next(model.buffers(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _unpack(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError("greedyprune: argument 'loader' must yield (inputs, targets) batches, "
+                        f"got {type(batch).__name__}")
+    inputs, targets = batch
+    return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+
+def check_module(model, name: str = "model") -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"greedyprune: argument '{name}' must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_loader(loader) -> int:
+    """The number of batches per epoch; an error unless `loader` is a non-empty sized iterable."""
+    try:
+        steps = len(loader)
+    except TypeError:
+        raise TypeError("greedyprune: argument 'loader' must be an iterable with len() (e.g. a DataLoader), "
+                        f"got {type(loader).__name__}") from None
+    if steps < 1:
+        raise ValueError("greedyprune: argument 'loader' has no batches")
+    return steps
+
+
+def _check_params(model: nn.Module, params) -> list[torch.Tensor]:
+    if params is None:
+        trained = [p for p in model.parameters() if p.requires_grad]
+        if not trained:
+            raise ValueError("greedyprune: argument 'model' has no parameter that requires grad")
+        return trained
+    if torch.is_tensor(params):
+        raise TypeError("greedyprune: argument 'params' must be an iterable of tensors, not a single tensor")
+    trained = list(params)
+    if not trained:
+        raise ValueError("greedyprune: argument 'params' is empty")
+    for p in trained:
+        if not torch.is_tensor(p) or not p.is_leaf or not p.requires_grad:
+            raise ValueError("greedyprune: argument 'params' must hold leaf tensors that require grad")
+    return trained
+
+
+def check_int(name: str, value, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"greedyprune: argument '{name}' must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"greedyprune: argument '{name}' must be >= {minimum}, got {value}")
+
+
+def check_real(name: str, value, *, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    """value in [low, high) (or (low, high) with low_open), finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"greedyprune: argument '{name}' must be a number, got {type(value).__name__}")
+    below = value <= low if low_open else value < low
+    if not math.isfinite(value) or below or value >= high:
+        interval = f"{'(' if low_open else '['}{low}, {high})"
+        raise ValueError(f"greedyprune: argument '{name}' must be in {interval}, got {value}")
