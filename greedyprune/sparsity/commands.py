@@ -1,0 +1,133 @@
+"""The `greedyprune sap` and `greedyprune pqi` subcommands (`register` adds them to the central CLI)."""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..data import load_dataset
+from ..models import build_model, load_model
+from .pqi import PAPER_PAIR, SCOPES, format_grid, format_table, grid_pairs, pqi_report
+from .report import results_table, write_json
+from .sap import METHODS, SAPConfig, build_seeded, run_sap
+
+
+def register(subparsers) -> None:
+    """Add the `sap` and `pqi` subcommands to an argparse subparsers object."""
+    sap = subparsers.add_parser(
+        "sap", help="Sparsity-informed Adaptive Pruning (or the one-shot / lottery-ticket baselines)",
+        description="Iterative prune -> rewind -> retrain with the pruning count from the PQI bound (PQI paper, "
+                    "Algorithm 1). Writes results.json, results.png, model.pt and a checkpoint per iteration to --out.")
+    sap.add_argument("--model", default="mlp", help="build_model name (default mlp; the paper's: mlp, cnn)")
+    sap.add_argument("--data", default="digits", help="'digits' or a path load_dataset understands")
+    sap.add_argument("--method", "--baseline", dest="method", choices=METHODS, default="sap",
+                     help="sap (default), one-shot or lottery (fixed ratio)")
+    sap.add_argument("--scope", choices=SCOPES, default="global")
+    defaults = SAPConfig()
+    for flag, kind, text in (("--p", float, "PQI's p (0 < p < q)"), ("--q", float, "PQI's q"),
+                             ("--eta", float, "the bound's eta_r"), ("--gamma", float, "scale of the pruning fraction"),
+                             ("--beta", float, "largest fraction of a scope pruned per iteration"),
+                             ("--ratio", float, "baselines' fraction pruned per iteration"),
+                             ("--epochs", int, "training epochs per iteration"),
+                             ("--iterations", int, "prune-rewind-retrain iterations"),
+                             ("--lr", float, "SGD learning rate (cosine decay)"),
+                             ("--batch-size", int, "training batch size"), ("--seed", int, "initialisation seed")):
+        dest = flag[2:].replace("-", "_")
+        sap.add_argument(flag, type=kind, default=getattr(defaults, dest), help=f"{text} (default {getattr(defaults, dest)})")
+    sap.add_argument("--stop-on-rising-pqi", action="store_true",
+                     help="stop once the retrained model's global PQI_{p,q} rises (the paper's suggested extension)")
+    sap.add_argument("--out", required=True, help="output folder")
+    sap.add_argument("--resume", action="store_true", help="continue from --out's checkpoint.pt if there is one")
+    sap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sap.set_defaults(func=sap_command)
+
+    pqi = subparsers.add_parser(
+        "pqi", help="PQ Index (and Gini index) table of a saved model",
+        description="PQ Index per neuron, layer and globally of every weight with dim > 1 (masks saved with the "
+                    "model are respected).")
+    pqi.add_argument("model", help="a file written by save_model, or a state_dict file")
+    pqi.add_argument("--arch", help="with a state_dict file: build_model name to load it into (checks the file)")
+    pqi.add_argument("--num-classes", type=int, default=10, help="for --arch (default 10)")
+    pqi.add_argument("--in-channels", type=int, default=3, help="for --arch (default 3)")
+    pqi.add_argument("--image-size", type=int, default=32, help="for --arch (default 32)")
+    pqi.add_argument("--scope", choices=(*SCOPES, "all"), default="all")
+    pqi.add_argument("--p", type=float, nargs="+", help=f"p of each pair (default {PAPER_PAIR[0]})")
+    pqi.add_argument("--q", type=float, nargs="+", help=f"q of each pair, as many as --p (default {PAPER_PAIR[1]})")
+    pqi.add_argument("--grid", action="store_true", help="the paper's grid: p in 0.1..1.0, q in 1.0..2.0 (p < q)")
+    pqi.add_argument("--no-gini", action="store_true", help="skip the Gini index (it sorts every segment)")
+    pqi.add_argument("--json", help="write the report as JSON here")
+    pqi.add_argument("--neurons", action="store_true", help="every neuron's values in the JSON (not just summaries)")
+    pqi.set_defaults(func=pqi_command)
+
+
+def sap_command(args: argparse.Namespace) -> int:
+    config = SAPConfig(method=args.method, scope=args.scope, p=args.p, q=args.q, eta=args.eta, gamma=args.gamma,
+                       beta=args.beta, ratio=args.ratio, iterations=args.iterations, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, seed=args.seed, stop_on_rising_pqi=args.stop_on_rising_pqi)
+    model = build_seeded(args.model, args.data, config.seed)
+    result = run_sap(model, load_dataset(args.data, "train"), load_dataset(args.data, "test"), config,
+                     out_dir=args.out, resume=args.resume, progress=not args.no_progress)
+    print(results_table({config.label: result.history}), end="")
+    if result.stopped:
+        print(f"stopped early: {result.stopped}")
+    print(f"wrote {Path(args.out) / 'results.json'}, results.png, model.pt, checkpoint.pt")
+    return 0
+
+
+def _pairs(args: argparse.Namespace) -> list[tuple[float, float]]:
+    if args.grid:
+        if args.p or args.q:
+            raise ValueError("greedyprune: argument '--grid' cannot be combined with '--p'/'--q'")
+        return grid_pairs()
+    ps, qs = args.p or [PAPER_PAIR[0]], args.q or [PAPER_PAIR[1]]
+    if len(ps) != len(qs):
+        raise ValueError(f"greedyprune: argument '--q' needs as many values as '--p' ({len(ps)}), got {len(qs)}")
+    return list(zip(ps, qs))
+
+
+def load_weights(path: str, arch: str | None = None, **build_kw):
+    """(weights source, masks or None) from a save_model file or a state_dict file (loaded into
+    build_model(arch, **build_kw) when `arch` is given)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"greedyprune: argument 'model' ({path!r}) is not an existing file")
+    try:
+        model, meta = load_model(path)
+        return model, meta.get("masks")
+    except ValueError:
+        pass
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"greedyprune: argument 'model' ({path!r}) is neither a save_model file nor a state_dict "
+                         f"({type(err).__name__}: {err})") from None
+    if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"greedyprune: argument 'model' ({path!r}) holds no tensors by name (not a state_dict)")
+    if arch is None:
+        return state, None
+    model = build_model(arch, **build_kw)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"greedyprune: argument 'model' ({path!r}) does not load into --arch {arch}: {err}") from None
+    return model, None
+
+
+def pqi_command(args: argparse.Namespace) -> int:
+    pairs = _pairs(args)
+    scopes = SCOPES if args.scope == "all" else (args.scope,)
+    weights, masks = load_weights(args.model, args.arch, num_classes=args.num_classes,
+                                  in_channels=args.in_channels, image_size=args.image_size)
+    report = pqi_report(weights, pairs, masks=masks, scopes=scopes, gini=not args.no_gini)
+    shown = [PAPER_PAIR] if args.grid else None
+    print(format_table(report, pairs=shown), end="")
+    if args.grid and "global" in scopes:
+        print()
+        print(format_grid(report, "global"), end="")
+    if args.json:
+        write_json(args.json, {"model": str(args.model), "masks_from_file": masks is not None,
+                               **report.to_dict(neurons=args.neurons)})
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,367 @@
+"""PQ Index and Gini index of a model's weights at three scopes, many (p, q) pairs at once (seed 003).
+
+The weights measured are every floating tensor with more than one dimension (Linear, Conv,
+Embedding weights). Scopes: `neuron` = one output row W[i] (flattened), `layer` = one weight,
+`global` = all of them as one vector. Masks (bool, shaped like each weight) restrict every
+measure to the kept entries. One `ops.pq_norms` pass gives the log power sums of every neuron for
+every power the pairs need; layer and global sums are log-sum-exps of those, so all scopes and all
+pairs come from that single pass over the weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .. import ops
+
+SCOPES = ("neuron", "layer", "global")
+PAPER_PAIR = (0.5, 1.0)  # the paper's default (p, q), used for every PQI it plots
+PAPER_P = tuple(round(0.1 * i, 1) for i in range(1, 11))  # the paper's sweep, p in 0.1 .. 1.0
+PAPER_Q = tuple(round(1.0 + 0.1 * i, 1) for i in range(11))  # q in 1.0 .. 2.0
+
+
+def _arg_error(arg: str, msg: str) -> ValueError:
+    return ValueError(f"greedyprune: argument '{arg}' {msg}")
+
+
+def grid_pairs(ps: Sequence[float] = PAPER_P, qs: Sequence[float] = PAPER_Q) -> list[tuple[float, float]]:
+    """Every (p, q) of the grid ps x qs with p < q, p-major (the paper's grid gives 109 pairs)."""
+    return [(float(p), float(q)) for p in ps for q in qs if p < q]
+
+
+def pair_key(p: float, q: float) -> str:
+    """The text key of a pair in dicts and JSON, e.g. "0.5,1"."""
+    return f"{p:g},{q:g}"
+
+
+def prunable_weights(source) -> dict[str, torch.Tensor]:
+    """The measured weights (floating, dim > 1), detached, in order: from a module's parameters or a state_dict."""
+    if isinstance(source, nn.Module):
+        items = source.named_parameters()
+    elif isinstance(source, Mapping):
+        items = source.items()
+    else:
+        raise _arg_error("weights", f"must be an nn.Module or a mapping of names to tensors, got {type(source).__name__}")
+    return {name: t.detach() for name, t in items
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() > 1}
+
+
+def check_pairs(pairs) -> tuple[tuple[float, float], ...]:
+    """Pairs as a tuple of (p, q) floats; ValueError unless every pair has 0 < p < q (finite)."""
+    try:
+        checked = tuple((float(p), float(q)) for p, q in pairs)
+    except (TypeError, ValueError):
+        raise _arg_error("pairs", f"must be a sequence of (p, q) number pairs, got {pairs!r}") from None
+    if not checked:
+        raise _arg_error("pairs", "must hold at least one (p, q) pair")
+    for p, q in checked:
+        if not (math.isfinite(q) and 0 < p < q):
+            raise _arg_error("pairs", f"must satisfy 0 < p < q for every pair, got p = {p:g}, q = {q:g}")
+    return checked
+
+
+def check_masks(masks, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Masks keyed like `weights` (bool, same shapes); weights without a mask are fully kept."""
+    if masks is None:
+        return None
+    if not isinstance(masks, Mapping):
+        raise _arg_error("masks", f"must be a mapping of weight names to bool tensors, got {type(masks).__name__}")
+    unknown = sorted(set(masks) - set(weights))
+    if unknown:
+        raise _arg_error("masks", f"names weights that are not measured (floating, dim > 1): {unknown[:5]}")
+    full = {}
+    for name, w in weights.items():
+        m = masks.get(name)
+        if m is None:
+            m = torch.ones_like(w, dtype=torch.bool)
+        elif not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != w.shape:
+            raise _arg_error("masks", f"entry {name!r} must be a bool tensor of shape {tuple(w.shape)}, "
+                                      f"got {getattr(m, 'dtype', type(m).__name__)} {tuple(getattr(m, 'shape', ()))}")
+        full[name] = m.to(w.device)
+    return full
+
+
+def segment_offsets(shapes: Sequence[Sequence[int]], scope: str, device=None) -> torch.Tensor:
+    """Offsets [L+1] of the scope's segments in the weights flattened one after the other."""
+    if scope == "global":
+        return ops.offsets_from_sizes([sum(math.prod(s) for s in shapes)], device)
+    if scope == "layer":
+        return ops.offsets_from_sizes([math.prod(s) for s in shapes], device)
+    if scope == "neuron":
+        rows = torch.tensor([s[0] for s in shapes], dtype=torch.int64)
+        row_sizes = torch.tensor([math.prod(s[1:]) for s in shapes], dtype=torch.int64)
+        sizes = torch.repeat_interleave(row_sizes, rows)
+        return torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)]).to(device)
+    raise _arg_error("scope", f"must be one of {SCOPES}, got {scope!r}")
+
+
+def segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Sum of `values` (flat, bool or int) over each segment, as int64."""
+    prefix = torch.cat([values.new_zeros(1, dtype=torch.int64), values.to(torch.int64).cumsum(0)])
+    return prefix[offsets[1:]] - prefix[offsets[:-1]]
+
+
+def _log_sum_exp_groups(log_sums: torch.Tensor, group: torch.Tensor, groups: int) -> torch.Tensor:
+    """Per group, log sum exp over its rows of `log_sums` [R, P] (-inf for groups with nothing)."""
+    index = group[:, None].expand_as(log_sums)
+    peak = torch.full((groups, log_sums.shape[1]), -math.inf, dtype=log_sums.dtype, device=log_sums.device)
+    peak = peak.scatter_reduce(0, index, log_sums, "amax")
+    shift = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = torch.zeros_like(peak).index_add_(0, group, torch.exp(log_sums - shift[group]))
+    return shift + torch.log(total)
+
+
+def _gini_rows(w: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Gini index (Hurley & Rickard) of every row of w [R, n] over its kept entries, float64.
+
+    With the kept magnitudes sorted ascending c_1..c_N: sum_k (2k - N - 1) c_k / (N sum_k c_k);
+    0 for equal magnitudes, 1 - 1/N for one non-zero entry, NaN for empty or all-zero rows.
+    """
+    magnitude = w.abs()
+    if keep is None:
+        kept = torch.full((w.shape[0],), w.shape[1], dtype=torch.float64, device=w.device)
+    else:
+        magnitude = magnitude.masked_fill(~keep, math.inf)  # pruned entries sort last
+        kept = keep.sum(1, dtype=torch.float64)
+    ranked = torch.sort(magnitude, dim=1).values.double()
+    positions = torch.arange(1, w.shape[1] + 1, dtype=torch.float64, device=w.device)
+    ranked = ranked.masked_fill_(positions > kept[:, None], 0.0)
+    total = ranked.sum(1)
+    weighted = ranked @ positions
+    return (2 * weighted - (kept + 1) * total) / (kept * total)
+
+
+def gini_index(w: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Gini index of |w| over the entries where `mask` is True (all if None); NaN if none are non-zero."""
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise _arg_error("w", f"must be a floating tensor, got {getattr(w, 'dtype', type(w).__name__)}")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != w.shape):
+        raise _arg_error("mask", f"must be a bool tensor shaped like 'w' {tuple(w.shape)}")
+    return float(_gini_rows(w.reshape(1, -1), None if mask is None else mask.reshape(1, -1))[0])
+
+
+@dataclass(frozen=True)
+class ScopeStats:
+    """Measures of one scope's segments (neurons in weight order and row order, layers, or the one global)."""
+
+    counts: torch.Tensor  # [L] int64, kept entries per segment
+    sizes: torch.Tensor  # [L] int64, all entries per segment
+    pqi: torch.Tensor  # [L, K] float64, column k for pairs[k]; NaN for empty or all-zero segments
+    gini: torch.Tensor | None  # [L] float64 (None when not computed)
+
+
+@dataclass(frozen=True)
+class PQIReport:
+    """PQ Index (and Gini index) per scope; see `pqi_report`."""
+
+    pairs: tuple[tuple[float, float], ...]
+    names: tuple[str, ...]  # measured weights, in order
+    shapes: tuple[tuple[int, ...], ...]
+    scopes: dict[str, ScopeStats]
+
+    def column(self, p: float, q: float) -> int:
+        """The column of pair (p, q) in every `pqi` tensor."""
+        try:
+            return self.pairs.index((float(p), float(q)))
+        except ValueError:
+            raise _arg_error("p/q", f"pair ({p:g}, {q:g}) is not in this report's pairs "
+                                    f"{[pair_key(*x) for x in self.pairs][:8]}") from None
+
+    def stats(self, scope: str) -> ScopeStats:
+        if scope not in self.scopes:
+            raise _arg_error("scope", f"{scope!r} was not computed; this report has {tuple(self.scopes)}")
+        return self.scopes[scope]
+
+    def pqi(self, scope: str = "global", p: float = PAPER_PAIR[0], q: float = PAPER_PAIR[1]) -> torch.Tensor:
+        """PQI_{p,q} of every segment of `scope` [L]."""
+        return self.stats(scope).pqi[:, self.column(p, q)]
+
+    def neuron_slices(self) -> dict[str, slice]:
+        """Which rows of the neuron scope belong to each weight."""
+        out, start = {}, 0
+        for name, shape in zip(self.names, self.shapes):
+            out[name] = slice(start, start + shape[0])
+            start += shape[0]
+        return out
+
+    def to_dict(self, neurons: bool = False) -> dict:
+        """JSON-ready dict (NaN as None): global and per-layer values, neuron summaries (or every neuron)."""
+        keys = [pair_key(*pair) for pair in self.pairs]
+
+        def values(stats: ScopeStats, rows) -> dict:
+            cell = {"kept": int(stats.counts[rows].sum()), "size": int(stats.sizes[rows].sum())}
+            cell["pqi"] = {k: _number(v) for k, v in zip(keys, stats.pqi[rows].tolist())}
+            if stats.gini is not None:
+                cell["gini"] = _number(float(stats.gini[rows]))
+            return cell
+
+        out: dict = {"pairs": [list(pair) for pair in self.pairs]}
+        if "global" in self.scopes:
+            out["global"] = values(self.scopes["global"], 0)
+        layers = []
+        slices = self.neuron_slices()
+        for i, (name, shape) in enumerate(zip(self.names, self.shapes)):
+            layer: dict = {"name": name, "shape": list(shape)}
+            if "layer" in self.scopes:
+                layer.update(values(self.scopes["layer"], i))
+            if "neuron" in self.scopes:
+                layer["neurons"] = _neuron_summary(self.scopes["neuron"], slices[name], keys, neurons)
+            layers.append(layer)
+        if "layer" in self.scopes or "neuron" in self.scopes:
+            out["layers"] = layers
+        return out
+
+
+def _number(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _nan_stats(t: torch.Tensor) -> dict:
+    finite = t[~torch.isnan(t)]
+    if finite.numel() == 0:
+        return {"mean": None, "min": None, "max": None}
+    return {"mean": float(finite.mean()), "min": float(finite.min()), "max": float(finite.max())}
+
+
+def _neuron_summary(stats: ScopeStats, rows: slice, keys: list[str], every_neuron: bool) -> dict:
+    pqi = stats.pqi[rows]
+    out = {"count": pqi.shape[0], "pqi": {k: _nan_stats(pqi[:, j]) for j, k in enumerate(keys)}}
+    if stats.gini is not None:
+        out["gini"] = _nan_stats(stats.gini[rows])
+    if every_neuron:
+        out["kept"] = stats.counts[rows].tolist()
+        out["pqi_each"] = {k: [_number(v) for v in pqi[:, j].tolist()] for j, k in enumerate(keys)}
+        if stats.gini is not None:
+            out["gini_each"] = [_number(v) for v in stats.gini[rows].tolist()]
+    return out
+
+
+def pqi_report(weights, pairs=(PAPER_PAIR,), *, masks=None, scopes: Sequence[str] = SCOPES, gini: bool = True,
+               backend=None) -> PQIReport:
+    """PQ Index of every (p, q) in `pairs` (0 < p < q) at each of `scopes`, from one pass over the weights.
+
+    weights: an nn.Module or a state_dict-like mapping (its floating tensors with dim > 1 are measured);
+    masks: {name: bool tensor} restricting each weight to its kept entries (missing names: all kept);
+    gini: also compute the Gini index per segment (sorts every segment, slower than the PQI).
+    """
+    tensors = prunable_weights(weights)
+    if not tensors:
+        raise _arg_error("weights", "holds no floating tensor with more than one dimension")
+    pairs = check_pairs(pairs)
+    if isinstance(scopes, str) or not scopes or any(s not in SCOPES for s in scopes):
+        raise _arg_error("scopes", f"must be a non-empty sequence drawn from {SCOPES}, got {scopes!r}")
+    full_masks = check_masks(masks, tensors)
+    names = tuple(tensors)
+    shapes = tuple(tuple(t.shape) for t in tensors.values())
+    device = next(iter(tensors.values())).device
+    flat = torch.cat([t.reshape(-1) for t in tensors.values()])
+    flat_mask = None if full_masks is None else torch.cat([m.reshape(-1) for m in full_masks.values()])
+
+    powers = sorted({x for pair in pairs for x in pair})
+    column = {x: j for j, x in enumerate(powers)}
+    row_offsets = segment_offsets(shapes, "neuron", device)
+    row_log_sums, row_counts = ops.pq_norms(flat, powers, row_offsets, flat_mask, backend=backend)
+    row_sizes = row_offsets[1:] - row_offsets[:-1]
+
+    rows_per_layer = torch.tensor([s[0] for s in shapes], dtype=torch.int64, device=device)
+    layer_of_row = torch.repeat_interleave(torch.arange(len(shapes), device=device), rows_per_layer)
+    groups = {"neuron": None, "layer": (layer_of_row, len(shapes)), "global": (torch.zeros_like(layer_of_row), 1)}
+
+    stats = {}
+    for scope in SCOPES:
+        if scope not in scopes:
+            continue
+        if groups[scope] is None:
+            log_sums, counts, sizes = row_log_sums, row_counts, row_sizes
+        else:
+            group, n = groups[scope]
+            log_sums = _log_sum_exp_groups(row_log_sums, group, n)
+            counts = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, group, row_counts)
+            sizes = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, group, row_sizes)
+        pqi = torch.stack([ops.pq_index_from_log_sums(log_sums[:, column[p]], log_sums[:, column[q]], counts, p, q)
+                           for p, q in pairs], dim=1)
+        stats[scope] = ScopeStats(counts, sizes, pqi, _scope_gini(scope, tensors, full_masks, flat, flat_mask)
+                                  if gini else None)
+    return PQIReport(pairs, names, shapes, stats)
+
+
+def _scope_gini(scope: str, tensors: dict, masks: dict | None, flat: torch.Tensor, flat_mask) -> torch.Tensor:
+    if scope == "global":
+        return _gini_rows(flat.reshape(1, -1), None if flat_mask is None else flat_mask.reshape(1, -1))
+    per_layer = []
+    for name, w in tensors.items():
+        rows = w.shape[0] if scope == "neuron" else 1
+        per_layer.append(_gini_rows(w.reshape(rows, -1), None if masks is None else masks[name].reshape(rows, -1)))
+    return torch.cat(per_layer)
+
+
+# ---------------------------------------------------------------- text output
+
+
+def _fmt(x: float | None) -> str:
+    return "nan" if x is None or math.isnan(x) else f"{x:.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
+def format_table(report: PQIReport, pairs=None, max_pairs: int = 4) -> str:
+    """Plain-text tables of `report`, one per scope: global, per layer, and per layer's neurons
+    (mean [min, max]). Columns: `pairs` (default: the report's first `max_pairs` pairs) and Gini."""
+    shown = report.pairs[:max_pairs] if pairs is None else check_pairs(pairs)
+    columns = [report.column(p, q) for p, q in shown]
+    pqi_heads = [f"PQI({pair_key(p, q)})" for p, q in shown]
+    lines = []
+
+    def kept(stats: ScopeStats, i) -> str:
+        c, s = int(stats.counts[i].sum()), int(stats.sizes[i].sum())
+        return f"{c:,}/{s:,} ({100 * c / s:.1f}%)" if s else "0/0"
+
+    def gini(stats: ScopeStats, i: int) -> list[str]:
+        return [] if stats.gini is None else [_fmt(float(stats.gini[i]))]
+
+    for scope in [s for s in SCOPES[::-1] if s in report.scopes]:
+        st = report.scopes[scope]
+        gini_head = [] if st.gini is None else ["Gini"]
+        if scope == "global":
+            rows = [["all weights", kept(st, 0)] + [_fmt(float(st.pqi[0, j])) for j in columns] + gini(st, 0)]
+            header = ["segment", "kept/size"]
+        elif scope == "layer":
+            rows = [[name, "x".join(map(str, shape)), kept(st, i)] + [_fmt(float(st.pqi[i, j])) for j in columns]
+                    + gini(st, i) for i, (name, shape) in enumerate(zip(report.names, report.shapes))]
+            header = ["layer", "shape", "kept/size"]
+        else:
+            rows = []
+            for name, rows_of in report.neuron_slices().items():
+                cells = [name, str(rows_of.stop - rows_of.start), kept(st, rows_of)]
+                for j in columns:
+                    s = _nan_stats(st.pqi[rows_of, j])
+                    cells.append(f"{_fmt(s['mean'])} [{_fmt(s['min'])}, {_fmt(s['max'])}]")
+                if st.gini is not None:
+                    s = _nan_stats(st.gini[rows_of])
+                    cells.append(f"{_fmt(s['mean'])} [{_fmt(s['min'])}, {_fmt(s['max'])}]")
+                rows.append(cells)
+            header = ["layer", "neurons", "kept/size"]
+        title = f"scope: {scope}" + (" (mean [min, max] over each layer's neurons)" if scope == "neuron" else "")
+        lines += [title] + _table(header + pqi_heads + gini_head, rows) + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def format_grid(report: PQIReport, scope: str = "global", segment: int = 0) -> str:
+    """PQI of one segment over the report's pairs as a p-by-q matrix ('-' where a pair is absent)."""
+    stats = report.stats(scope)
+    if not 0 <= segment < stats.pqi.shape[0]:
+        raise _arg_error("segment", f"must lie in [0, {stats.pqi.shape[0]}), got {segment}")
+    ps = sorted({p for p, _ in report.pairs})
+    qs = sorted({q for _, q in report.pairs})
+    index = {pair: j for j, pair in enumerate(report.pairs)}
+    rows = [[f"p={p:g}"] + [_fmt(float(stats.pqi[segment, index[(p, q)]])) if (p, q) in index else "-" for q in qs]
+            for p in ps]
+    return "\n".join([f"PQI, scope {scope}, segment {segment}"] + _table(["", *[f"q={q:g}" for q in qs]], rows)) + "\n"

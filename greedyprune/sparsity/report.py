@@ -1,0 +1,117 @@
+"""Reports of pruning runs: JSON files, a results table, and a PNG in the style of seed 003's Figure 2
+(top row: retrained models; bottom row: the same models right after pruning)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+# (history key, y label, percent) of the paper's Figure 2 panels
+RETRAINED_PANELS = (("accuracy", "Accuracy (%)", True), ("remaining_percent", "Percent of remaining weights", False),
+                    ("pqi", "PQ Index", False), ("gini", "Gini Index", False))
+PRUNED_PANELS = (("pruned_accuracy", "Accuracy (%)", True), ("accuracy_difference", "Accuracy difference (%)", True),
+                 ("pruned_pqi", "PQ Index", False), ("pqi_difference", "PQ Index difference", False))
+
+
+def _plain(value):
+    """`value` with NaN/inf floats as None, tuples as lists, tensors as lists (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    return value
+
+
+def _replace_atomically(path: Path, write) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, obj) -> None:
+    """Write `obj` as strict JSON (NaN -> null) to `path` atomically (temp file, then os.replace)."""
+    text = json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n"
+    _replace_atomically(Path(path), lambda f: f.write(text.encode()))
+
+
+def _series(history: Sequence[dict], key: str) -> list[float]:
+    """One value per iteration; the difference panels are pruned minus retrained."""
+    nan = float("nan")
+
+    def value(entry: dict, k: str) -> float:
+        v = entry.get(k)
+        return nan if v is None else float(v)
+
+    if key == "accuracy_difference":
+        return [value(e, "pruned_accuracy") - value(e, "accuracy") for e in history]
+    if key == "pqi_difference":
+        return [value(e, "pruned_pqi") - value(e, "pqi") for e in history]
+    return [value(e, key) for e in history]
+
+
+def plot_runs(runs: Mapping[str, Sequence[dict]], path, title: str = "") -> None:
+    """PNG of the runs' histories: (a) retrained models: accuracy, percent of remaining weights, PQ Index
+    (p=0.5, q=1), Gini Index; (b) pruned models: accuracy, accuracy and PQI differences (pruned - retrained)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise ValueError("greedyprune: argument 'runs' must hold at least one run")
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8), constrained_layout=True)
+    for row, (panels, caption) in enumerate(((RETRAINED_PANELS, "(a) Retrained models"),
+                                             (PRUNED_PANELS, "(b) Pruned models"))):
+        for ax, (key, ylabel, percent) in zip(axes[row], panels):
+            for label, history in runs.items():
+                ys = _series(history, key)
+                ax.plot([e["iteration"] for e in history], [100 * y for y in ys] if percent else ys,
+                        marker="o", markersize=3, label=label)
+            ax.set_xlabel("Pruning iteration")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if key == "remaining_percent":
+                ax.set_yscale("log")
+        axes[row][0].set_title(caption, loc="left")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _replace_atomically(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def results_table(runs: Mapping[str, Sequence[dict]]) -> str:
+    """Plain-text table, one row per run: iterations, final remaining %, final and best accuracy, PQI, Gini."""
+    header = ["run", "iterations", "remaining %", "final acc %", "best acc %", "PQI", "Gini", "stopped"]
+    rows = []
+    for label, history in runs.items():
+        last = history[-1]
+        best = max(history, key=lambda e: e["accuracy"])
+        rows.append([label, str(len(history)), f"{last['remaining_percent']:.2f}", f"{100 * last['accuracy']:.2f}",
+                     f"{100 * best['accuracy']:.2f} @ {best['remaining_percent']:.1f}%",
+                     _fmt(last.get("pqi")), _fmt(last.get("gini")), "yes" if last.get("stopped") else ""])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]) + "\n"
+
+
+def _fmt(x) -> str:
+    return "nan" if x is None else f"{x:.4f}"
