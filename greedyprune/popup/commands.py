@@ -1,0 +1,101 @@
+"""`greedyprune search`: SR-popup lottery-jackpot search from the command line."""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..data import dataset_info, load_dataset, make_loader
+from ..models import build_model, load_model, save_model
+from ..training import pretrained, train
+from .demo import run_demo
+from .masked import export, wrap
+from .report import write_search_report
+from .search import INIT_METHODS, SCHEDULES, SearchConfig, search
+
+PRETRAIN_LR = 0.05
+
+
+def register(subparsers) -> None:
+    """Add the `search` subcommand to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "search", help="SR-popup lottery-jackpot search (masks over frozen pre-trained weights)",
+        description="Search a sparse mask over a pre-trained model's Conv2d/Linear weights (classifier excluded) "
+                    "with SR-popup; writes a checkpoint every epoch, report.json and curves.png under --out.")
+    parser.add_argument("--model", default="cnn", help="model zoo name when --pretrained is not given (default: cnn)")
+    parser.add_argument("--data", default="digits", help="'digits' or a folder load_dataset understands")
+    parser.add_argument("--pretrained", type=Path,
+                        help="a save_model file; without it the model is pre-trained on --data and cached")
+    parser.add_argument("--pretrain-epochs", type=int, default=20, help="epochs of that pre-training (default: 20)")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="fraction of masked weights removed (0.9)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="paper",
+                        help="swap rate: paper (1-t/T)^4, constant 1 (edge-popup), inverse (t/T)^4")
+    parser.add_argument("--epochs", type=int, default=10, help="search epochs (default: 10)")
+    parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate of the scores (0.1)")
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on the scores (5e-4)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--init", choices=INIT_METHODS, default="global",
+                        help="per-layer keep counts: one global magnitude threshold or uniform")
+    parser.add_argument("--eta", type=float, default=0.99, help="initial score of pruned weights (0.99)")
+    parser.add_argument("--seed", type=int, default=0, help="data-order seed")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("popup-search"),
+                        help="folder for checkpoint.pt, report.json, curves.png (default: popup-search)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if it exists")
+    parser.add_argument("--export", type=Path, help="save the pruned plain model (weight * mask baked in) here")
+    parser.add_argument("--demo", action="store_true",
+                        help="instead: the digits comparison (magnitude / edge-popup / SR-popup) into --out")
+    parser.add_argument("--quick", action="store_true", help="with --demo: the short version")
+    parser.set_defaults(func=run_search_command)
+
+
+def _cache_key(model: str, data: str, epochs: int) -> str:
+    """A file-name-safe key of the pre-trained model for training.pretrained."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", f"popup-{model}-{Path(data).name or data}-e{epochs}")
+
+
+def _pretrained_model(args, info: dict, train_set) -> torch.nn.Module:
+    if args.pretrained is not None:
+        model, _ = load_model(args.pretrained)
+        return model
+
+    def build():
+        torch.manual_seed(args.seed)
+        return build_model(args.model, **info)
+
+    def fit(model):
+        train(model, make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed), epochs=args.pretrain_epochs,
+              lr=PRETRAIN_LR, device=args.device, desc="pre-train")
+
+    return pretrained(_cache_key(args.model, args.data, args.pretrain_epochs) + f"-s{args.seed}", build, fit)
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    """Run one search (or the demo) as the arguments say; returns the exit status."""
+    if args.demo:
+        run_demo(args.out, quick=args.quick, progress=True)
+        return 0
+    config = SearchConfig(sparsity=args.sparsity, schedule=args.schedule, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
+                          eta=args.eta, seed=args.seed)
+    train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")
+    model = _pretrained_model(args, dataset_info(args.data), train_set)
+    masked = wrap(model).to(args.device)
+    try:
+        history = search(masked, train_set, test_set, config, out_dir=args.out, resume=args.resume)
+    except KeyboardInterrupt as stop:
+        print(f"\n{stop}")
+        return 130
+    json_path, png_path = write_search_report(args.out, masked, history, config)
+    first, last = history[0], history[-1]
+    print(f"magnitude mask: test accuracy {first['test_accuracy']:.2%}; after {last['epoch']} epochs of "
+          f"'{config.schedule}': {last['test_accuracy']:.2%}, overlap with the magnitude mask {last['overlap']:.4f}")
+    print(f"wrote {json_path}, {png_path}")
+    if args.export is not None:
+        save_model(export(masked), args.export, source="greedyprune search", config=asdict(config),
+                   test_accuracy=last["test_accuracy"])
+        print(f"wrote {args.export}")
+    return 0

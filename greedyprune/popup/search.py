@@ -1,0 +1,348 @@
+"""SR-popup lottery-jackpot search (seed 002, Algorithm 1): initialisation, swap-rate schedules,
+the search loop with exact checkpoint/resume, and the mask overlap of eq. 7.
+
+Choices (documented where the paper is silent): BatchNorm layers stay in train mode during the
+search (batch statistics, running statistics updated, affine frozen), as in the authors' code;
+the learning rate follows a cosine per iteration; the swap of iteration t (1-based) uses the rate
+of step t, so the last step of the `paper` schedule swaps nothing.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .. import ops
+from ..data import make_loader
+from ..training import evaluate
+from .masked import MaskedModel, segment_counts
+
+SCHEDULES = ("paper", "constant", "inverse")
+INIT_METHODS = ("global", "uniform")
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+_EPOCH_SEED_STRIDE = 1_000_003  # per-epoch data seed = seed * stride + epoch
+
+
+def _error(argument: str, message: str) -> ValueError:
+    return ValueError(f"greedyprune.popup: argument '{argument}' {message}")
+
+
+def _check_fraction(value, argument: str, *, high_open: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _error(argument, f"must be a finite number, got {value!r}")
+    if not (0 <= value < 1 if high_open else 0 <= value <= 1):
+        raise _error(argument, f"must lie in [0, 1{')' if high_open else ']'}, got {value}")
+    return float(value)
+
+
+def _check_int(value, argument: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _error(argument, f"must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_choice(value, argument: str, choices) -> str:
+    if value not in choices:
+        raise _error(argument, f"must be one of {choices}, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------ initialisation
+
+
+def magnitudes(masked: MaskedModel) -> torch.Tensor:
+    """|w| of every wrapped weight, flat in segment order (float32)."""
+    return masked.flat_weights().abs()
+
+
+def layer_keep_counts(masked: MaskedModel, sparsity: float, method: str = "global") -> torch.Tensor:
+    """Entries each layer keeps, int64 [L].
+
+    global: the round((1 - sparsity) * N) largest |w| over all wrapped weights (one threshold;
+    ties: lower index), counted per layer. uniform: round((1 - sparsity) * n_l) per layer.
+    """
+    sparsity = _check_fraction(sparsity, "sparsity", high_open=True)
+    _check_choice(method, "method", INIT_METHODS)
+    sizes = masked.offsets[1:] - masked.offsets[:-1]
+    if method == "uniform":
+        return torch.round((1 - sparsity) * sizes.double()).to(torch.int64)
+    total = round((1 - sparsity) * int(masked.offsets[-1]))
+    return segment_counts(ops.segment_select(magnitudes(masked), total), masked.offsets)
+
+
+def magnitude_keep(masked: MaskedModel, counts: torch.Tensor) -> torch.Tensor:
+    """Magnitude top-k mask: per layer the counts[l] largest |w| (ties: lower index)."""
+    return ops.segment_select(magnitudes(masked), counts, masked.offsets)
+
+
+@torch.no_grad()
+def initialize(masked: MaskedModel, sparsity: float, *, method: str = "global", eta: float = 0.99) -> torch.Tensor:
+    """Magnitude init (eq. 8): keep = per-layer magnitude top-k, scores 1 where kept and eta elsewhere.
+
+    Returns the per-layer keep counts, which the search keeps constant.
+    """
+    eta = _check_fraction(eta, "eta", high_open=True)
+    counts = layer_keep_counts(masked, sparsity, method)
+    keep = magnitude_keep(masked, counts)
+    masked.keep = keep
+    masked.scores.copy_(torch.where(keep, 1.0, eta))
+    return counts
+
+
+def overlap(keep_a: torch.Tensor, keep_b: torch.Tensor) -> float:
+    """Eq. 7: 1 - ||m_a - m_b||_1 / k, the fraction of the k entries where two binary masks agree."""
+    if not (isinstance(keep_a, torch.Tensor) and isinstance(keep_b, torch.Tensor)) or keep_a.shape != keep_b.shape:
+        raise _error("keep_b", "must be a tensor shaped like 'keep_a'")
+    if keep_a.numel() == 0:
+        raise _error("keep_a", "must not be empty")
+    return 1.0 - (keep_a != keep_b).sum().item() / keep_a.numel()
+
+
+# ----------------------------------------------------------------- schedules
+
+
+def swap_rate(schedule: str, step: int, total_steps: int) -> float:
+    """The fraction of Psi* that swaps at iteration `step` (1-based) of `total_steps` (eq. 29).
+
+    paper: (1 - t/t_f)^4; constant: 1 (edge-popup); inverse: (t/t_f)^4 (the paper's ablation).
+    """
+    _check_choice(schedule, "schedule", SCHEDULES)
+    total_steps = _check_int(total_steps, "total_steps", 1)
+    if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= total_steps:
+        raise _error("step", f"must be an int in [1, total_steps = {total_steps}], got {step!r}")
+    if schedule == "constant":
+        return 1.0
+    progress = step / total_steps
+    return (1.0 - progress) ** 4 if schedule == "paper" else progress ** 4
+
+
+@torch.no_grad()
+def popup_step(masked: MaskedModel, rate: float) -> torch.Tensor:
+    """One SR-popup swap over every layer (one op call); returns q, the swaps per layer."""
+    result = ops.popup_swap(masked.scores.detach(), masked.keep, rate, masked.offsets)
+    masked.keep = result.keep
+    return result.q
+
+
+# ---------------------------------------------------------------------- loop
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of one search; defaults follow the paper (SGD momentum 0.9, lr 0.1, eta 0.99)."""
+
+    sparsity: float = 0.9
+    schedule: str = "paper"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    init: str = "global"
+    eta: float = 0.99
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_fraction(self.sparsity, "sparsity", high_open=True)
+        _check_choice(self.schedule, "schedule", SCHEDULES)
+        _check_int(self.epochs, "epochs", 1)
+        _check_int(self.batch_size, "batch_size", 1)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr)
+                                                                                        and self.lr > 0):
+            raise _error("lr", f"must be a finite number > 0, got {self.lr!r}")
+        _check_fraction(self.momentum, "momentum", high_open=True)
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not (
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise _error("weight_decay", f"must be a finite number >= 0, got {self.weight_decay!r}")
+        _check_choice(self.init, "init", INIT_METHODS)
+        _check_fraction(self.eta, "eta", high_open=True)
+        _check_int(self.seed, "seed", 0)
+
+
+class StepInfo(NamedTuple):
+    """What `search` passes to `on_step` after every swap."""
+
+    step: int  # 1-based iteration
+    epoch: int  # 0-based
+    lr: float  # learning rate of this step
+    rate: float  # swap rate of this step
+    loss: float  # batch loss before the step
+    swaps: torch.Tensor  # q per layer, int64 [L]
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """Cosine decay per iteration: base_lr at step 1, approaching 0 after the last."""
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * (step - 1) / total_steps))
+
+
+def checkpoint_path(out_dir) -> Path:
+    return Path(out_dir) / CHECKPOINT_NAME
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _deferred_interrupt():
+    """Ctrl-C (SIGINT) sets a flag the loop reads between steps; a second one interrupts at once."""
+    flag = {"requested": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    previous = signal.default_int_handler if previous is None else previous
+
+    def request(signum, frame):
+        flag["requested"] = True
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, request)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _epoch_totals() -> dict:
+    return {"loss_sum": 0.0, "correct": 0, "samples": 0, "swaps": 0}
+
+
+def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = SearchConfig(), *, out_dir=None,
+           resume: bool = False, progress: bool = True,
+           on_step: Callable[[StepInfo], None] | None = None) -> list[dict]:
+    """Search a lottery jackpot in `masked` (Algorithm 1); returns the per-epoch history.
+
+    Starts with `initialize` (or, with `resume`, from out_dir/checkpoint.pt when it exists).
+    Every iteration: cross-entropy on a batch, SGD (momentum, weight decay, cosine lr per
+    iteration) on the flat scores, then one `popup_swap` over all layers at the schedule's rate.
+    Batches of epoch e come from make_loader(train_set, shuffle, seed = seed * 1_000_003 + e).
+    With `out_dir`, a checkpoint (scores, keep, BN statistics, optimizer, step, RNG state,
+    history) is written atomically after every epoch and when Ctrl-C stops the run (between
+    steps, then KeyboardInterrupt is raised); resuming continues bit-for-bit, mid-epoch included.
+    History entries: epoch (0: after init), step, lr, rate, swaps, train_loss, train_accuracy
+    (None at epoch 0), test_loss, test_accuracy, overlap (eq. 7, with the magnitude mask).
+    """
+    if not isinstance(masked, MaskedModel):
+        raise _error("masked", f"must be a MaskedModel (see popup.wrap), got {type(masked).__name__}")
+    if not isinstance(config, SearchConfig):
+        raise _error("config", f"must be a SearchConfig, got {type(config).__name__}")
+    if resume and out_dir is None:
+        raise _error("resume", "needs 'out_dir' (where the checkpoint is)")
+    if on_step is not None and not callable(on_step):
+        raise _error("on_step", f"must be callable, got {type(on_step).__name__}")
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    device = masked.scores.device
+    test_loader = make_loader(test_set, config.batch_size, shuffle=False)
+    optimizer = torch.optim.SGD([masked.scores], lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    path = checkpoint_path(out_dir) if out_dir is not None else None
+
+    if resume and path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != asdict(config):
+            raise _error("config", f"differs from the checkpoint's ({state.get('config')}); "
+                                   "resume needs the same settings")
+        if state["layer_names"] != masked.layer_names:
+            raise _error("masked", "wraps other layers than the checkpoint's model")
+        masked.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        step, history, totals = state["step"], state["history"], state["epoch_totals"]
+    else:
+        initialize(masked, config.sparsity, method=config.init, eta=config.eta)
+        step, history, totals = 0, [], _epoch_totals()
+    magnitude = magnitude_keep(masked, masked.keep_counts())
+
+    def save() -> None:
+        if path is not None:
+            _save_atomically({"format": CHECKPOINT_FORMAT, "config": asdict(config), "layer_names": masked.layer_names,
+                              "model": masked.state_dict(), "optimizer": optimizer.state_dict(),
+                              "rng": torch.get_rng_state(),
+                              "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                              "step": step, "history": history,
+                              "epoch_totals": totals}, path)
+
+    if not history:
+        test = evaluate(masked, test_loader)
+        history.append(dict(epoch=0, step=0, lr=None, rate=None, swaps=0, train_loss=None, train_accuracy=None,
+                            test_loss=test["loss"], test_accuracy=test["accuracy"],
+                            overlap=overlap(masked.keep, magnitude)))
+        save()
+
+    was_training = masked.training
+    bar = tqdm(total=total_steps, initial=step, desc=f"search ({config.schedule})", disable=not progress)
+    try:
+        with _deferred_interrupt() as interrupt:
+            # The last recorded epoch, not step // steps_per_epoch: a run stopped after the last
+            # step of an epoch resumes with that epoch's evaluation.
+            for epoch in range(history[-1]["epoch"], config.epochs):
+                masked.train()
+                loader = make_loader(train_set, config.batch_size, shuffle=True,
+                                     seed=config.seed * _EPOCH_SEED_STRIDE + epoch)
+                done_in_epoch = step - epoch * steps_per_epoch
+                for index, (inputs, targets) in enumerate(loader):
+                    if index < done_in_epoch:
+                        continue  # consumed before the interruption: keep the epoch's data stream
+                    inputs, targets = inputs.to(device), targets.to(device)
+                    lr = cosine_lr(config.lr, step + 1, total_steps)
+                    rate = swap_rate(config.schedule, step + 1, total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    logits = masked(inputs)
+                    loss = F.cross_entropy(logits, targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    swaps = popup_step(masked, rate)
+                    step += 1
+                    batch_loss = loss.item()
+                    totals["loss_sum"] += batch_loss * len(targets)
+                    totals["correct"] += (logits.argmax(1) == targets).sum().item()
+                    totals["samples"] += len(targets)
+                    totals["swaps"] += int(swaps.sum())
+                    bar.update()
+                    bar.set_postfix(loss=f"{batch_loss:.4f}", lr=f"{lr:.3g}", rate=f"{rate:.3g}", refresh=False)
+                    if on_step is not None:
+                        on_step(StepInfo(step, epoch, lr, rate, batch_loss, swaps))
+                    if interrupt["requested"]:
+                        save()
+                        where = f"; checkpoint in {path}, continue with resume=True" if path else ""
+                        raise KeyboardInterrupt(f"search interrupted after step {step}/{total_steps}{where}")
+                test = evaluate(masked, test_loader)
+                history.append(dict(epoch=epoch + 1, step=step, lr=cosine_lr(config.lr, step, total_steps),
+                                    rate=swap_rate(config.schedule, step, total_steps), swaps=totals["swaps"],
+                                    train_loss=totals["loss_sum"] / totals["samples"],
+                                    train_accuracy=totals["correct"] / totals["samples"],
+                                    test_loss=test["loss"], test_accuracy=test["accuracy"],
+                                    overlap=overlap(masked.keep, magnitude)))
+                totals = _epoch_totals()
+                save()
+    finally:
+        bar.close()
+        masked.train(was_training)
+    return history
