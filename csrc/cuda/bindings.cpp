@@ -1,5 +1,5 @@
-// CUDA backend of pq_norms, taylor_scores, line_search and greedy_local: the argument checks of the CPU kernels
-// (csrc/checks.h), then the plain-CUDA launchers of csrc/cuda/*.cu on the current stream.
+// CUDA backend of pq_norms, taylor_scores, line_search, greedy_local, segment_select and popup_swap: the argument
+// checks of the CPU kernels (csrc/checks.h), then the plain-CUDA launchers of csrc/cuda/*.cu on the current stream.
 // Outputs have the CPU kernels' shapes and dtypes (float64 inputs are CPU-only).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -126,6 +126,85 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> greedy_local_cuda(const at::Tenso
   return {a, order, losses};
 }
 
+// segment_select and popup_swap take flat float scores with offsets on their device.
+void check_segmented_scores(const at::Tensor& values, const at::Tensor& offsets, const char* arg) {
+  check_cuda(values, arg);
+  check_float_dtype(values, arg);
+  check_dim(values, 1, arg);
+  GP_CHECK_ARG(values.numel() <= cuda::kSelectMaxN, arg, "must have at most ", cuda::kSelectMaxN,
+               " entries on CUDA, got ", values.numel());
+  check_same_device(offsets, values, "offsets", arg);  // the kernels read offsets on the device
+  check_offsets(offsets, values.numel(), arg);
+}
+
+// The kernels only flag a k out of range; name the first such segment as the CPU kernel does
+// (an error path: the eligible counts are computed here, nowhere else).
+void raise_bad_k(const at::Tensor& offsets, const at::Tensor& k, const at::Tensor& eligible) {
+  const at::Tensor off = offsets.cpu().contiguous(), kc = k.cpu().contiguous();
+  const int64_t* po = off.data_ptr<int64_t>();
+  const int64_t* pk = kc.data_ptr<int64_t>();
+  const int64_t L = kc.numel();
+  const at::Tensor el = eligible.defined() ? eligible.cpu().to(at::kLong) : at::ones({po[L]}, off.options());
+  const at::Tensor prefix = at::cat({at::zeros({1}, el.options()), el.cumsum(0)}).contiguous();
+  const int64_t* pp = prefix.data_ptr<int64_t>();
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t m = pp[po[l + 1]] - pp[po[l]];
+    GP_CHECK_ARG(pk[l] >= 0 && pk[l] <= m, "k", "must lie in [0, eligible entries of the segment]: segment [",
+                 po[l], ", ", po[l + 1], ") has ", m, " eligible entries, k = ", pk[l]);
+  }
+  TORCH_CHECK(false, "greedyprune: segment_select flagged a k out of range, but every k is in range");
+}
+
+at::Tensor segment_select_cuda(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& k,
+                               const c10::optional<at::Tensor>& eligible, bool largest) {
+  check_segmented_scores(values, offsets, "values");
+  const int64_t n = values.numel(), L = offsets.numel() - 1;
+  check_dim(k, 1, "k");
+  GP_CHECK_ARG(k.scalar_type() == at::kLong, "k", "must be int64, got ", k.scalar_type());
+  GP_CHECK_ARG(k.numel() == L, "k", "must have one entry per segment (", L, "), got ", k.numel());
+  at::Tensor elig;
+  if (eligible.has_value()) {
+    elig = eligible->contiguous();
+    check_flat_bool(elig, n, "eligible", "values");
+    check_same_device(elig, values, "eligible", "values");
+  }
+  const c10::cuda::CUDAGuard guard(values.device());
+  const at::Tensor v = values.contiguous(), off = offsets.contiguous(), kd = k.to(values.device()).contiguous();
+  at::Tensor out = at::empty({n}, values.options().dtype(at::kBool));
+  at::Tensor flags = at::empty({1}, values.options().dtype(at::kInt));
+  at::Tensor ws = workspace(cuda::segment_select_workspace_bytes(n), values);
+  C10_CUDA_CHECK(cuda::segment_select(v.data_ptr(), dtype_of(v), off.data_ptr<int64_t>(), L, n,
+                                      kd.data_ptr<int64_t>(), elig.defined() ? elig.data_ptr<bool>() : nullptr,
+                                      largest, out.data_ptr<bool>(), flags.data_ptr<int>(), ws.data_ptr(),
+                                      c10::cuda::getCurrentCUDAStream()));
+  // The op's one device-to-host copy after its kernels: the flags of the data checks.
+  const int f = flags.item<int>();
+  GP_CHECK_ARG(!(f & cuda::kFoundNaN), "values", "must not contain NaN");
+  if (f & cuda::kBadK) raise_bad_k(off, kd, elig);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> popup_swap_cuda(const at::Tensor& scores, const at::Tensor& offsets,
+                                                   const at::Tensor& keep, double rate) {
+  check_segmented_scores(scores, offsets, "scores");
+  const int64_t n = scores.numel(), L = offsets.numel() - 1;
+  check_flat_bool(keep, n, "keep", "scores");
+  check_dim(keep, 1, "keep");
+  check_same_device(keep, scores, "keep", "scores");
+  GP_CHECK_ARG(std::isfinite(rate) && rate >= 0 && rate <= 1, "rate", "must lie in [0, 1], got ", rate);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const at::Tensor s = scores.contiguous(), off = offsets.contiguous(), kp = keep.contiguous();
+  at::Tensor keep_out = at::empty({n}, kp.options());
+  at::Tensor q = at::empty({L}, offsets.options());
+  at::Tensor flags = at::empty({1}, scores.options().dtype(at::kInt));
+  at::Tensor ws = workspace(cuda::popup_swap_workspace_bytes(n), scores);
+  C10_CUDA_CHECK(cuda::popup_swap(s.data_ptr(), dtype_of(s), off.data_ptr<int64_t>(), L, n, kp.data_ptr<bool>(), rate,
+                                  keep_out.data_ptr<bool>(), q.data_ptr<int64_t>(), flags.data_ptr<int>(),
+                                  ws.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  GP_CHECK_ARG(!(flags.item<int>() & cuda::kFoundNaN), "scores", "must not contain NaN");
+  return {keep_out, q};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(greedyprune, CUDA, m) {
@@ -133,6 +212,8 @@ TORCH_LIBRARY_IMPL(greedyprune, CUDA, m) {
   m.impl("taylor_scores", &taylor_scores_cuda);
   m.impl("line_search", &line_search_cuda);
   m.impl("greedy_local", &greedy_local_cuda);
+  m.impl("segment_select", &segment_select_cuda);
+  m.impl("popup_swap", &popup_swap_cuda);
 }
 
 }  // namespace greedyprune

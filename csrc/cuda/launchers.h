@@ -52,4 +52,26 @@ cudaError_t greedy_local(const void* G, DType dtype, int64_t n, const double* w,
                          int64_t max_steps, double* a, int64_t* order, double* losses, int* flags, void* workspace,
                          cudaStream_t stream);
 
+// segment_select and popup_swap: scores of `dtype` [n], offsets [num_segments + 1] int64
+// (already validated), n <= kSelectMaxN. *flags (device int) is zeroed, then gets
+// kFoundNaN when a value is NaN and kBadK when a k lies outside [0, eligible entries of its
+// segment]; the outputs are meaningless when it is set.
+constexpr int64_t kSelectMaxN = 0x7fffffff;
+enum SelectFlags : int { kFoundNaN = 1, kBadK = 2 };
+
+// segment_select: out[j] (bool [n]) = whether entry j is among the k[l] largest (or smallest)
+// eligible values of its segment l, ties by lower index. k: int64 [num_segments];
+// eligible: bool [n], or null for all entries.
+size_t segment_select_workspace_bytes(int64_t n);
+cudaError_t segment_select(const void* values, DType dtype, const int64_t* offsets, int64_t num_segments, int64_t n,
+                           const int64_t* k, const bool* eligible, bool largest, bool* out, int* flags,
+                           void* workspace, cudaStream_t stream);
+
+// popup_swap: keep_out = keep after the SR-popup swap of every segment at `rate` (in [0, 1]),
+// q [num_segments] int64 = entries swapped in (and out) per segment.
+size_t popup_swap_workspace_bytes(int64_t n);
+cudaError_t popup_swap(const void* scores, DType dtype, const int64_t* offsets, int64_t num_segments, int64_t n,
+                       const bool* keep, double rate, bool* keep_out, int64_t* q, int* flags, void* workspace,
+                       cudaStream_t stream);
+
 }  // namespace greedyprune::cuda
