@@ -40,9 +40,10 @@ def _block_size(consumer: nn.Module, unit: Unit) -> int:
 
 def gram_from_columns(xtx: torch.Tensor, rows: int, weight: torch.Tensor, channels: int) -> torch.Tensor:
     """G from the accumulated X^T X (float64), the row count and the consumer weight."""
-    w = weight.detach().reshape(weight.shape[0], -1).to(torch.float64)
+    w = weight.detach().reshape(weight.shape[0], -1).float()
     s = w.shape[1] // channels
-    prod = (xtx / max(rows, 1)) * (w.T @ w)
+    # W^T W in float32 (a GEMM as big as X^T X, without the long row sum); the product in float64.
+    prod = (xtx / max(rows, 1)) * (w.T @ w).double()
     return prod.view(channels, s, channels, s).sum(dim=(1, 3)) * float(channels) ** 2
 
 
@@ -57,6 +58,9 @@ def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tens
     if isinstance(consumer, nn.Conv2d) and consumer.groups != 1:
         raise ValueError(f"greedyprune: consumer {unit.consumer} is a grouped conv; it cannot be a unit's consumer")
     n_cols = consumer.weight[0].numel()
+    if n_cols != unit.channels * _block_size(consumer, unit):
+        raise ValueError(f"greedyprune: consumer {unit.consumer} reads {n_cols} columns per output, "
+                         f"not a whole block per channel of {unit.name}")
     xtx = torch.zeros(n_cols, n_cols, dtype=torch.float64, device=consumer.weight.device)
     rows = 0
 
@@ -97,7 +101,4 @@ def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tens
         rows = int(total.item())
     if rows == 0:
         raise ValueError("greedyprune: argument 'batches' gave no data")
-    if n_cols != unit.channels * _block_size(consumer, unit):
-        raise ValueError(f"greedyprune: consumer {unit.consumer} reads {n_cols} columns per output, "
-                         f"not a whole block per channel of {unit.name}")
     return gram_from_columns(xtx, rows, consumer.weight, unit.channels)

@@ -22,16 +22,18 @@ def discrepancy(logits: torch.Tensor, target: torch.Tensor, kind: str, labels: t
     """Per-candidate discrepancy of logits [K, B, C] from the original logits [B, C]:
     "kl" = mean KL(original || pruned), "mse" = mean squared error summed over outputs,
     "ce" = cross-entropy on true labels (the authors' forward selection)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits, target = logits.float(), target.float()
     if kind == "mse":
         return (logits - target).pow(2).flatten(2).sum(-1).mean(-1)
     if kind == "kl":
-        t = F.log_softmax(target.float(), dim=-1)
-        return (t.exp() * (t - F.log_softmax(logits.float(), dim=-1))).sum(-1).mean(-1)
+        t = F.log_softmax(target, dim=-1)
+        return (t.exp() * (t - F.log_softmax(logits, dim=-1))).sum(-1).mean(-1)
     if kind == "ce":
         if labels is None:
             raise ValueError("greedyprune: discrepancy 'ce' needs argument 'labels'")
         k, b = logits.shape[:2]
-        return F.cross_entropy(logits.reshape(k * b, -1).float(), labels.repeat(k), reduction="none").view(k, b).mean(-1)
+        return F.cross_entropy(logits.reshape(k * b, -1), labels.repeat(k), reduction="none").view(k, b).mean(-1)
     raise ValueError(f"greedyprune: argument 'discrepancy' must be one of {DISCREPANCIES}, got {kind!r}")
 
 

@@ -1,0 +1,85 @@
+"""The `greedyprune prune`, `greedyprune demo` and `greedyprune rate-demo` subcommands."""
+from __future__ import annotations
+
+from .layerwise import METHODS
+from .suffix import DISCREPANCIES
+
+
+def register(subparsers) -> None:
+    """Add the greedy-imitation subcommands to an argparse subparsers object."""
+    prune = subparsers.add_parser(
+        "prune", help="structured pruning with greedy local / global imitation (Algorithm 2)",
+        description="Prune every unit (hidden channels read by one linear layer) from input to output; writes "
+                    "pruned.pt, plan.json, report.json and report.png to --out.")
+    _pruning_arguments(prune, default_out="greedyprune-out/prune")
+    prune.set_defaults(func=_prune_command)
+
+    demo = subparsers.add_parser(
+        "demo", help="the main job: train (cached) the PQI paper's CNN on the bundled digits and prune it",
+        description="Same as `prune` with the defaults (cnn on digits, hybrid, tol 0.02 nats per unit, "
+                    "3 fine-tuning epochs).")
+    _pruning_arguments(demo, default_out="greedyprune-out/demo", finetune_epochs=3)
+    demo.set_defaults(func=_prune_command)
+
+    rate = subparsers.add_parser(
+        "rate-demo", help="the paper's Figure 1: pruning error vs width, local / global imitation vs training",
+        description="Writes rate.json and rate.png (log scale) to --out.")
+    rate.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    rate.add_argument("--train-steps", type=int, default=3000)
+    rate.add_argument("--seed", type=int, default=0)
+    rate.add_argument("--out", default="greedyprune-out/rate")
+    rate.add_argument("--no-progress", action="store_true")
+    rate.set_defaults(func=_rate_command)
+
+
+def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0) -> None:
+    p.add_argument("--model", default="cnn", help="a zoo name (trained on --data and cached) or a save_model file")
+    p.add_argument("--data", default="digits",
+                   help="'digits' (bundled), a CIFAR-10 python-pickle folder, or an ImageFolder root (torchvision)")
+    p.add_argument("--method", choices=METHODS, default="hybrid")
+    stop = p.add_argument_group("stopping rule (at least one)")
+    stop.add_argument("--tol", type=float, default=None,
+                      help="network discrepancy each unit may add (default 0.02 unless --width/--target-flops)")
+    stop.add_argument("--width", type=float, default=None, help="keep at most this fraction of each unit's channels")
+    stop.add_argument("--target-flops", type=float, default=None,
+                      help="fraction of the FLOPs to keep (sets a uniform --width by bisection)")
+    p.add_argument("--discrepancy", choices=DISCREPANCIES[:2], default="kl")
+    p.add_argument("--calib-samples", type=int, default=512, help="samples the discrepancy is measured on")
+    p.add_argument("--gram-samples", type=int, default=2048, help="samples streamed into each Gram")
+    p.add_argument("--positions", type=int, default=None, help="subsample this many positions per image for Grams")
+    p.add_argument("--exact-until", type=int, default=25, help="global imitation: exact candidates while nnz <= this")
+    p.add_argument("--taylor-top", type=int, default=5, help="global imitation: candidates re-checked after Taylor")
+    p.add_argument("--finetune-epochs", type=int, default=finetune_epochs)
+    p.add_argument("--train-epochs", type=int, default=30, help="epochs when a zoo model must be trained first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=default_out)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _prune_command(args) -> int:
+    from .pipeline import format_report, run_pruning
+
+    tol = args.tol
+    if tol is None and args.width is None and args.target_flops is None:
+        tol = 0.02
+    report = run_pruning(model=args.model, data=args.data, out_dir=args.out, method=args.method, tol=tol,
+                         width_ratio=args.width, target_flops=args.target_flops, discrepancy=args.discrepancy,
+                         calib_samples=args.calib_samples, gram_samples=args.gram_samples,
+                         positions_per_image=args.positions, exact_until=args.exact_until, taylor_top=args.taylor_top,
+                         finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, seed=args.seed,
+                         progress=not args.no_progress)
+    print(format_report(report))
+    print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt")
+    return 0
+
+
+def _rate_command(args) -> int:
+    from .rate_demo import run_rate_demo
+
+    results = run_rate_demo(args.out, widths=args.widths, train_steps=args.train_steps, seed=args.seed,
+                            progress=not args.no_progress)
+    print(f"{'n':>4}  {'local':>10}  {'global':>10}  {'scratch':>10}")
+    for i, n in enumerate(results["widths"]):
+        print(f"{n:>4}  {results['local'][i]:>10.3e}  {results['global'][i]:>10.3e}  {results['scratch'][i]:>10.3e}")
+    print(f"\nwrote {args.out}/rate.json and rate.png")
+    return 0

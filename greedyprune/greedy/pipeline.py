@@ -1,0 +1,172 @@
+"""From a model and data to a smaller model and a report: measure, prune with Algorithm 2,
+(optionally) fine-tune, measure again; save the model, the plan, report.json and report.png.
+The README's main job (`greedyprune demo`) is this pipeline on the bundled digits."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..data import dataset_info, load_dataset, make_loader
+from ..measure import count_flops, count_params, measure_latency
+from ..models import build_model, load_model, save_model
+from ..surgery import UnitGraph
+from ..training import evaluate, finetune, pretrained, train
+from .layerwise import prune_model
+from .plan import make_plan, save_plan
+
+
+def trained_model(model: str, data: str, *, epochs: int = 30, lr: float = 0.05, seed: int = 0,
+                  progress: bool = True) -> nn.Module:
+    """A saved model (path written by save_model) or a zoo model trained on `data` and cached."""
+    if os.path.isfile(model):
+        return load_model(model)[0]
+    info = dataset_info(data)
+    source = "digits" if data == "digits" else Path(data).name
+
+    def build():
+        torch.manual_seed(seed)
+        return build_model(model, num_classes=info["num_classes"], in_channels=info["in_channels"],
+                           image_size=info["image_size"])
+
+    def fit(m):
+        loader = make_loader(load_dataset(data, "train"), 64, shuffle=True, seed=seed)
+        train(m, loader, epochs=epochs, lr=lr, progress=progress, desc=f"train {model}")
+
+    return pretrained(f"{model}-{source}-e{epochs}-lr{lr}-s{seed}", build, fit)
+
+
+def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float, *, iterations: int = 12) -> float:
+    """The uniform width ratio whose pruned model has about `target` x the FLOPs (bisection
+    on copies pruned to ceil(ratio * N) channels per unit)."""
+    if not 0 < target <= 1:
+        raise ValueError(f"greedyprune: argument 'target_flops' must be in (0, 1], got {target}")
+    full = count_flops(model, example)
+
+    def flops_at(ratio: float) -> int:
+        m = copy.deepcopy(model).eval()
+        graph = UnitGraph(m, example)
+        for unit in graph.units:
+            graph.prune(unit, torch.arange(max(1, math.ceil(ratio * unit.channels))))
+        return count_flops(m, example)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if flops_at(mid) > target * full:
+            hi = mid
+        else:
+            lo = mid
+    return max(lo, 1e-3)
+
+
+def _stats(model: nn.Module, test_loader, example: torch.Tensor) -> dict:
+    acc = evaluate(model, test_loader)
+    return {"params": count_params(model), "flops": count_flops(model, example[:1]),
+            "accuracy": acc["accuracy"], "test_loss": acc["loss"],
+            "latency_ms_batch1": measure_latency(model, example[:1])["median_ms"],
+            "latency_ms_batch64": measure_latency(model, example[:64].expand(64, *example.shape[1:]).contiguous(),
+                                                  repeats=10)["median_ms"]}
+
+
+def run_pruning(*, model: str = "cnn", data: str = "digits", out_dir: str | os.PathLike = "greedyprune-out",
+                method: str = "hybrid", tol: float | None = 0.02, width_ratio: float | None = None,
+                target_flops: float | None = None, discrepancy: str = "kl", calib_samples: int = 512,
+                gram_samples: int = 2048, positions_per_image: int | None = None, exact_until: int = 25,
+                taylor_top: int = 5, finetune_epochs: int = 0, train_epochs: int = 30, seed: int = 0,
+                progress: bool = True) -> dict:
+    """Prune `model` on `data`; returns the report (also written to out_dir)."""
+    for name, value in (("calib_samples", calib_samples), ("gram_samples", gram_samples)):
+        if value < 1:
+            raise ValueError(f"greedyprune: argument '{name}' must be >= 1, got {value}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net = trained_model(model, data, epochs=train_epochs, seed=seed, progress=progress).eval()
+    train_set, test_set = load_dataset(data, "train"), load_dataset(data, "test")
+    test_loader = make_loader(test_set, 256, shuffle=False)
+    calib_x, calib_y = next(iter(make_loader(train_set, calib_samples, shuffle=True, seed=seed + 1)))
+    gram_batches = []
+    for i, (x, _) in enumerate(make_loader(train_set, min(256, gram_samples), shuffle=True, seed=seed + 2)):
+        if i * x.shape[0] >= gram_samples:
+            break
+        gram_batches.append(x)
+    before = _stats(net, test_loader, calib_x)
+    if target_flops is not None:
+        width_ratio = width_ratio_for_flops(net, calib_x[:1], target_flops)
+    start = time.perf_counter()
+    results = prune_model(net, calib_x, method=method, tol=tol, width_ratio=width_ratio, labels=calib_y,
+                          discrepancy=discrepancy, gram_batches=gram_batches, positions_per_image=positions_per_image,
+                          exact_until=exact_until, taylor_top=taylor_top, progress=progress)
+    prune_seconds = time.perf_counter() - start
+    after = _stats(net, test_loader, calib_x)
+    report = {
+        "model": model, "data": data, "method": method, "tol": tol, "width_ratio": width_ratio,
+        "target_flops": target_flops, "discrepancy": discrepancy, "calib_samples": int(calib_x.shape[0]),
+        "before": before, "after_prune": after, "prune_seconds": prune_seconds,
+        "units": [{"unit": r.unit, "channels": r.channels, "kept": r.width, "method": r.method,
+                   "discrepancy": r.loss, "seconds": r.seconds, "candidates": r.candidates} for r in results],
+    }
+    if finetune_epochs > 0:
+        loader = make_loader(train_set, 64, shuffle=True, seed=seed + 3)
+        finetune(net, loader, epochs=finetune_epochs, progress=progress)
+        report["after_finetune"] = _stats(net, test_loader, calib_x)
+    save_plan(make_plan(results, model=model, data=data, method=method), out / "plan.json")
+    save_model(net, out / "pruned.pt", model=model, data=data, method=method)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    plot_report(report, out / "report.png")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The before/after table and the per-unit widths as text."""
+    rows = [("", "params", "MFLOPs", "accuracy", "ms (batch 1)", "ms (batch 64)")]
+    for key in ("before", "after_prune", "after_finetune"):
+        if key in report:
+            s = report[key]
+            rows.append((key.replace("_", " "), f"{s['params']:,}", f"{s['flops'] / 1e6:.2f}", f"{s['accuracy']:.4f}",
+                         f"{s['latency_ms_batch1']:.3f}", f"{s['latency_ms_batch64']:.3f}"))
+    lines = ["  ".join(f"{c:>14}" for c in row) for row in rows]
+    lines.append("")
+    lines.append(f"{'unit':>28}  {'width':>11}  {'method':>7}  {'discrepancy':>11}  {'gram s':>7}  {'select s':>8}  "
+                 f"{'eval s':>7}  {'total s':>7}")
+    for u in report["units"]:
+        t = u["seconds"]
+        lines.append(f"{u['unit']:>28}  {u['channels']:>5}->{u['kept']:<5}  {u['method']:>7}  {u['discrepancy']:>11.5f}  "
+                     f"{t['gram']:>7.3f}  {t['select']:>8.3f}  {t['evaluate'] + t['taylor']:>7.3f}  {t['total']:>7.3f}")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    units = report["units"]
+    idx = range(len(units))
+    fig, (ax_w, ax_t) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax_w.bar(idx, [u["channels"] for u in units], color="#bbbbbb", label="before")
+    ax_w.bar(idx, [u["kept"] for u in units], color="#3b75af", label="after")
+    ax_w.set_xticks(list(idx), [u["unit"] for u in units], rotation=60, ha="right", fontsize=7)
+    ax_w.set_ylabel("channels")
+    b, a = report["before"], report["after_prune"]
+    ax_w.set_title(f"{report['model']} ({report['method']}): FLOPs x{a['flops'] / b['flops']:.2f}, "
+                   f"acc {b['accuracy']:.3f} -> {a['accuracy']:.3f}")
+    ax_w.legend()
+    bottom = [0.0] * len(units)
+    for part, color in (("gram", "#e3a33b"), ("select", "#3b75af"), ("evaluate", "#59a14f"), ("taylor", "#b07aa1")):
+        vals = [u["seconds"][part] for u in units]
+        ax_t.bar(idx, vals, bottom=bottom, color=color, label=part)
+        bottom = [x + y for x, y in zip(bottom, vals)]
+    ax_t.set_xticks(list(idx), [u["unit"] for u in units], rotation=60, ha="right", fontsize=7)
+    ax_t.set_ylabel("seconds")
+    ax_t.set_title("time per unit")
+    ax_t.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

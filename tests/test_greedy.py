@@ -1,0 +1,296 @@
+"""Greedy imitation drivers (seed 000): Gram builders vs explicit contributions, local
+imitation vs brute force, Taylor scores vs finite differences, the fx suffix evaluator,
+Algorithm 2, plans."""
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from greedyprune import ops
+from greedyprune.greedy import (SuffixEvaluator, apply_plan, choose, contribution_gram, global_imitation, load_plan,
+                                local_imitation, make_plan, prune_model, save_plan)
+from greedyprune.greedy.selection import Selection
+from greedyprune.surgery import UnitGraph
+
+
+def _explicit_contributions(consumer: nn.Module, hidden: torch.Tensor, n: int) -> torch.Tensor:
+    """sigma [N, rows, out]: N x what channel i alone adds to the consumer's (bias-free) output."""
+    sig = []
+    for i in range(n):
+        h = torch.zeros_like(hidden)
+        if isinstance(consumer, nn.Linear):
+            s = hidden.shape[1] // n
+            h[:, i * s:(i + 1) * s] = hidden[:, i * s:(i + 1) * s]
+            out = F.linear(h, consumer.weight)
+        else:
+            h[:, i] = hidden[:, i]
+            out = F.conv2d(h, consumer.weight, None, consumer.stride, consumer.padding, consumer.dilation)
+            out = out.permute(0, 2, 3, 1)
+        sig.append(n * out.reshape(-1, out.shape[-1]))
+    return torch.stack(sig).double().detach()
+
+
+def _net(consumer: nn.Module, channels: int, flatten: bool = False) -> nn.Sequential:
+    layers = [nn.Conv2d(3, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+    layers += [nn.Flatten()] if flatten else []
+    layers += [consumer, nn.Flatten() if not flatten else nn.Identity(), nn.LazyLinear(4)]
+    return nn.Sequential(*layers)
+
+
+CONSUMERS = {
+    "linear_after_flatten": (lambda n: nn.Linear(n * 5 * 5, 6), True),
+    "conv1x1": (lambda n: nn.Conv2d(n, 6, 1), False),
+    "conv3x3_stride1_pad1": (lambda n: nn.Conv2d(n, 6, 3, padding=1), False),
+    "conv3x3_stride2_pad1": (lambda n: nn.Conv2d(n, 6, 3, stride=2, padding=1), False),
+    "conv3x3_stride2_pad0_dilation2": (lambda n: nn.Conv2d(n, 6, 3, stride=2, dilation=2), False),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CONSUMERS))
+def test_gram_equals_explicit_contributions(kind):
+    torch.manual_seed(0)
+    n = 7
+    make, flatten = CONSUMERS[kind]
+    model = _net(make(n), n, flatten).eval()
+    x = torch.randn(5, 3, 5, 5)
+    model(x)  # materialise the lazy classifier
+    graph = UnitGraph(model, x[:2])
+    (unit,) = [u for u in graph.units if u.producer == "0"]
+    G = contribution_gram(graph, unit, [x[:2], x[2:]])
+    hidden = model[2](model[1](model[0](x))).detach()
+    if flatten:
+        hidden = hidden.flatten(1)
+    sigma = _explicit_contributions(graph.module(unit.consumer), hidden, n)
+    expected = torch.einsum("irc,jrc->ij", sigma, sigma) / sigma.shape[1]
+    torch.testing.assert_close(G, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gram_position_subsampling_keeps_every_position_when_asked_for_all():
+    torch.manual_seed(1)
+    model = _net(nn.Conv2d(6, 4, 3, padding=1), 6).eval()
+    x = torch.randn(4, 3, 5, 5)
+    model(x)
+    graph = UnitGraph(model, x[:2])
+    unit = graph.units[0]
+    full = contribution_gram(graph, unit, [x])
+    sub = contribution_gram(graph, unit, [x], positions_per_image=25)
+    torch.testing.assert_close(full, sub)
+    fewer = contribution_gram(graph, unit, [x], positions_per_image=3, generator=torch.Generator().manual_seed(0))
+    assert fewer.shape == full.shape and not torch.allclose(fewer, full)
+
+
+def test_local_imitation_equals_brute_force():
+    """Every step of the path is the best (neuron, step size) over a fine grid, and the
+    reported losses are the explicit local discrepancies of the consumer's output."""
+    torch.manual_seed(2)
+    n = 6
+    consumer = nn.Linear(n, 3, bias=False)
+    hidden = torch.relu(torch.randn(40, n))
+    sigma = _explicit_contributions(consumer, hidden, n)
+    target = sigma.mean(0)
+    G = torch.einsum("irc,jrc->ij", sigma, sigma) / sigma.shape[1]
+
+    def loss(a):
+        return float(((torch.einsum("i,irc->rc", a, sigma) - target) ** 2).sum(-1).mean())
+
+    prev = torch.zeros(n, dtype=torch.float64)
+    full = ops.greedy_local(G, max_neurons=n, max_steps=8)
+    for t in range(1, full.order.numel() + 1):
+        step = ops.greedy_local(G, max_neurons=n, max_steps=t)
+        assert math.isclose(loss(step.a), float(step.losses[-1]), rel_tol=1e-6, abs_tol=1e-9)
+        brute = math.inf
+        for i in range(n):
+            e = torch.zeros(n, dtype=torch.float64)
+            e[i] = 1
+            if t == 1:
+                brute = min(brute, loss(e))
+                continue
+            lo = 0.0 if prev[i] == 0 else -float(prev[i] / (1 - prev[i]))
+            for g in torch.linspace(lo, 1.0, 401).tolist():
+                brute = min(brute, loss((1 - g) * prev + g * e))
+        assert float(step.losses[-1]) <= brute + 1e-9
+        prev = step.a.double()
+    # the driver keeps exactly the path's channels
+    sel = local_imitation(G, max_neurons=3)
+    assert sel.width <= 3 and math.isclose(sel.loss, loss(sel.a), rel_tol=1e-6)
+
+
+def _small_cnn(dtype=torch.float32):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1),
+                          nn.BatchNorm2d(12), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5))
+    for bn in (model[1], model[4]):  # non-trivial running statistics
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+    return model.to(dtype).eval()
+
+
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+def test_taylor_scores_equal_finite_differences(kind):
+    model = _small_cnn(torch.float64)
+    x = torch.randn(16, 2, 6, 6, dtype=torch.float64)
+    graph = UnitGraph(model, x[:2])
+    unit = graph.units[0]
+    ev = SuffixEvaluator(graph, unit, x, kind=kind)
+    n = unit.channels
+    a = torch.rand(n, dtype=torch.float64)
+    a /= a.sum()
+    act, grad = ev.taylor_inputs(a * n)
+    scores = ops.taylor_scores(act, grad, a, 3)
+    h = 1e-6
+    for i in range(n):
+        e = torch.zeros(n, dtype=torch.float64)
+        e[i] = 1
+        plus = ev.evaluate(((1 - h) * a + h * e) * n)
+        minus = ev.evaluate(((1 + h) * a - h * e) * n)
+        fd = float(plus - minus) / (2 * h)
+        assert math.isclose(fd, n * float(scores.gr[i]), rel_tol=1e-4, abs_tol=1e-8)
+
+
+def test_suffix_evaluator_batched_fx_equals_full_forward():
+    from greedyprune.models import build_model
+    torch.manual_seed(4)
+    model = build_model("resnet20", num_classes=5).eval()
+    x = torch.randn(6, 3, 16, 16)
+    graph = UnitGraph(model, x[:2])
+    unit = graph.units[4]
+    traced = SuffixEvaluator(graph, unit, x, max_rows=12)
+    assert traced.traced
+    eager = SuffixEvaluator(graph, unit, x, use_fx=False)
+    gates = torch.rand(5, unit.channels) * 2
+    batched = traced.evaluate(gates)
+    one_by_one = torch.cat([eager.evaluate(g) for g in gates])
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-6)
+    assert float(traced.evaluate(torch.ones(unit.channels))) < 1e-10  # all gates 1 = the original
+
+
+def test_global_imitation_first_step_is_the_best_single_channel_and_loss_falls():
+    model = _small_cnn()
+    x = torch.randn(32, 2, 6, 6)
+    graph = UnitGraph(model, x[:2])
+    unit = graph.units[1]
+    ev = SuffixEvaluator(graph, unit, x, kind="mse")
+    n = unit.channels
+    singles = ev.evaluate(torch.eye(n) * n)
+    sel = global_imitation(ev, max_neurons=n, max_steps=1)
+    assert sel.width == 1 and int(sel.kept[0]) == int(torch.argmin(singles))
+    longer = global_imitation(ev, max_neurons=n, max_steps=12, exact_until=3, taylor_top=4)
+    assert longer.steps == 12 and longer.path[-1] < longer.path[0]
+    # a = counts / steps; the reported loss is the evaluator's at the final a
+    assert math.isclose(float(ev.evaluate(longer.gates().float())), longer.loss, rel_tol=1e-5)
+
+
+def test_choose_prefers_fewer_channels_then_lower_loss():
+    a3 = torch.tensor([0.5, 0.5, 0.0])
+    a2 = torch.tensor([1.0, 0.0, 0.0])
+    assert choose([Selection("local", a3, 0.1, 3), Selection("global", a2, 0.5, 3)]).method == "global"
+    assert choose([Selection("local", a2, 0.2, 3), Selection("global", a2, 0.1, 3)]).method == "global"
+    assert choose([Selection("local", a2, 0.1, 3), Selection("global", a2, 0.1, 3)]).method == "local"
+
+
+def test_surgery_keeps_the_function():
+    model = _small_cnn()
+    x = torch.randn(8, 2, 6, 6)
+    before = model(x)
+    graph = UnitGraph(model, x[:2])
+    for unit in graph.units:
+        graph.prune(unit, torch.arange(unit.channels), torch.ones(unit.channels))
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    gates = torch.tensor([0.0, 2.0, 0.0, 0.5, 1.5, 0.0, 0.0, 4.0])
+    unit = graph.units[0]
+    with graph.gated(unit, gates):
+        gated = model(x)
+    keep = torch.nonzero(gates).flatten()
+    graph.prune(unit, keep, gates[keep])
+    assert model[0].out_channels == 4 and model[3].in_channels == 4
+    torch.testing.assert_close(model(x), gated, rtol=1e-5, atol=1e-6)
+
+
+def test_prune_model_plan_round_trip(tmp_path):
+    model = _small_cnn()
+    fresh = copy.deepcopy(model)
+    x = torch.randn(24, 2, 6, 6)
+    results = prune_model(model, x, method="hybrid", width_ratio=0.5, progress=False)
+    assert [r.width for r in results] == [len(r.kept) for r in results]
+    assert all(1 <= r.width <= math.ceil(0.5 * r.channels) for r in results)
+    save_plan(make_plan(results, model="small"), tmp_path / "plan.json")
+    plan = load_plan(tmp_path / "plan.json")
+    apply_plan(fresh, plan, x[:2])
+    torch.testing.assert_close(fresh(x), model(x))
+    (tmp_path / "bad.json").write_text('{"format": 99}')
+    with pytest.raises(ValueError, match="'path'"):
+        load_plan(tmp_path / "bad.json")
+
+
+def test_tol_bounds_the_discrepancy_each_unit_adds():
+    model = _small_cnn()
+    x = torch.randn(32, 2, 6, 6)
+    for method in ("local", "global", "hybrid"):
+        m = copy.deepcopy(model)
+        results = prune_model(m, x, method=method, tol=0.02, progress=False)
+        assert all(r.loss <= 0.02 for r in results), method
+        assert sum(r.width for r in results) < sum(r.channels for r in results), method
+
+
+def test_gfs_scores_true_labels():
+    model = _small_cnn()
+    x = torch.randn(20, 2, 6, 6)
+    labels = model(x).argmax(-1)
+    results = prune_model(model, x, method="gfs", width_ratio=0.5, labels=labels, progress=False)
+    assert all(r.method == "gfs" for r in results)
+
+
+@pytest.mark.parametrize("kwargs, arg", [
+    (dict(method="magic", tol=0.1), "method"),
+    (dict(method="local"), "tol"),
+    (dict(method="local", tol=-1.0), "tol"),
+    (dict(method="local", width_ratio=1.5), "width_ratio"),
+    (dict(method="gfs", tol=0.1), "labels"),
+])
+def test_prune_model_bad_arguments(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        prune_model(_small_cnn(), torch.randn(4, 2, 6, 6), progress=False, **kwargs)
+
+
+def test_unit_graph_errors_name_the_problem():
+    model = _small_cnn()
+    graph = UnitGraph(model, torch.randn(2, 2, 6, 6))
+    unit = graph.units[0]
+    with pytest.raises(ValueError, match="'keep'"):
+        graph.prune(unit, torch.tensor([], dtype=torch.long))
+    with pytest.raises(ValueError, match="'keep'"):
+        graph.prune(unit, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="'scales'"):
+        graph.prune(unit, torch.tensor([0, 1]), torch.ones(3))
+    with pytest.raises(ValueError, match="no prunable unit"):
+        graph.unit("nope")
+    with pytest.raises(ValueError, match="'model'"):
+        UnitGraph("not a model", torch.randn(1))
+
+
+def test_units_leave_residual_channels_out():
+    from greedyprune.models import build_model
+    graph = UnitGraph(build_model("resnet20").eval(), torch.randn(2, 3, 16, 16))
+    assert len(graph.units) == 9  # the inner channels of each of the 9 basic blocks
+    assert all(u.producer.endswith("conv1") and u.consumer.endswith("conv2") for u in graph.units)
+    assert any(s.reason == "tied to a residual add" for s in graph.skipped)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "vgg11", "vgg19", "resnet20", "resnet32", "resnet56", "resnet18",
+                                  "resnet34", "resnet50", "mobilenet_v2"])
+def test_every_zoo_model_prunes_end_to_end(name):
+    from greedyprune.models import build_model
+    torch.manual_seed(5)
+    small = name in ("mlp", "cnn")
+    channels, size = (1, 8) if small else (3, 16)
+    model = build_model(name, num_classes=7, in_channels=channels, image_size=size).eval()
+    x = torch.randn(4, channels, size, size)
+    params_before = sum(p.numel() for p in model.parameters())
+    results = prune_model(model, x, method="hybrid" if small else "local", width_ratio=0.5, progress=False)
+    assert results and all(1 <= r.width <= math.ceil(r.channels / 2) for r in results)
+    assert model(x).shape == (4, 7)
+    assert sum(p.numel() for p in model.parameters()) < params_before
