@@ -86,6 +86,11 @@ def test_forward_uses_weight_times_keep_and_scores_get_the_straight_through_grad
     # not a vacuous check: pruned entries get a gradient too, and it is dL/dW_eff * W
     pruned = ~masked.keep
     assert masked.scores.grad[pruned].abs().sum() > 0
+    # the inner model called on its own (layers slice the flat scores themselves) agrees
+    through_masked = masked.scores.grad.clone()
+    masked.scores.grad = None
+    nn.functional.cross_entropy(masked.model(x), target).backward()
+    torch.testing.assert_close(masked.scores.grad, through_masked)
 
 
 def test_layers_read_the_current_flat_keep_after_it_is_replaced_or_copied():

@@ -204,7 +204,8 @@ def test_cli_search_resume_and_export(tmp_path):
     save_model(build_model("mlp", num_classes=10, in_channels=1, image_size=8), tmp_path / "mlp.pt")
     out = tmp_path / "run"
     argv = ["search", "--pretrained", str(tmp_path / "mlp.pt"), "--data", "digits", "--epochs", "1",
-            "--batch-size", "256", "--schedule", "constant", "--out", str(out), "--export", str(tmp_path / "pruned.pt")]
+            "--batch-size", "256", "--schedule", "constant", "--out", str(out), "--export", str(tmp_path / "pruned.pt"),
+            "--no-progress"]
     args = _parse(argv)
     assert args.func(args) == 0
     report = json.loads((out / "report.json").read_text())

@@ -49,6 +49,7 @@ def register(subparsers) -> None:
     parser.add_argument("--demo", action="store_true",
                         help="instead: the digits comparison (magnitude / edge-popup / SR-popup) into --out")
     parser.add_argument("--quick", action="store_true", help="with --demo: the short version")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_search_command)
 
 
@@ -68,7 +69,7 @@ def _pretrained_model(args, info: dict, train_set) -> torch.nn.Module:
 
     def fit(model):
         train(model, make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed), epochs=args.pretrain_epochs,
-              lr=PRETRAIN_LR, device=args.device, desc="pre-train")
+              lr=PRETRAIN_LR, device=args.device, progress=not args.no_progress, desc="pre-train")
 
     return pretrained(_cache_key(args.model, args.data, args.pretrain_epochs) + f"-s{args.seed}", build, fit)
 
@@ -76,7 +77,7 @@ def _pretrained_model(args, info: dict, train_set) -> torch.nn.Module:
 def run_search_command(args: argparse.Namespace) -> int:
     """Run one search (or the demo) as the arguments say; returns the exit status."""
     if args.demo:
-        run_demo(args.out, quick=args.quick, progress=True)
+        run_demo(args.out, quick=args.quick, progress=not args.no_progress)
         return 0
     config = SearchConfig(sparsity=args.sparsity, schedule=args.schedule, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
@@ -85,7 +86,8 @@ def run_search_command(args: argparse.Namespace) -> int:
     model = _pretrained_model(args, dataset_info(args.data), train_set)
     masked = wrap(model).to(args.device)
     try:
-        history = search(masked, train_set, test_set, config, out_dir=args.out, resume=args.resume)
+        history = search(masked, train_set, test_set, config, out_dir=args.out, resume=args.resume,
+                         progress=not args.no_progress)
     except KeyboardInterrupt as stop:
         print(f"\n{stop}")
         return 130

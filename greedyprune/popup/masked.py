@@ -5,7 +5,9 @@ with `weight * keep`. All scores of all wrapped layers live in ONE flat paramete
 (`MaskedModel.scores`) and all keep masks in ONE flat bool buffer (`MaskedModel.keep`), cut into
 per-layer segments by `MaskedModel.offsets`, so the SR-popup swap of every layer is a single
 `ops.popup_swap(scores, keep, rate, offsets)` call. Each layer reads its segment as a view
-shaped like its weight. Backward sends the straight-through gradient `(dL/dW_eff) * W` to the
+shaped like its weight: `MaskedModel.forward` cuts the scores with one `split`, whose backward
+gathers all layers' gradients in one pass (slicing per layer would cost a full-size gradient
+per layer). Backward sends the straight-through gradient `(dL/dW_eff) * W` to the
 scores (seed 002, eqs. 6 and 18); weights, biases and BatchNorm affine parameters are frozen.
 """
 from __future__ import annotations
@@ -44,13 +46,17 @@ class StraightThroughMask(torch.autograd.Function):
 class _MaskedLayer:
     """Reads its segment of the owner's flat scores and keep as tensors shaped like the weight."""
 
-    def _attach(self, owner: "MaskedModel", begin: int, end: int) -> None:
+    def _attach(self, owner: "MaskedModel", index: int, begin: int, end: int) -> None:
         # A plain attribute, not a submodule: the owner contains this layer.
         object.__setattr__(self, "_owner", owner)
+        self.segment_index = index
         self.segment = (begin, end)
 
     def scores_view(self) -> torch.Tensor:
-        begin, end = self.segment
+        views = self._owner.score_views
+        if views is not None:  # inside MaskedModel.forward
+            return views[self.segment_index].view(self.weight.shape)
+        begin, end = self.segment  # called on its own
         return self._owner.scores[begin:end].view(self.weight.shape)
 
     def keep_view(self) -> torch.Tensor:
@@ -158,11 +164,17 @@ class MaskedModel(nn.Module):
         for index, name in enumerate(self.layer_names):
             dense = model.get_submodule(name)
             masked = _rebuild(dense, MaskedConv2d if isinstance(dense, nn.Conv2d) else MaskedLinear)
-            masked._attach(self, bounds[index], bounds[index + 1])
+            masked._attach(self, index, bounds[index], bounds[index + 1])
             _set_submodule(model, name, masked)
+        self.segment_sizes = sizes
+        self.score_views = None  # the per-layer views of `scores` while forward runs
 
     def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
+        self.score_views = self.scores.split(self.segment_sizes)
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            self.score_views = None
 
     @property
     def layers(self) -> list[nn.Module]:
