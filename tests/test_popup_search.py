@@ -106,6 +106,24 @@ def test_search_config_rejects_bad_values():
             SearchConfig(**{field: value})
 
 
+def test_search_rejects_bad_arguments_and_stops_on_a_non_finite_loss(digits, tmp_path):
+    train, test = digits
+    config = SearchConfig(epochs=1, batch_size=64)
+    with pytest.raises(ValueError, match="'masked'"):
+        search(tiny_cnn(), train, test, config)
+    with pytest.raises(ValueError, match="'config'"):
+        search(wrap(tiny_cnn()), train, test, {"epochs": 1})
+    with pytest.raises(ValueError, match="'resume'"):
+        search(wrap(tiny_cnn()), train, test, config, resume=True)
+    with pytest.raises(ValueError, match="'train_set'"):
+        search(wrap(tiny_cnn()), Subset(train, []), test, config)
+    broken = tiny_cnn()
+    with torch.no_grad():
+        broken[0].weight.fill_(float("inf"))  # the largest magnitudes: kept by the init
+    with pytest.raises(FloatingPointError, match="step 1 "):
+        search(wrap(broken), train, test, config, progress=False)
+
+
 @pytest.mark.parametrize("schedule", ["paper", "constant", "inverse"])
 def test_every_step_is_one_oracle_swap_with_constant_keep_counts(digits, schedule):
     train, test = digits

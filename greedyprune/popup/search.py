@@ -252,6 +252,8 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
         raise _error("resume", "needs 'out_dir' (where the checkpoint is)")
     if on_step is not None and not callable(on_step):
         raise _error("on_step", f"must be callable, got {type(on_step).__name__}")
+    if len(train_set) == 0:
+        raise _error("train_set", "is empty")
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     device = masked.scores.device
@@ -287,6 +289,10 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                               "step": step, "history": history,
                               "epoch_totals": totals}, path)
 
+    def stop() -> None:
+        where = f"; checkpoint in {path}, continue with resume=True" if path else ""
+        raise KeyboardInterrupt(f"search interrupted after step {step}/{total_steps}{where}")
+
     if not history:
         test = evaluate(masked, test_loader)
         history.append(dict(epoch=0, step=0, lr=None, rate=None, swaps=0, train_loss=None, train_accuracy=None,
@@ -315,12 +321,15 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                         group["lr"] = lr
                     logits = masked(inputs)
                     loss = F.cross_entropy(logits, targets)
+                    batch_loss = loss.item()
+                    if not math.isfinite(batch_loss):  # stop before NaN scores reach the swap
+                        raise FloatingPointError(f"greedyprune.popup: search loss became {batch_loss} at step "
+                                                 f"{step + 1} (lr {lr:.3g}); try a smaller 'lr'")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     swaps = popup_step(masked, rate)
                     step += 1
-                    batch_loss = loss.item()
                     totals["loss_sum"] += batch_loss * len(targets)
                     totals["correct"] += (logits.argmax(1) == targets).sum().item()
                     totals["samples"] += len(targets)
@@ -331,8 +340,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                         on_step(StepInfo(step, epoch, lr, rate, batch_loss, swaps))
                     if interrupt["requested"]:
                         save()
-                        where = f"; checkpoint in {path}, continue with resume=True" if path else ""
-                        raise KeyboardInterrupt(f"search interrupted after step {step}/{total_steps}{where}")
+                        stop()
                 test = evaluate(masked, test_loader)
                 history.append(dict(epoch=epoch + 1, step=step, lr=cosine_lr(config.lr, step, total_steps),
                                     rate=swap_rate(config.schedule, step, total_steps), swaps=totals["swaps"],
@@ -342,6 +350,8 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                                     overlap=overlap(masked.keep, magnitude)))
                 totals = _epoch_totals()
                 save()
+                if interrupt["requested"]:  # Ctrl-C during the evaluation
+                    stop()
     finally:
         bar.close()
         masked.train(was_training)
