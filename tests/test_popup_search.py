@@ -233,9 +233,13 @@ def test_cli_search_resume_and_export(tmp_path):
     zeros = sum(int((pruned.get_submodule(n).weight == 0).sum()) for n in ("fc1", "fc2"))
     assert zeros >= report["sparsity"]["global"]["weights"] - report["sparsity"]["global"]["kept"]
     assert meta["test_accuracy"] == report["history"][-1]["test_accuracy"]
-    args = _parse(argv + ["--resume"])  # a finished run resumes to the same result
+    args = _parse(argv + ["--resume", "--prune-masks"])  # a finished run resumes to the same result
     assert args.func(args) == 0
     assert json.loads((out / "report.json").read_text())["history"] == report["history"]
+    with_masks, _ = load_model(tmp_path / "pruned.pt")
+    for name in ("fc1", "fc2"):
+        layer, plain = with_masks.get_submodule(name), pruned.get_submodule(name)
+        assert torch.equal(layer.weight_mask.bool(), plain.weight != 0) and torch.equal(layer.weight, plain.weight)
     args = _parse(argv + ["--sparsity", "1.2"])
     with pytest.raises(ValueError, match="'sparsity'"):
         args.func(args)

@@ -46,6 +46,8 @@ def register(subparsers) -> None:
                         help="folder for checkpoint.pt, report.json, curves.png (default: popup-search)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if it exists")
     parser.add_argument("--export", type=Path, help="save the pruned plain model (weight * mask baked in) here")
+    parser.add_argument("--prune-masks", action="store_true",
+                        help="with --export: also attach torch.nn.utils.prune masks (weight_orig, weight_mask)")
     parser.add_argument("--demo", action="store_true",
                         help="instead: the digits comparison (magnitude / edge-popup / SR-popup) into --out")
     parser.add_argument("--quick", action="store_true", help="with --demo: the short version")
@@ -97,7 +99,7 @@ def run_search_command(args: argparse.Namespace) -> int:
           f"'{config.schedule}': {last['test_accuracy']:.2%}, overlap with the magnitude mask {last['overlap']:.4f}")
     print(f"wrote {json_path}, {png_path}")
     if args.export is not None:
-        save_model(export(masked), args.export, source="greedyprune search", config=asdict(config),
-                   test_accuracy=last["test_accuracy"])
+        save_model(export(masked, prune_masks=args.prune_masks), args.export, source="greedyprune search",
+                   config=asdict(config), test_accuracy=last["test_accuracy"])
         print(f"wrote {args.export}")
     return 0
