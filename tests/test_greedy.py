@@ -294,3 +294,20 @@ def test_every_zoo_model_prunes_end_to_end(name):
     assert results and all(1 <= r.width <= math.ceil(r.channels / 2) for r in results)
     assert model(x).shape == (4, 7)
     assert sum(p.numel() for p in model.parameters()) < params_before
+
+
+def test_pipeline_writes_report_plan_and_model(tmp_path, monkeypatch):
+    from greedyprune.greedy.pipeline import format_report, run_pruning
+    from greedyprune.models import load_model
+    monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
+    report = run_pruning(model="mlp", data="digits", out_dir=tmp_path / "out", method="hybrid", tol=0.05,
+                         calib_samples=128, gram_samples=256, train_epochs=3, progress=False)
+    for name in ("report.json", "report.png", "plan.json", "pruned.pt"):
+        assert (tmp_path / "out" / name).is_file()
+    assert report["before"]["accuracy"] > 0.85
+    assert report["after_prune"]["params"] < report["before"]["params"]
+    assert report["after_prune"]["flops"] < report["before"]["flops"]
+    assert [u["unit"] for u in report["units"]] == ["1->3", "3->5"]
+    pruned, _ = load_model(tmp_path / "out" / "pruned.pt")
+    assert sum(p.numel() for p in pruned.parameters()) == report["after_prune"]["params"]
+    assert "after prune" in format_report(report)

@@ -50,7 +50,7 @@ def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0) -> None
     p.add_argument("--exact-until", type=int, default=25, help="global imitation: exact candidates while nnz <= this")
     p.add_argument("--taylor-top", type=int, default=5, help="global imitation: candidates re-checked after Taylor")
     p.add_argument("--finetune-epochs", type=int, default=finetune_epochs)
-    p.add_argument("--train-epochs", type=int, default=30, help="epochs when a zoo model must be trained first")
+    p.add_argument("--train-epochs", type=int, default=15, help="epochs when a zoo model must be trained first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=default_out)
     p.add_argument("--no-progress", action="store_true")

@@ -22,7 +22,7 @@ from .layerwise import prune_model
 from .plan import make_plan, save_plan
 
 
-def trained_model(model: str, data: str, *, epochs: int = 30, lr: float = 0.05, seed: int = 0,
+def trained_model(model: str, data: str, *, epochs: int = 15, lr: float = 0.05, seed: int = 0,
                   progress: bool = True) -> nn.Module:
     """A saved model (path written by save_model) or a zoo model trained on `data` and cached."""
     if os.path.isfile(model):
@@ -79,7 +79,7 @@ def run_pruning(*, model: str = "cnn", data: str = "digits", out_dir: str | os.P
                 method: str = "hybrid", tol: float | None = 0.02, width_ratio: float | None = None,
                 target_flops: float | None = None, discrepancy: str = "kl", calib_samples: int = 512,
                 gram_samples: int = 2048, positions_per_image: int | None = None, exact_until: int = 25,
-                taylor_top: int = 5, finetune_epochs: int = 0, train_epochs: int = 30, seed: int = 0,
+                taylor_top: int = 5, finetune_epochs: int = 0, train_epochs: int = 15, seed: int = 0,
                 progress: bool = True) -> dict:
     """Prune `model` on `data`; returns the report (also written to out_dir)."""
     for name, value in (("calib_samples", calib_samples), ("gram_samples", gram_samples)):
