@@ -160,17 +160,19 @@ def prune_counts(report: PQIReport, config: SAPConfig) -> torch.Tensor:
     return torch.floor(stats.counts.to(torch.float64) * config.ratio).to(torch.int64)
 
 
-def prune_smallest(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], counts: torch.Tensor,
-                   scope: str) -> dict[str, torch.Tensor]:
-    """New masks: per segment of `scope`, the counts[l] smallest |w| among kept entries dropped
+def prune_smallest(weights, masks: dict[str, torch.Tensor] | None, counts, scope: str) -> dict[str, torch.Tensor]:
+    """New masks: per segment of `scope`, the counts[l] smallest |w| among kept entries (masks None: all) dropped
     (ties: lower index first), except that a neuron (output row) never loses its last kept weight:
-    a row the drop would empty keeps its largest one."""
+    a row the drop would empty keeps its largest one. weights: a module or {name: tensor} (see prunable_weights)."""
+    weights = prunable_weights(weights)
+    masks = check_masks({} if masks is None else masks, weights)
     names = list(weights)
     shapes = [tuple(weights[n].shape) for n in names]
     device = weights[names[0]].device
     magnitude = torch.cat([weights[n].detach().abs().reshape(-1) for n in names])
     keep = torch.cat([masks[n].reshape(-1) for n in names])
-    drop = ops.segment_select(magnitude, counts.to(device), segment_offsets(shapes, scope, device),
+    counts = torch.as_tensor(counts, dtype=torch.int64, device=device)
+    drop = ops.segment_select(magnitude, counts, segment_offsets(shapes, scope, device),
                               eligible=keep, largest=False)
     new_keep = keep & ~drop
     rows = segment_offsets(shapes, "neuron", device)
@@ -276,8 +278,10 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
 
     train_set/test_set: map-style datasets of (input, label). With `out_dir`, writes after every
     iteration checkpoint.pt (masks, current and initial weights, RNG states, history, iteration
-    index) and results.json, and at the end results.png and model.pt (save_model, masks in meta).
-    resume: continue from out_dir/checkpoint.pt when it exists (same settings; `iterations` may grow).
+    index) and results.json, and at the end model.pt (save_model, masks in meta) and, with `figure`,
+    results.png. resume: continue from out_dir/checkpoint.pt when it exists (same settings;
+    `iterations` may grow; the checkpoint is unpickled, so resume only from trusted folders).
+    Every iteration seeds torch, numpy and random from (config.seed, t).
 
     History entries (one per iteration t): accuracy/loss of the retrained model (w_t, mask m_t),
     remaining (kept weights) and remaining_percent, pqi (global PQI at the paper's (0.5, 1)), pqi_pq
