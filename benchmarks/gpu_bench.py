@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 
@@ -46,6 +47,30 @@ def backends_for(op: str, t: torch.Tensor) -> list[str]:
     return names
 
 
+def topk_popup_swap(scores, keep, rate, bounds):
+    """SR-popup swap per layer in plain PyTorch on the GPU: torch.topk for T, then for the q lowest
+    of Phi* and the q highest of Psi* (a host round trip per layer)."""
+    new_keep = keep.clone()
+    for b, e in bounds:
+        s, kept = scores[b:e], keep[b:e]
+        top = torch.zeros_like(kept)
+        top[torch.topk(s, int(kept.sum())).indices] = True
+        phi = torch.nonzero(kept & ~top).flatten()  # would be dropped
+        psi = torch.nonzero(top & ~kept).flatten()  # would be revived
+        q = math.ceil(psi.numel() * rate)
+        new_keep[b + phi[torch.topk(s[phi], q, largest=False).indices]] = False
+        new_keep[b + psi[torch.topk(s[psi], q).indices]] = True
+    return new_keep
+
+
+def topk_segment_select(values, k, bounds):
+    """Per-layer top-k mask with torch.topk, a Python loop over layers."""
+    out = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    for (b, e), k_layer in zip(bounds, k):
+        out[b + torch.topk(values[b:e], k_layer).indices] = True
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_results.json"))
@@ -73,7 +98,30 @@ def main() -> None:
         ms = cuda_time_ms(lambda: ops.taylor_scores(act, grad, a, t.k, backend=name))
         rows.append(dict(op="taylor_scores", provider=name, ms=ms, gb_per_s=2 * act.numel() * 4 / ms / 1e6, size=t.sizes))
 
-    for op in ("greedy_local", "line_search", "popup_swap", "segment_select"):
+    # Selections over ResNet-50's conv layers (one segment per layer). torch.topk breaks ties its own
+    # way, so "matches" tells whether the baseline picked the same entries.
+    p = cases.popup_inputs(False)
+    scores, keep, layer_offsets = p.scores.cuda(), p.keep.cuda(), p.offsets.cuda()
+    baseline = topk_popup_swap(scores, keep, p.rate, p.bounds)
+    rows.append(dict(op="popup_swap", provider="torch.topk per layer", size=p.sizes,
+                     ms=cuda_time_ms(lambda: topk_popup_swap(scores, keep, p.rate, p.bounds), repeats=10)))
+    for name in backends_for("popup_swap", scores):
+        matches = bool(torch.equal(ops.popup_swap(scores, keep, p.rate, layer_offsets, backend=name).keep, baseline))
+        ms = cuda_time_ms(lambda: ops.popup_swap(scores, keep, p.rate, layer_offsets, backend=name))
+        rows.append(dict(op="popup_swap", provider=name, ms=ms, gb_per_s=scores.numel() * 5 / ms / 1e6,
+                         matches_topk=matches, size=p.sizes))
+    sel = cases.select_inputs(False)
+    values = sel.values.cuda()
+    baseline = topk_segment_select(values, sel.k, sel.bounds)
+    rows.append(dict(op="segment_select", provider="torch.topk per layer", size=sel.sizes,
+                     ms=cuda_time_ms(lambda: topk_segment_select(values, sel.k, sel.bounds), repeats=10)))
+    for name in backends_for("segment_select", values):
+        matches = bool(torch.equal(ops.segment_select(values, sel.k, layer_offsets, backend=name), baseline))
+        ms = cuda_time_ms(lambda: ops.segment_select(values, sel.k, layer_offsets, backend=name))
+        rows.append(dict(op="segment_select", provider=name, ms=ms, gb_per_s=values.numel() * 4 / ms / 1e6,
+                         matches_topk=matches, size=sel.sizes))
+
+    for op in ("greedy_local", "line_search"):
         probe = torch.zeros(1, device="cuda")
         if not backends_for(op, probe):
             rows.append(dict(op=op, provider="(no GPU backend yet)", ms=None))

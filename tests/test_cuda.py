@@ -14,7 +14,7 @@ from greedyprune import ops, reference
 from samples import SAMPLES, Sample, gram, simplex_point
 from test_against_reference import check_greedy_local, check_line_search
 
-CUDA_OPS = ("pq_norms", "taylor_scores", "line_search", "greedy_local")
+CUDA_OPS = ("pq_norms", "taylor_scores", "line_search", "greedy_local", "segment_select", "popup_swap")
 LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -290,6 +290,104 @@ def test_ops_wrappers_pick_the_cuda_line_search():
     assert res.order.tolist() == cpu.order.tolist()
 
 
+# ------------------------------------------------------ segment_select, popup_swap
+
+
+def select_extra_samples():
+    """Segments longer than one block selects alone (16384 entries: tiles of 8192 then) in every
+    dtype, borders around those sizes, signed zeros, infinities, all-equal segments (ties across
+    tiles), and k = 0 / k = all eligible."""
+    g = torch.Generator().manual_seed(8)
+    offsets = ops.offsets_from_sizes
+    layouts = {"long": [40000, 3, 0, 16385], "borders": [16384, 8192, 1, 24576, 8191, 16385, 0]}
+    kinds = {
+        "continuous": lambda n: torch.randn(n, generator=g),
+        "ties": lambda n: torch.randint(-3, 4, (n,), generator=g) / 2,
+        "signed-zeros-inf": lambda n: torch.tensor([-0.0, 0.0, math.inf, -math.inf, 1.0])[torch.randint(0, 5, (n,), generator=g)],
+        "all-equal": lambda n: torch.full((n,), 0.75),
+    }
+    out = []
+    for lname, sizes in layouts.items():
+        n, off = sum(sizes), offsets(sizes)
+        eligible = torch.rand(n, generator=g) > 0.3
+        m = torch.tensor([int(eligible[b:e].sum()) for b, e in zip(off[:-1].tolist(), off[1:].tolist())])
+        full = torch.tensor(sizes, dtype=torch.int64)
+        for kname, make in kinds.items():
+            base = make(n)
+            for dtype in LOW_PRECISION:
+                v = base.to(dtype)
+                tag = f"{dtype}-{lname}-{kname}"
+                out += [Sample(tag + "-largest", (v, off, full // 3, None, True)),
+                        Sample(tag + "-smallest-eligible", (v, off, m // 2, eligible, False)),
+                        Sample(tag + "-k0-kN", (v, off, torch.where(m % 2 == 0, m, 0), eligible, True))]
+    return out
+
+
+def popup_extra_samples():
+    g = torch.Generator().manual_seed(9)
+    out = []
+    for sizes in ([40000, 3, 0, 16385], [16384, 8192, 1, 24576, 8191, 16385, 0]):
+        n, off = sum(sizes), ops.offsets_from_sizes(sizes)
+        keep = torch.rand(n, generator=g) > 0.8
+        for kname, scores in {"continuous": torch.randn(n, generator=g),
+                              "ties": torch.randint(-3, 4, (n,), generator=g) / 2}.items():
+            for dtype in LOW_PRECISION:
+                for rate in (0.0, 0.37, 1.0):
+                    out.append(Sample(f"{dtype}-{len(sizes)}seg-{kname}-rate{rate}", (scores.to(dtype), off, keep, rate)))
+    return out
+
+
+SELECT_SAMPLES = [s for s in SAMPLES["segment_select"]() if s.args[0].dtype != torch.float64] + select_extra_samples()
+POPUP_SAMPLES = [s for s in SAMPLES["popup_swap"]() if s.args[0].dtype != torch.float64] + popup_extra_samples()
+
+
+@pytest.mark.parametrize("sample", SELECT_SAMPLES, ids=repr)
+def test_segment_select_matches_oracle(sample):
+    out = run_cuda("segment_select", sample.args)
+    assert out[0].dtype == torch.bool and torch.equal(out[0], reference.segment_select(*sample.args))
+
+
+@pytest.mark.parametrize("sample", POPUP_SAMPLES, ids=repr)
+def test_popup_swap_matches_oracle(sample):
+    keep, q = run_cuda("popup_swap", sample.args)
+    ref_keep, ref_q = reference.popup_swap(*sample.args)
+    assert torch.equal(keep, ref_keep) and q.dtype == torch.int64 and torch.equal(q, ref_q)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_popup_swap_resnet50_scale(dtype):
+    """ResNet-50's 53 conv layers as segments (23.45M scores, up to 2.4M per layer): the CPU
+    kernel's result, the same bits on a second run; then magnitude top-k with segment_select."""
+    sizes = [out * fan for out, fan in resnet50_conv_rows()]
+    g = torch.Generator().manual_seed(2)
+    n = sum(sizes)
+    magnitude = (torch.randn(n, generator=g).abs() * 0.05).to(dtype)
+    keep = torch.rand(n, generator=g) > 0.9
+    scores = (magnitude.float() * (1 + 0.02 * torch.randn(n, generator=g))).to(dtype)
+    args = (scores, ops.offsets_from_sizes(sizes), keep, 0.5)
+    out = run_cuda("popup_swap", args)
+    cpu = torch.ops.greedyprune.popup_swap(*args)
+    assert torch.equal(out[0], cpu[0]) and torch.equal(out[1], cpu[1])
+    again = run_cuda("popup_swap", args)
+    assert torch.equal(out[0], again[0]) and torch.equal(out[1], again[1])
+    k = torch.tensor([s // 10 for s in sizes])
+    select_args = (magnitude, args[1], k, None, True)
+    assert torch.equal(run_cuda("segment_select", select_args)[0], torch.ops.greedyprune.segment_select(*select_args))
+
+
+def test_ops_wrappers_pick_the_cuda_select():
+    values = torch.randn(30000, device="cuda")
+    offsets = ops.offsets_from_sizes([20000, 10000], device="cuda")
+    sel = ops.segment_select(values, [5, 7], offsets, largest=False)  # backend "auto"
+    assert sel.is_cuda
+    assert torch.equal(sel.cpu(), reference.segment_select(values.cpu(), offsets.cpu(), torch.tensor([5, 7]), None, False))
+    keep = torch.rand(30000, device="cuda") > 0.5
+    res = ops.popup_swap(values, keep, 0.5, offsets, backend="cuda")
+    assert res.keep.is_cuda and res.q.is_cuda
+    ref = reference.popup_swap(values.cpu(), offsets.cpu(), keep.cpu(), 0.5)
+    assert torch.equal(res.keep.cpu(), ref[0]) and torch.equal(res.q.cpu(), ref[1])
+
+
 # ---------------------------------------------------------------- bad input
 
 NAN_IN_LONG_SEGMENT = torch.randn(100000)
@@ -301,6 +399,8 @@ def _cu(*xs):
 
 
 ONES10 = torch.ones(10)
+NAN_IN_INELIGIBLE = torch.tensor([1.0, math.nan, 2.0, 3.0])
+OFF_5_5 = torch.tensor([0, 5, 10])
 ASYMMETRIC = torch.tensor([[1.0, 0.5], [0.1, 1.0]])
 BAD_CALLS = {
     "w inf": (lambda o: o.pq_norms(*_cu(torch.tensor([1.0, math.inf]), torch.tensor([0, 2])), [1.0], None), "w"),
@@ -326,6 +426,24 @@ BAD_CALLS = {
     "a off the simplex": (lambda o: o.line_search(*_cu(torch.eye(4), torch.ones(4), torch.full((4,), 0.5))), "a"),
     "w on the CPU": (lambda o: o.greedy_local(torch.eye(2).cuda(), torch.ones(2), 1, 0.0, 3), "w"),
     "max_neurons > N": (lambda o: o.greedy_local(*_cu(torch.eye(2), torch.ones(2)), 3, 0.0, 3), "max_neurons"),
+    "values NaN in a long segment": (lambda o: o.segment_select(*_cu(NAN_IN_LONG_SEGMENT, torch.tensor([0, 100000]),
+                                                                     torch.tensor([5])), None, True), "values"),
+    "values NaN, not eligible": (lambda o: o.segment_select(*_cu(NAN_IN_INELIGIBLE, torch.tensor([0, 4]), torch.tensor([1]),
+                                                                 ~torch.isnan(NAN_IN_INELIGIBLE)), True), "values"),
+    "values float64": (lambda o: o.segment_select(*_cu(ONES10.double(), OFF_5_5, torch.tensor([1, 1])), None, True),
+                       "values"),
+    "k > eligible": (lambda o: o.segment_select(*_cu(ONES10, OFF_5_5, torch.tensor([1, 6])), None, True), "k"),
+    "k > eligible, long segment": (lambda o: o.segment_select(*_cu(NAN_IN_LONG_SEGMENT.nan_to_num(), torch.tensor(
+        [0, 100000]), torch.tensor([100001])), None, True), "k"),
+    "k negative": (lambda o: o.segment_select(*_cu(ONES10, OFF_5_5, torch.tensor([-1, 1])), None, False), "k"),
+    "k wrong length": (lambda o: o.segment_select(*_cu(ONES10, OFF_5_5, torch.tensor([1])), None, True), "k"),
+    "eligible on the CPU": (lambda o: o.segment_select(*_cu(ONES10, OFF_5_5, torch.tensor([1, 1])), ONES10.bool(), True),
+                            "eligible"),
+    "scores NaN": (lambda o: o.popup_swap(*_cu(NAN_IN_LONG_SEGMENT, torch.tensor([0, 100000]),
+                                               NAN_IN_LONG_SEGMENT > 0), 0.5), "scores"),
+    "keep wrong length": (lambda o: o.popup_swap(*_cu(ONES10, OFF_5_5, torch.ones(9, dtype=torch.bool)), 0.5), "keep"),
+    "rate > 1": (lambda o: o.popup_swap(*_cu(ONES10, OFF_5_5, ONES10.bool()), 1.5), "rate"),
+    "select offsets on the CPU": (lambda o: o.popup_swap(ONES10.cuda(), OFF_5_5, ONES10.bool().cuda(), 0.5), "offsets"),
 }
 
 
@@ -346,7 +464,8 @@ def test_non_finite_values_masked_out_are_ignored():
 # ----------------------------------------------------------------- opcheck
 
 OPCHECK_CASES = ([("pq_norms", s) for s in PQ_SAMPLES[::6]] + [("taylor_scores", s) for s in TAYLOR_SAMPLES[::6]] +
-                 [("line_search", s) for s in LINE_SEARCH_SAMPLES[::6]] + [("greedy_local", s) for s in GREEDY_SAMPLES[::6]])
+                 [("line_search", s) for s in LINE_SEARCH_SAMPLES[::6]] + [("greedy_local", s) for s in GREEDY_SAMPLES[::6]] +
+                 [("segment_select", s) for s in SELECT_SAMPLES[::12]] + [("popup_swap", s) for s in POPUP_SAMPLES[::8]])
 
 
 @pytest.mark.parametrize("op,sample", OPCHECK_CASES, ids=[f"{op}-{s.name}" for op, s in OPCHECK_CASES])
