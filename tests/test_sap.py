@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from greedyprune.models import load_model
 from greedyprune.sparsity import commands, sap
 from greedyprune.sparsity.demo import run_demo
 from greedyprune.sparsity.pqi import pqi_report, prunable_weights
@@ -177,7 +178,6 @@ def test_sap_run_history_masks_and_files(tmp_path):
     assert (tmp_path / "results.png").stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["history"][-1]["accuracy"] == history[-1]["accuracy"] and saved["config"]["gamma"] == 2.0
-    from greedyprune.models import load_model
     loaded, meta = load_model(tmp_path / "model.pt")
     assert all(torch.equal(meta["masks"][n], result.masks[n]) for n in result.masks)
     assert torch.equal(loaded.fc.weight, result.model.fc.weight)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from greedyprune.models import save_model
+from greedyprune.models import build_model, save_model
 from greedyprune.sparsity import commands
 from greedyprune.sparsity.pqi import (PAPER_P, PAPER_Q, format_grid, format_table, gini_index, grid_pairs, pqi_report,
                                       prunable_weights)
@@ -219,7 +219,6 @@ def test_pqi_command_reads_saved_masks_and_writes_json(model, tmp_path, capsys):
 
 def test_pqi_command_state_dict_with_arch_and_grid(tmp_path, capsys):
     torch.manual_seed(0)
-    from greedyprune.models import build_model
     mlp = build_model("mlp", num_classes=10, in_channels=1, image_size=8)
     path = tmp_path / "state.pt"
     torch.save(mlp.state_dict(), path)
@@ -230,7 +229,8 @@ def test_pqi_command_state_dict_with_arch_and_grid(tmp_path, capsys):
     assert "q=2" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert len(data["pairs"]) == 109 and "layers" not in data
-    assert data["global"]["pqi"]["0.1,2"] == pytest.approx(float(pqi_report(mlp, [(0.1, 2.0)]).pqi("global", 0.1, 2.0)[0]))
+    expected = pqi_report(mlp, [(0.1, 2.0)]).pqi("global", 0.1, 2.0)
+    assert data["global"]["pqi"]["0.1,2"] == pytest.approx(float(expected[0]))
     with pytest.raises(ValueError, match="'model'"):
         run_pqi_command(["pqi", str(path), "--arch", "cnn", "--in-channels", "1", "--image-size", "8"])
     with pytest.raises(ValueError, match="'model'"):

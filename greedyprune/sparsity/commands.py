@@ -36,7 +36,8 @@ def register(subparsers) -> None:
                              ("--lr", float, "SGD learning rate (cosine decay)"),
                              ("--batch-size", int, "training batch size"), ("--seed", int, "initialisation seed")):
         dest = flag[2:].replace("-", "_")
-        sap.add_argument(flag, type=kind, default=getattr(defaults, dest), help=f"{text} (default {getattr(defaults, dest)})")
+        default = getattr(defaults, dest)
+        sap.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
     sap.add_argument("--stop-on-rising-pqi", action="store_true",
                      help="stop once the retrained model's global PQI_{p,q} rises (the paper's suggested extension)")
     sap.add_argument("--out", required=True, help="output folder")

@@ -3,9 +3,9 @@
 The weights measured are every floating tensor with more than one dimension (Linear, Conv,
 Embedding weights). Scopes: `neuron` = one output row W[i] (flattened), `layer` = one weight,
 `global` = all of them as one vector. Masks (bool, shaped like each weight) restrict every
-measure to the kept entries. One `ops.pq_norms` pass gives the log power sums of every neuron for
-every power the pairs need; layer and global sums are log-sum-exps of those, so all scopes and all
-pairs come from that single pass over the weights.
+measure to the kept entries. One `ops.pq_norms` call per weight gives the log power sums of its
+neurons for every power the pairs need; layer and global sums are log-sum-exps of those, so all
+scopes and all pairs come from a single pass over the weights.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def prunable_weights(source) -> dict[str, torch.Tensor]:
     elif isinstance(source, Mapping):
         items = source.items()
     else:
-        raise _arg_error("weights", f"must be an nn.Module or a mapping of names to tensors, got {type(source).__name__}")
+        raise _arg_error("weights", "must be an nn.Module or a mapping of names to tensors, "
+                                    f"got {type(source).__name__}")
     return {name: t.detach() for name, t in items
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() > 1}
 
@@ -103,16 +104,6 @@ def segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Sum of `values` (flat, bool or int) over each segment, as int64."""
     prefix = torch.cat([values.new_zeros(1, dtype=torch.int64), values.to(torch.int64).cumsum(0)])
     return prefix[offsets[1:]] - prefix[offsets[:-1]]
-
-
-def _log_sum_exp_groups(log_sums: torch.Tensor, group: torch.Tensor, groups: int) -> torch.Tensor:
-    """Per group, log sum exp over its rows of `log_sums` [R, P] (-inf for groups with nothing)."""
-    index = group[:, None].expand_as(log_sums)
-    peak = torch.full((groups, log_sums.shape[1]), -math.inf, dtype=log_sums.dtype, device=log_sums.device)
-    peak = peak.scatter_reduce(0, index, log_sums, "amax")
-    shift = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    total = torch.zeros_like(peak).index_add_(0, group, torch.exp(log_sums - shift[group]))
-    return shift + torch.log(total)
 
 
 def _gini_rows(w: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -258,40 +249,49 @@ def pqi_report(weights, pairs=(PAPER_PAIR,), *, masks=None, scopes: Sequence[str
     names = tuple(tensors)
     shapes = tuple(tuple(t.shape) for t in tensors.values())
     device = next(iter(tensors.values())).device
-    flat = torch.cat([t.reshape(-1) for t in tensors.values()])
-    flat_mask = None if full_masks is None else torch.cat([m.reshape(-1) for m in full_masks.values()])
 
+    # one pq_norms call per weight (no copy of the weights): log power sums of each of its rows;
+    # a layer's sums are the log-sum-exp of its rows', the global ones that of the layers'
     powers = sorted({x for pair in pairs for x in pair})
-    column = {x: j for j, x in enumerate(powers)}
-    row_offsets = segment_offsets(shapes, "neuron", device)
-    row_log_sums, row_counts = ops.pq_norms(flat, powers, row_offsets, flat_mask, backend=backend)
-    row_sizes = row_offsets[1:] - row_offsets[:-1]
+    row_sums, row_counts, row_sizes, layer_sums, layer_counts, layer_sizes = [], [], [], [], [], []
+    for name, w in tensors.items():
+        rows, cols = w.shape[0], math.prod(w.shape[1:])
+        offsets = torch.arange(rows + 1, dtype=torch.int64, device=device) * cols
+        log_sums, counts = ops.pq_norms(w, powers, offsets, None if full_masks is None else full_masks[name],
+                                        backend=backend)
+        row_sums.append(log_sums)
+        row_counts.append(counts)
+        row_sizes.append(torch.full_like(counts, cols))
+        layer_sums.append(torch.logsumexp(log_sums, 0))
+        layer_counts.append(counts.sum())
+        layer_sizes.append(w.numel())
+    layer_sums, layer_counts = torch.stack(layer_sums), torch.stack(layer_counts)
+    layer_sizes = torch.tensor(layer_sizes, dtype=torch.int64, device=device)
+    sums = {
+        "neuron": (torch.cat(row_sums), torch.cat(row_counts), torch.cat(row_sizes)),
+        "layer": (layer_sums, layer_counts, layer_sizes),
+        "global": (torch.logsumexp(layer_sums, 0, keepdim=True), layer_counts.sum(0, keepdim=True),
+                   layer_sizes.sum(0, keepdim=True)),
+    }
 
-    rows_per_layer = torch.tensor([s[0] for s in shapes], dtype=torch.int64, device=device)
-    layer_of_row = torch.repeat_interleave(torch.arange(len(shapes), device=device), rows_per_layer)
-    groups = {"neuron": None, "layer": (layer_of_row, len(shapes)), "global": (torch.zeros_like(layer_of_row), 1)}
+    # every pair at once: [L, K] log sums of the pairs' p and q, p and q as [K] rows (broadcast)
+    p_column = torch.tensor([powers.index(p) for p, _ in pairs], device=device)
+    q_column = torch.tensor([powers.index(q) for _, q in pairs], device=device)
+    p_row = torch.tensor([p for p, _ in pairs], dtype=torch.float64, device=device)
+    q_row = torch.tensor([q for _, q in pairs], dtype=torch.float64, device=device)
 
     stats = {}
-    for scope in SCOPES:
-        if scope not in scopes:
-            continue
-        if groups[scope] is None:
-            log_sums, counts, sizes = row_log_sums, row_counts, row_sizes
-        else:
-            group, n = groups[scope]
-            log_sums = _log_sum_exp_groups(row_log_sums, group, n)
-            counts = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, group, row_counts)
-            sizes = torch.zeros(n, dtype=torch.int64, device=device).index_add_(0, group, row_sizes)
-        pqi = torch.stack([ops.pq_index_from_log_sums(log_sums[:, column[p]], log_sums[:, column[q]], counts, p, q)
-                           for p, q in pairs], dim=1)
-        stats[scope] = ScopeStats(counts, sizes, pqi, _scope_gini(scope, tensors, full_masks, flat, flat_mask)
-                                  if gini else None)
+    for scope in (name for name in SCOPES if name in scopes):
+        log_sums, counts, sizes = sums[scope]
+        pqi = ops.pq_index_from_log_sums(log_sums[:, p_column], log_sums[:, q_column], counts[:, None], p_row, q_row)
+        stats[scope] = ScopeStats(counts, sizes, pqi, _scope_gini(scope, tensors, full_masks) if gini else None)
     return PQIReport(pairs, names, shapes, stats)
 
 
-def _scope_gini(scope: str, tensors: dict, masks: dict | None, flat: torch.Tensor, flat_mask) -> torch.Tensor:
+def _scope_gini(scope: str, tensors: dict, masks: dict | None) -> torch.Tensor:
     if scope == "global":
-        return _gini_rows(flat.reshape(1, -1), None if flat_mask is None else flat_mask.reshape(1, -1))
+        flat = torch.cat([t.reshape(1, -1) for t in tensors.values()], dim=1)
+        return _gini_rows(flat, None if masks is None else torch.cat([m.reshape(1, -1) for m in masks.values()], dim=1))
     per_layer = []
     for name, w in tensors.items():
         rows = w.shape[0] if scope == "neuron" else 1
