@@ -19,7 +19,7 @@ install: $(VENV)/.deps
 	$(PY) -m pip install -q --no-build-isolation -e .
 
 demo: install
-	$(PY) benchmarks/run.py --quick
+	$(VENV)/bin/greedyprune demo
 
 test: cuda-check ctest pytest
 

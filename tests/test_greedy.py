@@ -290,7 +290,7 @@ def test_every_zoo_model_prunes_end_to_end(name):
     model = build_model(name, num_classes=7, in_channels=channels, image_size=size).eval()
     x = torch.randn(4, channels, size, size)
     params_before = sum(p.numel() for p in model.parameters())
-    results = prune_model(model, x, method="hybrid" if small else "local", width_ratio=0.5, progress=False)
+    results = prune_model(model, x, method="hybrid" if name == "mlp" else "local", width_ratio=0.5, progress=False)
     assert results and all(1 <= r.width <= math.ceil(r.channels / 2) for r in results)
     assert model(x).shape == (4, 7)
     assert sum(p.numel() for p in model.parameters()) < params_before
@@ -307,7 +307,22 @@ def test_pipeline_writes_report_plan_and_model(tmp_path, monkeypatch):
     assert report["before"]["accuracy"] > 0.85
     assert report["after_prune"]["params"] < report["before"]["params"]
     assert report["after_prune"]["flops"] < report["before"]["flops"]
-    assert [u["unit"] for u in report["units"]] == ["1->3", "3->5"]
+    assert [u["unit"] for u in report["units"]] == ["fc1->fc2", "fc2->fc3"]
     pruned, _ = load_model(tmp_path / "out" / "pruned.pt")
     assert sum(p.numel() for p in pruned.parameters()) == report["after_prune"]["params"]
     assert "after prune" in format_report(report)
+
+
+def test_a_model_without_units_is_a_clear_error():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    with pytest.raises(ValueError, match="no prunable unit"):
+        prune_model(model, torch.randn(4, 3, 2, 2), width_ratio=0.5, progress=False)
+
+
+def test_rate_experiment_local_imitation_error_falls_faster_than_training(tmp_path):
+    from greedyprune.greedy.rate_demo import run_rate_demo
+    r = run_rate_demo(tmp_path, widths=(4, 48), samples=600, eval_samples=200, train_steps=600, progress=False)
+    assert (tmp_path / "rate.json").is_file() and (tmp_path / "rate.png").is_file()
+    local_drop = r["local"][0] / r["local"][1]
+    scratch_drop = r["scratch"][0] / r["scratch"][1]
+    assert local_drop > scratch_drop, r

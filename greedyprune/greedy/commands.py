@@ -17,8 +17,8 @@ def register(subparsers) -> None:
     demo = subparsers.add_parser(
         "demo", help="the main job: train (cached) the PQI paper's CNN on the bundled digits and prune it",
         description="Same as `prune` with the defaults (cnn on digits, hybrid, tol 0.02 nats per unit, "
-                    "3 fine-tuning epochs).")
-    _pruning_arguments(demo, default_out="greedyprune-out/demo", finetune_epochs=3)
+                    "256 calibration samples, 3 fine-tuning epochs).")
+    _pruning_arguments(demo, default_out="greedyprune-out/demo", finetune_epochs=3, calib_samples=256)
     demo.set_defaults(func=_prune_command)
 
     rate = subparsers.add_parser(
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     rate.set_defaults(func=_rate_command)
 
 
-def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0) -> None:
+def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_samples: int = 512) -> None:
     p.add_argument("--model", default="cnn", help="a zoo name (trained on --data and cached) or a save_model file")
     p.add_argument("--data", default="digits",
                    help="'digits' (bundled), a CIFAR-10 python-pickle folder, or an ImageFolder root (torchvision)")
@@ -44,7 +44,7 @@ def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0) -> None
     stop.add_argument("--target-flops", type=float, default=None,
                       help="fraction of the FLOPs to keep (sets a uniform --width by bisection)")
     p.add_argument("--discrepancy", choices=DISCREPANCIES[:2], default="kl")
-    p.add_argument("--calib-samples", type=int, default=512, help="samples the discrepancy is measured on")
+    p.add_argument("--calib-samples", type=int, default=calib_samples, help="samples the discrepancy is measured on")
     p.add_argument("--gram-samples", type=int, default=2048, help="samples streamed into each Gram")
     p.add_argument("--positions", type=int, default=None, help="subsample this many positions per image for Grams")
     p.add_argument("--exact-until", type=int, default=25, help="global imitation: exact candidates while nnz <= this")

@@ -78,6 +78,9 @@ def prune_model(model: nn.Module, calib_inputs: torch.Tensor, *, method: str = "
     was_training = model.training
     model.eval()
     graph = UnitGraph(model, calib_inputs[:2])
+    if not graph.units:
+        skipped = "; ".join(f"{', '.join(g.producers) or '?'}: {g.reason}" for g in graph.skipped)
+        raise ValueError(f"greedyprune: {type(model).__name__} has no prunable unit (channel groups: {skipped})")
     todo = graph.units if units is None else [graph.unit(name) for name in units]
     results = []
     bar = tqdm(todo, desc=f"prune ({method})", unit="unit", disable=not progress)

@@ -117,7 +117,7 @@ def run_pruning(*, model: str = "cnn", data: str = "digits", out_dir: str | os.P
         finetune(net, loader, epochs=finetune_epochs, progress=progress)
         report["after_finetune"] = _stats(net, test_loader, calib_x)
     save_plan(make_plan(results, model=model, data=data, method=method), out / "plan.json")
-    save_model(net, out / "pruned.pt", model=model, data=data, method=method)
+    save_model(net, out / "pruned.pt", arch=model, data=data, method=method)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     plot_report(report, out / "report.png")
     return report
