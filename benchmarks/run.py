@@ -29,6 +29,13 @@ from greedyprune import ops
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
+# Sections from here on are written by the driver benchmarks (bench_*.py) and kept on rewrite.
+DRIVERS_MARKER = "\n## Drivers\n"
+
+
+def _driver_sections() -> str:
+    old = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
+    return old[old.index(DRIVERS_MARKER):] if DRIVERS_MARKER in old else ""
 MIN_RUN_TIME_S = {False: 2.0, True: 0.2}  # per provider; keyed by quick
 
 
@@ -202,7 +209,7 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out}")
     if args.write_results:
-        RESULTS_MD.write_text(results_markdown(report))
+        RESULTS_MD.write_text(results_markdown(report) + _driver_sections())
         print(f"wrote {RESULTS_MD}")
 
 
