@@ -49,7 +49,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--calib", type=int, default=256)
-    parser.add_argument("--unit", type=int, default=1, help="index of the unit of the digits CNN")
+    parser.add_argument("--unit", type=int, default=2, help="index of the unit of the digits CNN")
+    parser.add_argument("--exact-until", type=int, default=25, help="Taylor + top-5 once the unit has more channels")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -71,7 +72,8 @@ def main() -> None:
     ev = SuffixEvaluator(graph, unit, x, kind="kl", target=target)
     exact = timed("greedyprune exact (cached+batched)",
                   lambda: global_imitation(ev, max_neurons=args.width, exact_until=unit.channels))
-    timed("greedyprune taylor after 25", lambda: global_imitation(ev, max_neurons=args.width))
+    timed(f"greedyprune taylor after {args.exact_until}",
+          lambda: global_imitation(ev, max_neurons=args.width, exact_until=args.exact_until))
     a = timed("authors' loop (full forward each)", lambda: authors_loop(graph, unit, x, target, args.width, "kl"))
     same = torch.equal((a > 0), (exact.a > 0))
     base = rows[2]["seconds"]
@@ -79,7 +81,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
         "model": "cnn (PQI paper) on digits 8x8", "unit": unit.name, "channels": unit.channels,
-        "width": args.width, "calib_samples": args.calib, "rows": rows,
+        "width": args.width, "calib_samples": args.calib, "exact_until": args.exact_until, "rows": rows,
         "speedup_exact": base / rows[0]["seconds"], "speedup_taylor": base / rows[1]["seconds"],
         "same_channels_as_authors_loop": same,
     }
