@@ -97,6 +97,18 @@ def test_every_scope_and_pair_matches_the_definition_on_kept_entries(model, scop
         assert math.isnan(stats.pqi[rows["fc.weight"], 0][3]) and math.isnan(stats.pqi[rows["head.weight"], 0][1])
 
 
+def test_a_fully_pruned_layer_is_nan_and_leaves_the_other_scopes_exact(model):
+    masks = random_masks(model)
+    masks["fc.weight"][:] = False
+    report = pqi_report(model, PAIRS, masks=masks)
+    layer = report.stats("layer")
+    assert int(layer.counts[1]) == 0 and bool(torch.isnan(layer.pqi[1]).all()) and math.isnan(layer.gini[1])
+    for scope in ("layer", "global"):
+        segs = segments(model, masks, scope)
+        for j, (p, q) in enumerate(PAIRS):
+            assert_close_nan(report.stats(scope).pqi[:, j], [oracle_pqi(s, p, q) for s in segs], 1e-6)
+
+
 def test_pruned_entries_do_not_count_whatever_their_values(model):
     masks = random_masks(model, keep=0.5)
     before = pqi_report(model, PAIRS, masks=masks)

@@ -106,6 +106,14 @@ def segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return prefix[offsets[1:]] - prefix[offsets[:-1]]
 
 
+def _log_sum_exp_layers(log_sums: torch.Tensor, peaks: torch.Tensor, layer_of_row: torch.Tensor) -> torch.Tensor:
+    """Per layer, log sum exp of its rows of `log_sums` [R, P] (-inf where all are -inf), shifted by the
+    layer's `peaks` [L, P] (the per-layer maxima) so nothing overflows or underflows."""
+    shift = torch.where(torch.isfinite(peaks), peaks, torch.zeros_like(peaks))
+    scaled = torch.exp(log_sums - shift[layer_of_row])
+    return torch.log(torch.zeros_like(shift).index_add_(0, layer_of_row, scaled)) + shift
+
+
 def _gini_rows(w: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """Gini index (Hurley & Rickard) of every row of w [R, n] over its kept entries, float64.
 
@@ -253,7 +261,7 @@ def pqi_report(weights, pairs=(PAPER_PAIR,), *, masks=None, scopes: Sequence[str
     # one pq_norms call per weight (no copy of the weights): log power sums of each of its rows;
     # a layer's sums are the log-sum-exp of its rows', the global ones that of the layers'
     powers = sorted({x for pair in pairs for x in pair})
-    row_sums, row_counts, row_sizes, layer_sums, layer_counts, layer_sizes = [], [], [], [], [], []
+    row_sums, row_counts, row_sizes, layer_peaks = [], [], [], []
     for name, w in tensors.items():
         rows, cols = w.shape[0], math.prod(w.shape[1:])
         offsets = torch.arange(rows + 1, dtype=torch.int64, device=device) * cols
@@ -262,16 +270,18 @@ def pqi_report(weights, pairs=(PAPER_PAIR,), *, masks=None, scopes: Sequence[str
         row_sums.append(log_sums)
         row_counts.append(counts)
         row_sizes.append(torch.full_like(counts, cols))
-        layer_sums.append(torch.logsumexp(log_sums, 0))
-        layer_counts.append(counts.sum())
-        layer_sizes.append(w.numel())
-    layer_sums, layer_counts = torch.stack(layer_sums), torch.stack(layer_counts)
-    layer_sizes = torch.tensor(layer_sizes, dtype=torch.int64, device=device)
+        layer_peaks.append(log_sums.amax(0))
+    row_sums, row_counts, row_sizes = torch.cat(row_sums), torch.cat(row_counts), torch.cat(row_sizes)
+    rows_per_layer = torch.tensor([s[0] for s in shapes], dtype=torch.int64, device=device)
+    layer_of_row = torch.repeat_interleave(torch.arange(len(shapes), device=device), rows_per_layer)
+    layer_sums = _log_sum_exp_layers(row_sums, torch.stack(layer_peaks), layer_of_row)
+    layer_counts = torch.zeros(len(shapes), dtype=torch.int64, device=device).index_add_(0, layer_of_row, row_counts)
+    layer_sizes = torch.tensor([math.prod(s) for s in shapes], dtype=torch.int64, device=device)
     sums = {
-        "neuron": (torch.cat(row_sums), torch.cat(row_counts), torch.cat(row_sizes)),
+        "neuron": (row_sums, row_counts, row_sizes),
         "layer": (layer_sums, layer_counts, layer_sizes),
-        "global": (torch.logsumexp(layer_sums, 0, keepdim=True), layer_counts.sum(0, keepdim=True),
-                   layer_sizes.sum(0, keepdim=True)),
+        "global": (_log_sum_exp_layers(layer_sums, layer_sums.amax(0, keepdim=True), torch.zeros_like(layer_counts)),
+                   layer_counts.sum(0, keepdim=True), layer_sizes.sum(0, keepdim=True)),
     }
 
     # every pair at once: [L, K] log sums of the pairs' p and q, p and q as [K] rows (broadcast)
