@@ -326,3 +326,26 @@ def test_rate_experiment_local_imitation_error_falls_faster_than_training(tmp_pa
     local_drop = r["local"][0] / r["local"][1]
     scratch_drop = r["scratch"][0] / r["scratch"][1]
     assert local_drop > scratch_drop, r
+
+
+@pytest.mark.parametrize("kind", ["linear_after_flatten", "conv3x3_stride2_pad1", "conv1x1"])
+@pytest.mark.parametrize("cache_contributions", [True, False])
+def test_fixed_step_moves_use_the_consumer_linearity_exactly(kind, cache_contributions, monkeypatch):
+    from greedyprune.greedy import suffix
+    if not cache_contributions:
+        monkeypatch.setattr(suffix, "_CONTRIBUTION_CACHE_BYTES", 0)
+    torch.manual_seed(6)
+    n = 7
+    make, flatten = CONSUMERS[kind]
+    model = _net(make(n), n, flatten).double().eval()
+    x = torch.randn(9, 3, 5, 5, dtype=torch.float64)
+    model(x)
+    graph = UnitGraph(model, x[:2])
+    unit = [u for u in graph.units if u.producer == "0"][0]
+    ev = SuffixEvaluator(graph, unit, x, kind="kl", max_rows=20)
+    a = torch.rand(n, dtype=torch.float64)
+    a /= a.sum()
+    candidates = torch.tensor([6, 0, 3, 3, 5])
+    gamma = 0.25
+    gates = ((1 - gamma) * a + gamma * torch.eye(n, dtype=torch.float64)[candidates]) * n
+    torch.testing.assert_close(ev.evaluate_steps(a, gamma, candidates), ev.evaluate(gates), rtol=1e-9, atol=1e-12)

@@ -35,16 +35,16 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
     timing = {"evaluate": 0.0, "taylor": 0.0}
     start = time.perf_counter()
     device = evaluator.target.device
-    eye = torch.eye(n, device=device)
+    everyone = torch.arange(n, device=device)
 
-    def evaluate(gates):
+    def evaluate(a, gamma, candidates):
         t = time.perf_counter()
-        out = evaluator.evaluate(gates)
+        out = evaluator.evaluate_steps(a, gamma, candidates)
         timing["evaluate"] += time.perf_counter() - t
         return out
 
     # Step 0: the best single channel (gates N e_i).
-    losses = evaluate(eye * n)
+    losses = evaluate(torch.zeros(n, dtype=torch.float64, device=device), 1.0, everyone)
     best = int(torch.argmin(losses))
     counts = torch.zeros(n, dtype=torch.float64, device=device)
     counts[best] = 1
@@ -55,14 +55,13 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
         a = counts / steps
         gamma = 1.0 / (steps + 1)
         if int((counts > 0).sum()) <= exact_until:
-            candidates = torch.arange(n, device=device)
+            candidates = everyone
         else:
             t = time.perf_counter()
             act, grad = evaluator.taylor_inputs((a * n).float())
             candidates = ops.taylor_scores(act, grad, a.float(), taylor_top).topk
             timing["taylor"] += time.perf_counter() - t
-        gates = ((1 - gamma) * a).float().unsqueeze(0) + gamma * eye[candidates]
-        losses = evaluate(gates * n)
+        losses = evaluate(a, gamma, candidates)
         pick = int(torch.argmin(losses))
         counts[candidates[pick]] += 1
         loss = float(losses[pick])

@@ -59,6 +59,8 @@ class SuffixEvaluator:
         self.channels = unit.channels
         self.model.eval()
         self._suffix = None
+        self._all_contributions = None
+        self._consumer_out_per_sample = None
         if use_fx:
             try:
                 self._suffix = _TracedSuffix(self.model, unit.consumer, inputs)
@@ -81,6 +83,53 @@ class SuffixEvaluator:
             for g in gates.split(per_run):
                 out.append(discrepancy(self._logits(g), self.target, self.kind, self.labels))
         return torch.cat(out)
+
+    def evaluate_steps(self, a: torch.Tensor, gamma: float, candidates: torch.Tensor) -> torch.Tensor:
+        """Discrepancy of the fixed-step moves gates = N((1 - gamma) a + gamma e_i), i in candidates.
+
+        The consumer is linear in its input, so its output for candidate i is (1 - gamma) times
+        its output at N a plus gamma N times channel i's own contribution: one consumer pass
+        for the base and the per-channel contributions (fixed, cached when small) replace one
+        consumer pass per candidate; only the layers after the consumer run per candidate."""
+        n = self.channels
+        a = a.to(self.target.device, torch.float64)
+        candidates = candidates.to(self.target.device)
+        consumer = self.graph.module(self.unit.consumer)
+        if self._suffix is None or type(consumer) not in (nn.Conv2d, nn.Linear):
+            gates = (1 - gamma) * a.unsqueeze(0) + gamma * torch.eye(n, dtype=torch.float64, device=a.device)[candidates]
+            return self.evaluate((gates * n).float())
+        hidden = self.hidden
+        with torch.no_grad():
+            base = _linear_part(consumer, apply_gates(hidden, (a * n).to(hidden.dtype), self.unit.columns_per_channel))
+            base = (1 - gamma) * base
+            if consumer.bias is not None:
+                base = base + consumer.bias.view(1, -1, *([1] * (base.dim() - 2)))
+            per_run = max(1, self.max_rows // self.batch)
+            out = []
+            for chunk in candidates.split(per_run):
+                contrib = self._contributions(consumer, chunk)
+                y = (base.unsqueeze(0) + (gamma * n) * contrib).reshape(-1, *base.shape[1:])
+                logits = self._suffix.run(None, chunk.numel(), consumer_output=y)
+                logits = logits.view(chunk.numel(), self.batch, *logits.shape[1:])
+                out.append(discrepancy(logits, self.target, self.kind, self.labels))
+        return torch.cat(out)
+
+    def _contributions(self, consumer: nn.Module, chunk: torch.Tensor) -> torch.Tensor:
+        """What each channel in chunk adds to the consumer's output alone: [K, B, out, *]."""
+        if self._all_contributions is None:
+            bytes_all = self.hidden.element_size() * self.batch * self.channels * self._consumer_out_numel(consumer)
+            if bytes_all <= _CONTRIBUTION_CACHE_BYTES:
+                self._all_contributions = _channel_contributions(consumer, self.hidden, self.channels,
+                                                                 torch.arange(self.channels, device=chunk.device))
+        if self._all_contributions is not None:
+            return self._all_contributions[chunk]
+        return _channel_contributions(consumer, self.hidden, self.channels, chunk)
+
+    def _consumer_out_numel(self, consumer: nn.Module) -> int:
+        if self._consumer_out_per_sample is None:
+            with torch.no_grad():
+                self._consumer_out_per_sample = _linear_part(consumer, self.hidden[:1]).numel()
+        return self._consumer_out_per_sample
 
     def _logits(self, gates: torch.Tensor) -> torch.Tensor:
         k = gates.shape[0]
@@ -121,6 +170,31 @@ class SuffixEvaluator:
         return hidden.reshape(shape), grad.reshape(shape)
 
 
+_CONTRIBUTION_CACHE_BYTES = 512 * 2 ** 20
+
+
+def _linear_part(consumer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The consumer's output without its bias."""
+    if isinstance(consumer, nn.Linear):
+        return F.linear(x, consumer.weight)
+    return F.conv2d(x, consumer.weight, None, consumer.stride, consumer.padding, consumer.dilation)
+
+
+def _channel_contributions(consumer: nn.Module, hidden: torch.Tensor, channels: int, chunk: torch.Tensor) -> torch.Tensor:
+    """[K, B, out, *]: the consumer's bias-free output from each channel of chunk alone."""
+    k, b = chunk.numel(), hidden.shape[0]
+    w = consumer.weight
+    if isinstance(consumer, nn.Linear):
+        s = w.shape[1] // channels
+        x = hidden.reshape(b, channels, s)[:, chunk]
+        return torch.einsum("bks,oks->kbo", x, w.view(w.shape[0], channels, s)[:, chunk])
+    # One grouped conv: group j reads channel chunk[j] with that channel's filters.
+    x = hidden[:, chunk]
+    wk = w[:, chunk].transpose(0, 1).reshape(k * w.shape[0], 1, *w.shape[2:])
+    y = F.conv2d(x, wk, None, consumer.stride, consumer.padding, consumer.dilation, groups=k)
+    return y.view(b, k, w.shape[0], *y.shape[2:]).transpose(0, 1)
+
+
 def _repeat_batch(x: torch.Tensor, k: int) -> torch.Tensor:
     return x if k == 1 else x.repeat(k, *([1] * (x.dim() - 1)))
 
@@ -159,12 +233,16 @@ class _TracedSuffix:
         self.cache = cache
         self.hidden_node = hidden_node
 
-    def run(self, gated_hidden: torch.Tensor, k: int) -> torch.Tensor:
+    def run(self, gated_hidden: torch.Tensor | None, k: int, consumer_output: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits from the gated consumer input (or straight from the consumer's output)."""
         env = {}
         for n, value in self.cache.items():
             batched = isinstance(value, torch.Tensor) and n.op != "get_attr" and value.dim() > 0 and value.shape[0] == self.batch
             env[n] = _repeat_batch(value, k) if batched else value
         for node in self.order:
+            if node is self.consumer_node and consumer_output is not None:
+                env[node] = consumer_output
+                continue
             if node is self.consumer_node:
                 rest = fx.node.map_arg(node.args[1:], lambda a: env[a])
                 env[node] = self.gm.get_submodule(node.target)(gated_hidden, *rest)
