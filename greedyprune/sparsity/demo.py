@@ -18,7 +18,7 @@ DEMO_METHODS = (dict(method="sap", p=0.5, q=1.0), dict(method="sap", p=1.0, q=2.
                 dict(method="one-shot"), dict(method="lottery"))
 # iterations / epochs per model: full mode takes minutes on a 2-core CPU, quick mode well under one
 DEMO_SETTINGS = {
-    False: {"mlp": dict(iterations=20, epochs=20), "cnn": dict(iterations=8, epochs=3)},
+    False: {"mlp": dict(iterations=30, epochs=30), "cnn": dict(iterations=15, epochs=5)},
     True: {"mlp": dict(iterations=3, epochs=3), "cnn": dict(iterations=2, epochs=1)},
 }
 
