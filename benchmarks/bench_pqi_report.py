@@ -5,8 +5,8 @@ ResNet-50's weights against the PQI authors' way: a Python loop over torch.linal
     python benchmarks/bench_pqi_report.py                  # prints the results
     python benchmarks/bench_pqi_report.py --write-results  # ... and writes its section of benchmarks/RESULTS.md
 
-The section sits between two HTML comments in RESULTS.md and is replaced on every write;
-`benchmarks/run.py --write-results` rewrites RESULTS.md without it (rerun this script after it).
+The section sits between two HTML comments in RESULTS.md's "Drivers" part (which
+`benchmarks/run.py --write-results` keeps) and is replaced on every write.
 """
 from __future__ import annotations
 
