@@ -20,7 +20,6 @@ import math
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +28,9 @@ from greedyprune import ops
 from greedyprune.models import build_model
 from greedyprune.popup import initialize, popup_step, wrap
 from greedyprune.popup.demo import small_cnn
+from results_section import RESULTS_MD, markers, write_section
 
-RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-SECTION_BEGIN = "<!-- bench_popup_search: begin -->"
-SECTION_END = "<!-- bench_popup_search: end -->"
+SECTION_BEGIN, SECTION_END = markers("bench_popup_search")
 SPARSITY = 0.9
 SCORE_NOISE = 0.02  # relative perturbation of the simulated search state's scores
 SEARCH_PROGRESS = 0.25  # the swap is timed a quarter into the search: rate (1 - 0.25)^4
@@ -168,7 +166,7 @@ def machine() -> dict:
 def markdown(host: dict, date: str, command: str, update: dict, iterations: list[dict]) -> str:
     lines = [
         SECTION_BEGIN,
-        "## SR-popup search (`benchmarks/bench_popup_search.py`)",
+        "### SR-popup search (`benchmarks/bench_popup_search.py`)",
         "",
         f"Written by `{command}` (run started {date}); "
         "rerun it rather than edit this section.",
@@ -212,17 +210,6 @@ def markdown(host: dict, date: str, command: str, update: dict, iterations: list
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace this script's section of RESULTS.md, or append it."""
-    current = RESULTS_MD.read_text()
-    if SECTION_BEGIN in current and SECTION_END in current:
-        head, rest = current.split(SECTION_BEGIN, 1)
-        tail = rest.split(SECTION_END, 1)[1].lstrip("\n")
-        RESULTS_MD.write_text(head + text + tail)
-    else:
-        RESULTS_MD.write_text(current.rstrip("\n") + "\n\n" + text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=9, help="timed calls per measurement (default 9)")
@@ -250,7 +237,7 @@ def main() -> None:
     text = markdown(host, date, command, update, iterations)
     print(text)
     if args.write_results:
-        write_section(text)
+        write_section("bench_popup_search", text)
         print(f"wrote {RESULTS_MD}")
 
 

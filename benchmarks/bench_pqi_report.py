@@ -15,17 +15,15 @@ import datetime
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from greedyprune.models import build_model
 from greedyprune.sparsity import SCOPES, grid_pairs, pqi_report, prunable_weights
+from results_section import RESULTS_MD, markers, write_section
 from run import machine
 
-HERE = Path(__file__).resolve().parent
-RESULTS_MD = HERE / "RESULTS.md"
-BEGIN, END = "<!-- bench_pqi_report: begin -->", "<!-- bench_pqi_report: end -->"
+BEGIN, END = markers("bench_pqi_report")
 REPEATS = 5  # timed calls of greedyprune's report (after one warm-up call)
 
 
@@ -121,7 +119,7 @@ def section(r: dict) -> str:
                        for scope, e in r["max_abs_error_vs_float64"].items())
     lines = [
         BEGIN,
-        "## PQI report vs the PQI authors' way",
+        "### PQI report vs the PQI authors' way",
         "",
         f"Written by `python benchmarks/bench_pqi_report.py --write-results` (run started {r['date']}); "
         "rerun it rather than edit this section.",
@@ -155,17 +153,6 @@ def section(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    current = RESULTS_MD.read_text()
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        updated = head + text + tail
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    RESULTS_MD.write_text(updated)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write-results", action="store_true", help="write this benchmark's section of RESULTS.md")
@@ -173,7 +160,7 @@ def main() -> None:
     text = section(measure())
     print(text)
     if args.write_results:
-        write_section(text)
+        write_section("bench_pqi_report", text)
         print(f"wrote {RESULTS_MD}")
 
 

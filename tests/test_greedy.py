@@ -2,7 +2,6 @@
 imitation vs brute force, Taylor scores vs finite differences, the fx suffix evaluator,
 Algorithm 2, plans."""
 import copy
-import itertools
 import math
 
 import pytest

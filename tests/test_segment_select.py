@@ -1,7 +1,6 @@
 """Segmented select and the SR-popup swap: properties (hypothesis) and edge cases."""
 import math
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
