@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
@@ -17,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+from .files import torch_save_atomically
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -153,18 +154,7 @@ def pretrained(name_key: str, build: Callable[[], nn.Module], fit: Callable[[nn.
         return model
 
     fit(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    # a crash mid-write must never leave a truncated file under the final name
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name_key}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(model.state_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    torch_save_atomically(model.state_dict(), path)
     return model
 
 

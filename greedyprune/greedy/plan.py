@@ -3,12 +3,12 @@ re-applicable to a fresh copy of the model."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from ..files import replace_atomically
 from ..surgery import UnitGraph
 from .layerwise import UnitResult
 
@@ -20,10 +20,8 @@ def make_plan(results: list[UnitResult], **meta) -> dict:
 
 
 def save_plan(plan: dict, path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(plan, indent=1))
-    os.replace(tmp, path)
+    text = json.dumps(plan, indent=1)
+    replace_atomically(path, lambda f: f.write(text.encode()))
 
 
 def load_plan(path) -> dict:

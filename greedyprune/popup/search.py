@@ -9,9 +9,7 @@ of step t, so the last step of the `paper` schedule swaps nothing.
 from __future__ import annotations
 
 import math
-import os
 import signal
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -24,6 +22,7 @@ from tqdm import tqdm
 
 from .. import ops
 from ..data import make_loader
+from ..files import torch_save_atomically
 from ..training import evaluate
 from .masked import MaskedModel, segment_counts
 
@@ -190,20 +189,6 @@ def checkpoint_path(out_dir) -> Path:
     return Path(out_dir) / CHECKPOINT_NAME
 
 
-def _save_atomically(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
 def _deferred_interrupt():
     """Ctrl-C (SIGINT) sets a flag the loop reads between steps; a second one interrupts at once."""
@@ -282,7 +267,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
 
     def save() -> None:
         if path is not None:
-            _save_atomically({"format": CHECKPOINT_FORMAT, "config": asdict(config), "layer_names": masked.layer_names,
+            torch_save_atomically({"format": CHECKPOINT_FORMAT, "config": asdict(config), "layer_names": masked.layer_names,
                               "model": masked.state_dict(), "optimizer": optimizer.state_dict(),
                               "rng": torch.get_rng_state(),
                               "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,

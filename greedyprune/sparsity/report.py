@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from pathlib import Path
 from typing import Mapping, Sequence
+
+from ..files import replace_atomically
 
 # (history key, y label, percent) of the paper's Figure 2 panels
 RETRAINED_PANELS = (("accuracy", "Accuracy (%)", True), ("remaining_percent", "Percent of remaining weights", False),
@@ -29,24 +28,10 @@ def _plain(value):
     return value
 
 
-def _replace_atomically(path: Path, write) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path, obj) -> None:
     """Write `obj` as strict JSON (NaN -> null) to `path` atomically (temp file, then os.replace)."""
     text = json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n"
-    _replace_atomically(Path(path), lambda f: f.write(text.encode()))
+    replace_atomically(path, lambda f: f.write(text.encode()))
 
 
 def _series(history: Sequence[dict], key: str) -> list[float]:
@@ -91,7 +76,7 @@ def plot_runs(runs: Mapping[str, Sequence[dict]], path, title: str = "") -> None
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    _replace_atomically(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+    replace_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
 
 

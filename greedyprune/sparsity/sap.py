@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..data import dataset_info, make_loader
+from ..files import torch_save_atomically
 from ..models import build_model, save_model
 from ..training import evaluate, train
 from . import report as reporting
@@ -238,19 +237,6 @@ def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _kept(masks: dict[str, torch.Tensor]) -> int:
     return sum(int(m.sum()) for m in masks.values())
 
@@ -350,7 +336,7 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
         history.append(entry)
         bar.set_postfix(acc=f"{entry['accuracy']:.3f}", remaining=f"{entry['remaining_percent']:.1f}%", refresh=False)
         if out is not None:
-            _atomic_torch_save({
+            torch_save_atomically({
                 "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "next_iteration": t + 1,
                 "masks": masks, "next_masks": next_masks, "model_state": model.state_dict(), "init_state": initial,
                 "history": history, "rng": _rng_states(), "stopped": stopped}, checkpoint)
