@@ -53,6 +53,29 @@ inline void check_flat_bool(const at::Tensor& t, int64_t n, const char* arg, con
 
 // Op-level checks shared by every backend's binding (device placement included: a
 // kernel must never read a tensor of another device through its data pointer).
+// segment_select's k (int64, one per segment) and eligible (bool, one per value, on values'
+// device), after values and offsets are checked. Returns eligible made contiguous, or an
+// undefined tensor when there is none.
+inline at::Tensor check_select_k_eligible(const at::Tensor& values, int64_t segments, const at::Tensor& k,
+                                          const c10::optional<at::Tensor>& eligible) {
+  check_dim(k, 1, "k");
+  GP_CHECK_ARG(k.scalar_type() == at::kLong, "k", "must be int64, got ", k.scalar_type());
+  GP_CHECK_ARG(k.numel() == segments, "k", "must have one entry per segment (", segments, "), got ", k.numel());
+  if (!eligible.has_value()) return at::Tensor();
+  at::Tensor elig = eligible->contiguous();
+  check_flat_bool(elig, values.numel(), "eligible", "values");
+  check_same_device(elig, values, "eligible", "values");
+  return elig;
+}
+
+// popup_swap's keep (bool, one per score, on scores' device) and rate in [0, 1].
+inline void check_popup_keep_rate(const at::Tensor& scores, const at::Tensor& keep, double rate) {
+  check_flat_bool(keep, scores.numel(), "keep", "scores");
+  check_dim(keep, 1, "keep");
+  check_same_device(keep, scores, "keep", "scores");
+  GP_CHECK_ARG(std::isfinite(rate) && rate >= 0 && rate <= 1, "rate", "must lie in [0, 1], got ", rate);
+}
+
 
 inline void check_taylor_scores_args(const at::Tensor& act, const at::Tensor& grad, const at::Tensor& a, int64_t k) {
   check_float_dtype(act, "act");

@@ -190,15 +190,7 @@ at::Tensor segment_select_cpu(const at::Tensor& values, const at::Tensor& offset
   const int64_t n = values.numel();
   check_offsets(offsets, n, "values");
   const int64_t L = offsets.numel() - 1;
-  check_dim(k, 1, "k");
-  GP_CHECK_ARG(k.scalar_type() == at::kLong, "k", "must be int64, got ", k.scalar_type());
-  GP_CHECK_ARG(k.numel() == L, "k", "must have one entry per segment (", L, "), got ", k.numel());
-  at::Tensor elig;
-  if (eligible.has_value()) {
-    elig = eligible->contiguous();
-    check_flat_bool(elig, n, "eligible", "values");
-    check_same_device(elig, values, "eligible", "values");
-  }
+  const at::Tensor elig = check_select_k_eligible(values, L, k, eligible);
   const at::Tensor v = values.contiguous(), off = offsets.cpu().contiguous(), kc = k.cpu().contiguous();
   at::Tensor out = at::zeros({n}, values.options().dtype(at::kBool));
   const int64_t* po = off.data_ptr<int64_t>();
@@ -269,10 +261,7 @@ std::tuple<at::Tensor, at::Tensor> popup_swap_cpu(const at::Tensor& scores, cons
   check_dim(scores, 1, "scores");
   const int64_t n = scores.numel();
   check_offsets(offsets, n, "scores");
-  check_flat_bool(keep, n, "keep", "scores");
-  check_dim(keep, 1, "keep");
-  check_same_device(keep, scores, "keep", "scores");
-  GP_CHECK_ARG(std::isfinite(rate) && rate >= 0 && rate <= 1, "rate", "must lie in [0, 1], got ", rate);
+  check_popup_keep_rate(scores, keep, rate);
   const int64_t L = offsets.numel() - 1;
   const at::Tensor s = scores.contiguous(), kp = keep.contiguous(), off = offsets.cpu().contiguous();
   at::Tensor out = kp.clone().reshape({n});

@@ -159,15 +159,7 @@ at::Tensor segment_select_cuda(const at::Tensor& values, const at::Tensor& offse
                                const c10::optional<at::Tensor>& eligible, bool largest) {
   check_segmented_scores(values, offsets, "values");
   const int64_t n = values.numel(), L = offsets.numel() - 1;
-  check_dim(k, 1, "k");
-  GP_CHECK_ARG(k.scalar_type() == at::kLong, "k", "must be int64, got ", k.scalar_type());
-  GP_CHECK_ARG(k.numel() == L, "k", "must have one entry per segment (", L, "), got ", k.numel());
-  at::Tensor elig;
-  if (eligible.has_value()) {
-    elig = eligible->contiguous();
-    check_flat_bool(elig, n, "eligible", "values");
-    check_same_device(elig, values, "eligible", "values");
-  }
+  const at::Tensor elig = check_select_k_eligible(values, L, k, eligible);
   const c10::cuda::CUDAGuard guard(values.device());
   const at::Tensor v = values.contiguous(), off = offsets.contiguous(), kd = k.to(values.device()).contiguous();
   at::Tensor out = at::empty({n}, values.options().dtype(at::kBool));
@@ -188,10 +180,7 @@ std::tuple<at::Tensor, at::Tensor> popup_swap_cuda(const at::Tensor& scores, con
                                                    const at::Tensor& keep, double rate) {
   check_segmented_scores(scores, offsets, "scores");
   const int64_t n = scores.numel(), L = offsets.numel() - 1;
-  check_flat_bool(keep, n, "keep", "scores");
-  check_dim(keep, 1, "keep");
-  check_same_device(keep, scores, "keep", "scores");
-  GP_CHECK_ARG(std::isfinite(rate) && rate >= 0 && rate <= 1, "rate", "must lie in [0, 1], got ", rate);
+  check_popup_keep_rate(scores, keep, rate);
   const c10::cuda::CUDAGuard guard(scores.device());
   const at::Tensor s = scores.contiguous(), off = offsets.contiguous(), kp = keep.contiguous();
   at::Tensor keep_out = at::empty({n}, kp.options());
