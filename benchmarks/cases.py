@@ -243,12 +243,14 @@ def popup_inputs(quick: bool) -> PopupInputs:
     return PopupInputs(scores, keep, POPUP_RATE, weights.layer_offsets, weights.layer_bounds, sizes)
 
 
-def torch_popup_swap(scores, keep, rate, bounds):
-    """SR-popup swap per layer with vectorized torch: kthvalue for T, topk on Phi* and Psi*."""
+def torch_popup_swap(scores, keep, rate, bounds, top_mask=None):
+    """SR-popup swap per layer with vectorized torch: T from `top_mask` (default kthvalue,
+    `top_k_mask`), topk on Phi* and Psi*."""
+    top_mask = top_mask or top_k_mask
     new_keep = keep.clone()
     for b, e in bounds:
         s, kept = scores[b:e], keep[b:e]
-        top = top_k_mask(s, int(kept.sum()))
+        top = top_mask(s, int(kept.sum()))
         phi = torch.nonzero(kept & ~top).flatten()  # would be dropped
         psi = torch.nonzero(top & ~kept).flatten()  # would be revived
         q = math.ceil(psi.numel() * rate)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 
@@ -47,27 +46,24 @@ def backends_for(op: str, t: torch.Tensor) -> list[str]:
     return names
 
 
+def topk_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the k largest values by torch.topk."""
+    mask = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    mask[torch.topk(values, k).indices] = True
+    return mask
+
+
 def topk_popup_swap(scores, keep, rate, bounds):
     """SR-popup swap per layer in plain PyTorch on the GPU: torch.topk for T, then for the q lowest
     of Phi* and the q highest of Psi* (a host round trip per layer)."""
-    new_keep = keep.clone()
-    for b, e in bounds:
-        s, kept = scores[b:e], keep[b:e]
-        top = torch.zeros_like(kept)
-        top[torch.topk(s, int(kept.sum())).indices] = True
-        phi = torch.nonzero(kept & ~top).flatten()  # would be dropped
-        psi = torch.nonzero(top & ~kept).flatten()  # would be revived
-        q = math.ceil(psi.numel() * rate)
-        new_keep[b + phi[torch.topk(s[phi], q, largest=False).indices]] = False
-        new_keep[b + psi[torch.topk(s[psi], q).indices]] = True
-    return new_keep
+    return cases.torch_popup_swap(scores, keep, rate, bounds, top_mask=topk_mask)
 
 
 def topk_segment_select(values, k, bounds):
     """Per-layer top-k mask with torch.topk, a Python loop over layers."""
     out = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
     for (b, e), k_layer in zip(bounds, k):
-        out[b + torch.topk(values[b:e], k_layer).indices] = True
+        out[b:e] = topk_mask(values[b:e], k_layer)
     return out
 
 
