@@ -129,12 +129,12 @@ class UnitGraph:
     def gated(self, unit: Unit, gates: torch.Tensor):
         """Multiply the unit's channels by `gates` ([N], or [K, N] with the batch repeated K times)
         at the consumer's input, for the duration of the block."""
-        yield_handle = self.module(unit.consumer).register_forward_pre_hook(
+        handle = self.module(unit.consumer).register_forward_pre_hook(
             lambda _m, args: (apply_gates(args[0], gates, unit.columns_per_channel),) + tuple(args[1:]))
         try:
             yield
         finally:
-            yield_handle.remove()
+            handle.remove()
 
     def prune(self, unit: Unit, keep: torch.Tensor, scales: torch.Tensor | None = None) -> None:
         """Scale the consumer's columns of the kept channels by `scales` and remove the others.

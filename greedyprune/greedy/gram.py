@@ -22,13 +22,18 @@ class _StopForward(Exception):
     """Raised by the capture hook: nothing after the consumer's input is needed."""
 
 
-def consumer_columns(consumer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The consumer's input as a [rows, in_columns] matrix (im2col for a conv)."""
+def consumer_columns(consumer: nn.Module, x: torch.Tensor, positions_per_image: int | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """The consumer's input as a [rows, in_columns] matrix (im2col for a conv, keeping at most
+    `positions_per_image` random output positions per image)."""
     if isinstance(consumer, nn.Linear):
         return x.reshape(-1, x.shape[-1])
     if consumer.padding_mode != "zeros" or isinstance(consumer.padding, str):
         raise ValueError(f"greedyprune: consumer {consumer} must use zero padding given as integers")
     cols = F.unfold(x, consumer.kernel_size, dilation=consumer.dilation, padding=consumer.padding, stride=consumer.stride)
+    if positions_per_image is not None and cols.shape[2] > positions_per_image:
+        pick = torch.randperm(cols.shape[2], generator=generator)[:positions_per_image].to(cols.device)
+        cols = cols[:, :, pick]
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
@@ -66,16 +71,7 @@ def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tens
 
     def capture(_module, args):
         nonlocal rows
-        x = args[0].detach()
-        if positions_per_image is not None and isinstance(consumer, nn.Conv2d):
-            cols = F.unfold(x, consumer.kernel_size, dilation=consumer.dilation, padding=consumer.padding, stride=consumer.stride)
-            if cols.shape[2] > positions_per_image:
-                pick = torch.randperm(cols.shape[2], generator=generator)[:positions_per_image].to(cols.device)
-                cols = cols[:, :, pick]
-            x2 = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-        else:
-            x2 = consumer_columns(consumer, x)
-        x2 = x2.float()
+        x2 = consumer_columns(consumer, args[0].detach(), positions_per_image, generator).float()
         xtx.add_((x2.T @ x2).to(torch.float64))
         rows += x2.shape[0]
         raise _StopForward
