@@ -71,7 +71,7 @@ def _stats(model: nn.Module, test_loader, example: torch.Tensor) -> dict:
     return {"params": count_params(model), "flops": count_flops(model, example[:1]),
             "accuracy": acc["accuracy"], "test_loss": acc["loss"],
             "latency_ms_batch1": measure_latency(model, example[:1])["median_ms"],
-            "latency_ms_batch64": measure_latency(model, example[:64].expand(64, *example.shape[1:]).contiguous(),
+            "latency_ms_batch64": measure_latency(model, example[:1].expand(64, *example.shape[1:]).contiguous(),
                                                   repeats=10)["median_ms"]}
 
 
