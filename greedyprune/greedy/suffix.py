@@ -66,9 +66,13 @@ class SuffixEvaluator:
                 self._suffix = _TracedSuffix(self.model, unit.consumer, inputs)
             except (fx.proxy.TraceError, NotImplementedError, TypeError, ValueError, RuntimeError):
                 self._suffix = None
-        with torch.no_grad():
-            self.target = self.model(inputs) if target is None else target
-            self.hidden = self._suffix.hidden if self._suffix else None
+        if target is None and self._suffix is not None:
+            target = self._suffix.output  # the traced forward already ran the whole model
+        if target is None:
+            with torch.no_grad():
+                target = self.model(inputs)
+        self.target = target
+        self.hidden = self._suffix.hidden if self._suffix else None
 
     @property
     def traced(self) -> bool:
@@ -228,7 +232,7 @@ class _TracedSuffix:
                 return value
 
         with torch.no_grad():
-            Recorder(gm).run(inputs)
+            self.output = Recorder(gm).run(inputs)
         self.hidden = cache[hidden_node]
         self.cache = cache
         self.hidden_node = hidden_node
