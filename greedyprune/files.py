@@ -2,10 +2,12 @@
 the final name (temp file in the same folder, fsync, then os.replace)."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Mapping
 
 import torch
 
@@ -28,3 +30,23 @@ def replace_atomically(path, write: Callable[[BinaryIO], object]) -> None:
 
 def torch_save_atomically(obj, path) -> None:
     replace_atomically(path, lambda f: torch.save(obj, f))
+
+
+
+def write_json(path, obj, *, indent: int = 1) -> None:
+    """`obj` as strict JSON (NaN/inf -> null, tensors and tuples -> lists) to `path`, atomically."""
+    text = json.dumps(plain_json(obj), indent=indent, allow_nan=False) + "\n"
+    replace_atomically(path, lambda f: f.write(text.encode()))
+
+
+def plain_json(value):
+    """`value` with NaN/inf floats as None, tuples and tensors as lists, keys as str."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    if hasattr(value, "tolist"):
+        return plain_json(value.tolist())
+    return value

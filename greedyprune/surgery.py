@@ -5,12 +5,22 @@ activation or depthwise conv that keeps channels apart) and read by exactly one 
 consumer (a Linear, or a Conv2d with groups=1, possibly after a flatten). Greedy imitation
 weighs channel i of a unit by a gate c_i on the consumer's input; removing channel i is
 then exact surgery: the producer's output channel, everything channel-wise in between, and
-the consumer's input columns go, and the consumer's columns of the kept channels are
-scaled by their gates. Channels tied to residual adds are left out, as the paper does.
+the consumer's input columns go, and the kept channels' gates are folded into the weights.
+
+Where a gate is folded (`FOLDS`) matters for fine-tuning, not for the function:
+- "consumer": multiply the consumer's input columns (always exact);
+- "producer": multiply the output channel of the last per-channel affine layer before the
+  consumer (the unit's BN, depthwise conv, or the producer itself); exact when everything
+  after that layer is positively homogeneous (ReLU, max/avg pooling, flatten, dropout), so
+  units with ReLU6/GELU/SiLU on the path fall back to "consumer";
+- "split": sqrt(gate) on each side (same condition);
+- "none": the gates are dropped; the kept channels are removed plainly.
+Channels tied to residual adds are left out (see the README's limitations).
 """
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +38,9 @@ class Unit:
     # Consumer input columns per channel: 1 for Linear / conv, H*W for a Linear after a flatten.
     columns_per_channel: int
     members: list[str] = field(default_factory=list)
+    # The module whose output channels a "producer" fold scales, or None with the reason.
+    fold_target: str | None = None
+    fold_blocker: str = ""
 
     @property
     def name(self) -> str:
@@ -38,6 +51,20 @@ class Unit:
 class SkippedGroup:
     producers: list[str]
     reason: str
+
+
+FOLDS = ("consumer", "producer", "split", "none")
+
+# Autograd nodes of ops f with f(s x) = s f(x) for s > 0, channel by channel.
+_HOMOGENEOUS = re.compile(
+    r"(Relu|LeakyRelu|MaxPool\w*|AvgPool\w*|AdaptiveAvgPool\w*|AdaptiveMaxPool\w*|Mean|Sum|View|UnsafeView|"
+    r"ReshapeAlias|Permute|Transpose|Clone|Squeeze\w*|Unsqueeze\w*|Expand|NativeDropout|Flatten)Backward\d*")
+
+
+def check_fold(fold: str) -> str:
+    if fold not in FOLDS:
+        raise ValueError(f"greedyprune: argument 'fold' must be one of {FOLDS}, got {fold!r}")
+    return fold
 
 
 def _is_linear_consumer(module: nn.Module) -> bool:
@@ -111,7 +138,33 @@ class UnitGraph:
             if in_cols % channels:
                 self.skipped.append(SkippedGroup(producers, f"{consumers[0]} reads {in_cols} columns from {channels} channels"))
                 return
-            self.units.append(Unit(producers[0], consumers[0], channels, in_cols // channels, members))
+            unit = Unit(producers[0], consumers[0], channels, in_cols // channels, members)
+            unit.fold_target, unit.fold_blocker = self._fold_target(unit)
+            self.units.append(unit)
+
+    def _fold_target(self, unit: Unit) -> tuple[str | None, str]:
+        """The last per-channel affine module between producer and consumer, when every op
+        after it is positively homogeneous (then scaling its output channels by s > 0 scales
+        the consumer's input channels by s)."""
+        node = self.graph.module2node[self.module(unit.producer)]
+        consumer = self.module(unit.consumer)
+        target, blocker = unit.producer, ""
+        while node.module is not consumer:
+            if len(node.outputs) != 1:
+                return None, f"{self._names.get(node.module, node.name)} feeds {len(node.outputs)} ops"
+            node = node.outputs[0]
+            module = node.module
+            name = self._names.get(module)
+            if module is consumer:
+                break
+            if name is not None and _scales_channels(module):
+                target, blocker = name, ""
+            elif name is not None and isinstance(module, (nn.Identity, nn.Dropout)):
+                continue
+            elif not _HOMOGENEOUS.fullmatch(type(node.grad_fn).__name__ if node.grad_fn is not None else ""):
+                what = name or (type(node.grad_fn).__name__ if node.grad_fn is not None else node.name)
+                blocker = blocker or f"{what} is not positively homogeneous"
+        return (None, blocker) if blocker else (target, "")
 
     def module(self, name: str) -> nn.Module:
         try:
@@ -136,8 +189,16 @@ class UnitGraph:
         finally:
             handle.remove()
 
-    def prune(self, unit: Unit, keep: torch.Tensor, scales: torch.Tensor | None = None) -> None:
-        """Scale the consumer's columns of the kept channels by `scales` and remove the others.
+    def fold_used(self, unit: Unit, fold: str) -> str:
+        """The fold `prune` applies for `fold` on this unit ("producer"/"split" fall back to
+        "consumer" where the path after the unit's last affine layer is not homogeneous)."""
+        check_fold(fold)
+        return "consumer" if fold in ("producer", "split") and unit.fold_target is None else fold
+
+    def prune(self, unit: Unit, keep: torch.Tensor, scales: torch.Tensor | None = None, *,
+              fold: str = "consumer") -> str:
+        """Fold `scales` (one positive factor per kept channel) into the weights as `fold`
+        says, and remove the other channels. Returns the fold used (see `fold_used`).
 
         keep: sorted channel indices (original numbering of the unit) to keep, at least one.
         """
@@ -148,20 +209,39 @@ class UnitGraph:
         if keep.min() < 0 or keep.max() >= n or keep.unique().numel() != keep.numel():
             raise ValueError(f"greedyprune: argument 'keep' must hold distinct channel indices in [0, {n}) for {unit.name}")
         keep = keep.sort().values
-        consumer = self.module(unit.consumer)
-        if scales is not None:
-            scales = torch.as_tensor(scales, dtype=consumer.weight.dtype, device=consumer.weight.device).flatten()
-            if scales.numel() != keep.numel():
-                raise ValueError(f"greedyprune: argument 'scales' must have one value per kept channel ({keep.numel()})")
-            full = torch.zeros(n, dtype=scales.dtype, device=scales.device)
-            full[keep] = scales
-            with torch.no_grad():
-                consumer.weight.mul_(_column_factors(consumer, full, unit.columns_per_channel))
+        fold = self.fold_used(unit, fold)
+        if scales is not None and fold != "none":
+            self.rescale(unit, keep, scales, fold)
         drop = sorted(set(range(n)) - set(keep.tolist()))
         if drop:
             producer = self.module(unit.producer)
             group = self.graph.get_pruning_group(producer, _out_channel_fn(producer), idxs=drop)
             group.prune()
+        return fold
+
+    def rescale(self, unit: Unit, keep: torch.Tensor, scales: torch.Tensor, fold: str = "consumer") -> None:
+        """Multiply the unit's channels `keep` by `scales` at the consumer's input, folded into the
+        weights as `fold` says ("none": nothing). Other channels are left as they are."""
+        fold = self.fold_used(unit, fold)
+        if fold == "none":
+            return
+        consumer = self.module(unit.consumer)
+        keep = torch.as_tensor(keep, dtype=torch.long).flatten()
+        scales = torch.as_tensor(scales, dtype=torch.float64).flatten()
+        if scales.numel() != keep.numel():
+            raise ValueError(f"greedyprune: argument 'scales' must have one value per kept channel ({keep.numel()})")
+        if fold != "consumer" and not bool((scales > 0).all()):
+            raise ValueError(f"greedyprune: argument 'scales' must be > 0 to fold into the producer of {unit.name}")
+        full = torch.ones(self._current_channels(unit), dtype=torch.float64)
+        full[keep] = scales
+        producer_part = full if fold == "producer" else full.sqrt() if fold == "split" else None
+        consumer_part = full if producer_part is None else full / producer_part
+        with torch.no_grad():
+            if fold != "producer":
+                w = consumer.weight
+                w.mul_(_column_factors(consumer, consumer_part.to(w), unit.columns_per_channel))
+            if producer_part is not None:
+                _scale_output_channels(self.module(unit.fold_target), producer_part)
 
     def _current_channels(self, unit: Unit) -> int:
         producer = self.module(unit.producer)
@@ -185,6 +265,24 @@ def apply_gates(x: torch.Tensor, gates: torch.Tensor, columns_per_channel: int) 
     k = g.shape[0]
     b = x.shape[0] // k
     return (x.view(k, b, *x.shape[1:]) * g.view(k, 1, n, *tail)).view(x.shape)
+
+
+def _scales_channels(module: nn.Module) -> bool:
+    """A module whose output channel c is an affine function of its own parameters' slice c."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) or isinstance(module, nn.LayerNorm):
+        return module.weight is not None
+    if isinstance(module, nn.Conv2d):
+        return True  # the producer itself, or a depthwise conv inside the unit
+    return isinstance(module, nn.Linear)
+
+
+def _scale_output_channels(module: nn.Module, factors: torch.Tensor) -> None:
+    """Multiply output channel c of `module` (weight row / BN affine and its bias) by factors[c]."""
+    w = module.weight
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    w.mul_(factors.to(w).view(shape))
+    if getattr(module, "bias", None) is not None:
+        module.bias.mul_(factors.to(module.bias))
 
 
 def _column_factors(consumer: nn.Module, per_channel: torch.Tensor, columns_per_channel: int) -> torch.Tensor:

@@ -112,6 +112,41 @@ def evaluate(model: nn.Module, loader, *, device=None) -> dict:
     return dict(loss=loss_sum / samples, accuracy=correct / samples, samples=samples)
 
 
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device=None) -> int:
+    """Re-estimate every BatchNorm's running mean and variance from `batches` (input tensors or
+    (inputs, targets) pairs): the statistics are reset and averaged over all batches with equal
+    weight, in train mode for the BN layers only (dropout stays off), without grad.
+    Returns the number of BN layers; the model's modes and BN momenta are restored."""
+    check_module(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    device = _place(model, device)
+    momenta = [m.momentum for m in norms]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    seen = 0
+    with eval_mode(model), torch.no_grad():
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+            m.train()
+        try:
+            for batch in batches:
+                inputs = batch if torch.is_tensor(batch) else batch[0]
+                model(inputs.to(device))
+                seen += 1
+            if seen == 0:
+                raise ValueError("greedyprune: argument 'batches' yielded no batch")
+        except BaseException:  # leave the old statistics, not half-estimated ones
+            for m, (mean, var, count) in zip(norms, saved):
+                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
+            raise
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+    return len(norms)
+
+
 def predict_logits(model: nn.Module, loader, *, device=None) -> torch.Tensor:
     """The model's logits for every batch of `loader`, concatenated, in eval mode without grad
     (on `device`). Batches may be input tensors or (inputs, ...) tuples."""

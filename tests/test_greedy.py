@@ -186,9 +186,20 @@ def test_global_imitation_first_step_is_the_best_single_channel_and_loss_falls()
 def test_choose_prefers_fewer_channels_then_lower_loss():
     a3 = torch.tensor([0.5, 0.5, 0.0])
     a2 = torch.tensor([1.0, 0.0, 0.0])
-    assert choose([Selection("local", a3, 0.1, 3), Selection("global", a2, 0.5, 3)]).method == "global"
-    assert choose([Selection("local", a2, 0.2, 3), Selection("global", a2, 0.1, 3)]).method == "global"
-    assert choose([Selection("local", a2, 0.1, 3), Selection("global", a2, 0.1, 3)]).method == "local"
+    for tol in (None, 1.0):  # both meet the criterion
+        assert choose([Selection("local", a3, 0.1, 3), Selection("global", a2, 0.5, 3)], tol).method == "global"
+        assert choose([Selection("local", a2, 0.2, 3), Selection("global", a2, 0.1, 3)], tol).method == "global"
+        assert choose([Selection("local", a2, 0.1, 3), Selection("global", a2, 0.1, 3)], tol).method == "local"
+
+
+def test_choose_takes_only_the_methods_that_meet_tol():
+    a3 = torch.tensor([0.5, 0.5, 0.0])
+    a2 = torch.tensor([1.0, 0.0, 0.0])
+    # the narrower one missed tol: the wider one that met it wins
+    assert choose([Selection("local", a3, 0.01, 3), Selection("global", a2, 0.5, 3)], 0.02).method == "local"
+    # neither met it: the lower discrepancy, whatever the width
+    assert choose([Selection("local", a3, 0.1, 3), Selection("global", a2, 0.5, 3)], 0.02).method == "local"
+    assert choose([Selection("local", a3, 0.6, 3), Selection("global", a2, 0.5, 3)], 0.02).method == "global"
 
 
 def test_surgery_keeps_the_function():
@@ -218,7 +229,7 @@ def test_prune_model_plan_round_trip(tmp_path):
     assert all(1 <= r.width <= math.ceil(0.5 * r.channels) for r in results)
     save_plan(make_plan(results, model="small"), tmp_path / "plan.json")
     plan = load_plan(tmp_path / "plan.json")
-    apply_plan(fresh, plan, x[:2])
+    apply_plan(fresh, plan, x[:2], bn_batches=[x])  # prune_model re-estimates BN on the Gram batches by default
     torch.testing.assert_close(fresh(x), model(x))
     (tmp_path / "bad.json").write_text('{"format": 99}')
     with pytest.raises(ValueError, match="'path'"):

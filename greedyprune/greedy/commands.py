@@ -1,7 +1,8 @@
 """The `greedyprune prune`, `greedyprune demo` and `greedyprune rate-demo` subcommands."""
 from __future__ import annotations
 
-from .layerwise import METHODS
+from ..surgery import FOLDS
+from .config import METHODS, PruneConfig
 from .suffix import DISCREPANCIES
 
 
@@ -44,6 +45,12 @@ def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_s
     stop.add_argument("--target-flops", type=float, default=None,
                       help="fraction of the FLOPs to keep (sets a uniform --width by bisection)")
     p.add_argument("--discrepancy", choices=DISCREPANCIES[:2], default="kl")
+    p.add_argument("--fold", choices=FOLDS, default=PruneConfig.fold,
+                   help="where the kept channels' gates go: 'none' removes the others plainly (fine-tunes best), "
+                        "'consumer'/'producer'/'split' keep the pruned network's function")
+    p.add_argument("--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
+                   help="keep the original BatchNorm statistics (default: re-estimate them on the calibration "
+                        "images after each unit)")
     p.add_argument("--calib-samples", type=int, default=calib_samples, help="samples the discrepancy is measured on")
     p.add_argument("--gram-samples", type=int, default=2048, help="samples streamed into each Gram")
     p.add_argument("--positions", type=int, default=None, help="subsample this many positions per image for Grams")
@@ -62,12 +69,13 @@ def _prune_command(args) -> int:
     tol = args.tol
     if tol is None and args.width is None and args.target_flops is None:
         tol = 0.02
-    report = run_pruning(model=args.model, data=args.data, out_dir=args.out, method=args.method, tol=tol,
-                         width_ratio=args.width, target_flops=args.target_flops, discrepancy=args.discrepancy,
+    report = run_pruning(model=args.model, data=args.data, out_dir=args.out, target_flops=args.target_flops,
                          calib_samples=args.calib_samples, gram_samples=args.gram_samples,
-                         positions_per_image=args.positions, exact_until=args.exact_until, taylor_top=args.taylor_top,
                          finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, seed=args.seed,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, method=args.method, tol=tol, width_ratio=args.width,
+                         discrepancy=args.discrepancy, positions_per_image=args.positions,
+                         exact_until=args.exact_until, taylor_top=args.taylor_top, fold=args.fold,
+                         recalibrate_bn=args.recalibrate_bn)
     print(format_report(report))
     print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt")
     return 0

@@ -19,9 +19,14 @@ from .suffix import SuffixEvaluator
 
 def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float | None = None,
                      exact_until: int = 25, taylor_top: int = 5, max_steps: int | None = None,
-                     progress=None, method: str = "global") -> Selection:
+                     fill: bool = False, progress=None, method: str = "global") -> Selection:
     """Stop when the discrepancy <= tol, nnz(a) reaches max_neurons, or after max_steps
-    steps (default 4 * max_neurons). `progress` (a tqdm bar or None) is advanced per step."""
+    steps (default 4 * max_neurons; steps that re-weight a kept channel add none).
+
+    fill: max_neurons is a width to reach, not a cap: when max_steps ends the path short of it,
+    every further step adds the best channel not yet kept, until nnz(a) = max_neurons (or tol
+    is met). The result's `stop` says which rule ended the path; `filled` counts the forced
+    additions. `progress` (a tqdm bar or None) is advanced per step."""
     n = evaluator.channels
     if not 1 <= max_neurons <= n:
         raise ValueError(f"greedyprune: argument 'max_neurons' must be in [1, {n}], got {max_neurons}")
@@ -50,16 +55,25 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
     counts[best] = 1
     loss = float(losses[best])
     path = [loss]
-    steps = 1
-    while steps < max_steps and not (tol is not None and loss <= tol) and int((counts > 0).sum()) < max_neurons:
+    steps, filled = 1, 0
+    while not (tol is not None and loss <= tol) and int((counts > 0).sum()) < max_neurons:
+        forced = steps >= max_steps
+        if forced and not fill:
+            break
         a = counts / steps
         gamma = 1.0 / (steps + 1)
+        pool = everyone[counts == 0] if forced else everyone
         if int((counts > 0).sum()) <= exact_until:
-            candidates = everyone
+            candidates = pool
         else:
             t = time.perf_counter()
             act, grad = evaluator.taylor_inputs((a * n).float())
-            candidates = ops.taylor_scores(act, grad, a.float(), taylor_top).topk
+            scores = ops.taylor_scores(act, grad, a.float(), taylor_top)
+            if forced:  # the steepest channels among those not kept yet
+                gr = scores.gr.to(torch.float64).masked_fill(counts > 0, float("inf"))
+                candidates = torch.sort(gr, stable=True).indices[:min(taylor_top, pool.numel())]
+            else:
+                candidates = scores.topk
             timing["taylor"] += time.perf_counter() - t
         losses = evaluate(a, gamma, candidates)
         pick = int(torch.argmin(losses))
@@ -67,15 +81,19 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
         loss = float(losses[pick])
         path.append(loss)
         steps += 1
+        filled += forced
         if progress is not None:
             progress.update(1)
     timing["total"] = time.perf_counter() - start
-    return Selection(method, counts / steps, loss, steps, path, timing)
+    width = int((counts > 0).sum())
+    stop = ("tol" if tol is not None and loss <= tol else "width" if width >= max_neurons and not filled
+            else "step cap, filled" if filled else "step cap")
+    return Selection(method, counts / steps, loss, steps, path, timing, stop=stop, filled=filled)
 
 
 def forward_selection(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float | None = None,
-                      max_steps: int | None = None, progress=None) -> Selection:
+                      max_steps: int | None = None, fill: bool = False, progress=None) -> Selection:
     """The authors' released method (GFS): fixed step 1/(k+1), every candidate scored
     exactly, on the evaluator's loss (they use cross-entropy on true labels: kind "ce")."""
     return global_imitation(evaluator, max_neurons=max_neurons, tol=tol, exact_until=evaluator.channels,
-                            taylor_top=1, max_steps=max_steps, progress=progress, method="gfs")
+                            taylor_top=1, max_steps=max_steps, fill=fill, progress=progress, method="gfs")

@@ -1,16 +1,15 @@
 """Algorithm 2 of seed 000: prune every unit from input to output.
 
 For each unit: local imitation (Gram + `greedy_local`) and/or global imitation (fixed
-step, exact then Taylor + top-k) with the same stopping rule; keep the one with fewer
-channels (ties: lower discrepancy); fold N a_i into the consumer and remove the rest.
-Each unit imitates the network as it is when the unit's turn comes (the units before it
-already pruned), so `tol` bounds the discrepancy each unit adds.
+step, exact then Taylor + top-k) with the same stopping rule; among the methods that meet
+it keep the one with fewer channels (ties: lower discrepancy); fold the gates N a_i into
+the weights (`fold`) and remove the rest. Each unit imitates the network as it is when the
+unit's turn comes (the units before it already pruned), so `tol` bounds the discrepancy
+each unit adds.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
@@ -18,61 +17,42 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..surgery import Unit, UnitGraph
+from ..training import recalibrate_batchnorm
+from .config import PruneConfig
 from .global_imitation import forward_selection, global_imitation
 from .gram import contribution_gram
 from .local import local_imitation
-from .selection import Selection
-from .suffix import SuffixEvaluator
-
-METHODS = ("local", "global", "hybrid", "gfs")
+from .selection import Selection, UnitResult
+from .suffix import SuffixEvaluator, discrepancy
 
 
-@dataclass
-class UnitResult:
-    unit: str
-    channels: int
-    kept: list[int]
-    scales: list[float]
-    method: str
-    loss: float
-    seconds: dict[str, float] = field(default_factory=dict)
-    candidates: dict[str, dict] = field(default_factory=dict)  # method -> width, loss, steps
-
-    @property
-    def width(self) -> int:
-        return len(self.kept)
-
-    def plan_entry(self) -> dict:
-        return {"unit": self.unit, "channels": self.channels, "keep": self.kept, "scales": self.scales,
-                "method": self.method, "discrepancy": self.loss}
+def choose(selections: list[Selection], tol: float | None) -> Selection:
+    """Algorithm 2: among the selections that meet tol (all of them without one), fewer
+    channels wins, ties go to the lower discrepancy; if none meets it, the lower discrepancy."""
+    met = [s for s in selections if tol is None or s.loss <= tol]
+    if met:
+        return min(met, key=lambda s: (s.width, s.loss))
+    return min(selections, key=lambda s: s.loss)
 
 
-def choose(selections: list[Selection]) -> Selection:
-    """Fewer channels wins; ties go to the lower discrepancy (Algorithm 2)."""
-    return min(selections, key=lambda s: (s.width, s.loss))
-
-
-def prune_model(model: nn.Module, calib_inputs: torch.Tensor, *, method: str = "hybrid", tol: float | None = None,
-                width_ratio: float | None = None, labels: torch.Tensor | None = None, discrepancy: str = "kl",
-                gram_batches: Iterable[torch.Tensor] | None = None, positions_per_image: int | None = None,
-                exact_until: int = 25, taylor_top: int = 5, max_rows: int = 4096, units: list[str] | None = None,
-                progress: bool = True) -> list[UnitResult]:
+def prune_model(model: nn.Module, calib_inputs: torch.Tensor, config: PruneConfig | None = None, *,
+                labels: torch.Tensor | None = None, gram_batches: Iterable[torch.Tensor] | None = None,
+                units: list[str] | None = None, progress: bool = True, **options) -> list[UnitResult]:
     """Prune `model` in place; returns one UnitResult per unit (together: the plan).
 
+    config: a PruneConfig, or its fields as keyword options (method, tol, width_ratio, fold, ...).
     calib_inputs: the batch the network discrepancy is measured on (and the Gram's data unless
-    gram_batches is given); tol: the discrepancy each unit may add; width_ratio: keep at most
-    ceil(width_ratio * N) channels per unit. At least one of tol / width_ratio is required.
-    "gfs" (the authors' forward selection) scores with cross-entropy on `labels`.
+    gram_batches is given, which also serve BN re-estimation). "gfs" scores with cross-entropy
+    on `labels`. units: only these (names as "producer->consumer"); default all.
+    The channels are chosen with the gates N a_i in place (exact imitation); `config.fold` says
+    where they end: with fold "none" and recalibrate_bn they are dropped right after each unit,
+    so the next unit imitates the network as it will be exported.
     """
-    if method not in METHODS:
-        raise ValueError(f"greedyprune: argument 'method' must be one of {METHODS}, got {method!r}")
-    if tol is None and width_ratio is None:
-        raise ValueError("greedyprune: give argument 'tol' (discrepancy per unit) or 'width_ratio' (or both)")
-    if tol is not None and not (math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"greedyprune: argument 'tol' must be finite and >= 0, got {tol}")
-    if width_ratio is not None and not 0 < width_ratio <= 1:
-        raise ValueError(f"greedyprune: argument 'width_ratio' must be in (0, 1], got {width_ratio}")
-    if method == "gfs" and labels is None:
+    if config is None:
+        config = PruneConfig(**options)
+    elif options:
+        raise ValueError(f"greedyprune: give 'config' or keyword options, not both (got {sorted(options)})")
+    if config.method == "gfs" and labels is None:
         raise ValueError("greedyprune: method 'gfs' needs argument 'labels' (it scores cross-entropy on true labels)")
     gram_batches = [calib_inputs] if gram_batches is None else list(gram_batches)
     was_training = model.training
@@ -83,57 +63,81 @@ def prune_model(model: nn.Module, calib_inputs: torch.Tensor, *, method: str = "
         raise ValueError(f"greedyprune: {type(model).__name__} has no prunable unit (channel groups: {skipped})")
     todo = graph.units if units is None else [graph.unit(name) for name in units]
     results = []
-    bar = tqdm(todo, desc=f"prune ({method})", unit="unit", disable=not progress)
+    bar = tqdm(todo, desc=f"prune ({config.method})", unit="unit", disable=not progress)
     try:
         for unit in bar:
             bar.set_postfix_str(unit.name)
-            results.append(_prune_unit(graph, unit, calib_inputs, gram_batches, method=method, tol=tol,
-                                       width_ratio=width_ratio, labels=labels, discrepancy=discrepancy,
-                                       positions_per_image=positions_per_image, exact_until=exact_until,
-                                       taylor_top=taylor_top, max_rows=max_rows, progress=progress))
-            bar.set_postfix_str(f"{unit.name}: {unit.channels}->{results[-1].width}")
+            result, evaluator = _prune_unit(graph, unit, calib_inputs, gram_batches, config, labels, progress)
+            results.append(result)
+            bar.set_postfix_str(f"{unit.name}: {unit.channels}->{result.width}")
+            if config.recalibrate_bn:
+                if config.fold == "none":
+                    _drop_gates(graph, unit, result)
+                recalibrate_batchnorm(model, gram_batches)
+                with torch.no_grad():  # what the unit adds as exported (without gates, BN re-estimated)
+                    logits = model(calib_inputs).unsqueeze(0)
+                result.exported_loss = float(discrepancy(logits, evaluator.target, evaluator.kind, labels)[0])
+        if config.fold == "none" and not config.recalibrate_bn:
+            for unit, result in zip(todo, results):
+                _drop_gates(graph, unit, result)
     finally:
         model.train(was_training)
     return results
 
 
-def _prune_unit(graph: UnitGraph, unit: Unit, calib_inputs, gram_batches, *, method, tol, width_ratio, labels,
-                discrepancy, positions_per_image, exact_until, taylor_top, max_rows, progress) -> UnitResult:
+def _drop_gates(graph: UnitGraph, unit: Unit, result: UnitResult) -> None:
+    """Undo the consumer fold of a pruned unit's gates (the kept channels are renumbered 0..k-1)."""
+    graph.rescale(unit, torch.arange(result.width), 1.0 / torch.tensor(result.scales, dtype=torch.float64))
+
+
+def _prune_unit(graph: UnitGraph, unit: Unit, calib_inputs, gram_batches, config: PruneConfig, labels,
+                progress: bool) -> tuple[UnitResult, SuffixEvaluator]:
     start = time.perf_counter()
     n = unit.channels
-    max_neurons = n if width_ratio is None else max(1, math.ceil(width_ratio * n))
-    kind = "ce" if method == "gfs" else discrepancy
-    evaluator = SuffixEvaluator(graph, unit, calib_inputs, kind=kind, labels=labels, max_rows=max_rows)
+    method, tol = config.method, config.tol
+    max_neurons, fill = config.max_neurons(n), config.fill
+    kind = "ce" if method == "gfs" else config.discrepancy
+    evaluator = SuffixEvaluator(graph, unit, calib_inputs, kind=kind, labels=labels, max_rows=config.max_rows)
     seconds = {"gram": 0.0, "select": 0.0, "evaluate": 0.0, "taylor": 0.0}
     selections = []
     if method in ("local", "hybrid"):
         t = time.perf_counter()
-        G = contribution_gram(graph, unit, gram_batches, positions_per_image=positions_per_image)
+        G = contribution_gram(graph, unit, gram_batches, positions_per_image=config.positions_per_image)
         seconds["gram"] = time.perf_counter() - t
         if G.is_cuda:
             G = G.float()
-        selections.append(local_imitation(G, max_neurons=max_neurons, evaluator=evaluator, tol=tol))
+        selections.append(local_imitation(G, max_neurons=max_neurons, evaluator=evaluator, tol=tol, fill=fill))
     if method in ("global", "hybrid", "gfs"):
         steps_bar = tqdm(total=4 * max_neurons, desc=f"  {method} {unit.name}", unit="step", leave=False,
                          disable=not progress)
         with steps_bar:
             if method == "gfs":
-                selections.append(forward_selection(evaluator, max_neurons=max_neurons, tol=tol, progress=steps_bar))
+                selections.append(forward_selection(evaluator, max_neurons=max_neurons, tol=tol, fill=fill,
+                                                    progress=steps_bar))
             else:
-                selections.append(global_imitation(evaluator, max_neurons=max_neurons, tol=tol, exact_until=exact_until,
-                                                   taylor_top=taylor_top, progress=steps_bar))
+                selections.append(global_imitation(evaluator, max_neurons=max_neurons, tol=tol,
+                                                   exact_until=config.exact_until, taylor_top=config.taylor_top,
+                                                   fill=fill, progress=steps_bar))
     for s in selections:
         for key in ("select", "evaluate", "taylor"):
             seconds[key] += s.seconds.get(key, 0.0)
-    chosen = choose(selections)
+    chosen = choose(selections, tol)
     a = chosen.a
-    if tol is not None and chosen.loss > tol and width_ratio is None:
+    if tol is not None and chosen.loss > tol and config.width_ratio is None:
         # Neither method met tol below N channels: the unit stays as it is.
         a = torch.full((n,), 1.0 / n, dtype=torch.float64)
-        chosen = Selection("none", a, 0.0, 0)
+        chosen = Selection("none", a, 0.0, 0, stop="unpruned: no method met tol")
     kept = chosen.kept.cpu()
     scales = (a.cpu() * n)[kept]
-    graph.prune(unit, kept, scales)
+    fold = config.fold
+    used = graph.prune(unit, kept, scales, fold="consumer" if fold == "none" else fold)
     seconds["total"] = time.perf_counter() - start
-    return UnitResult(unit.name, n, kept.tolist(), scales.tolist(), chosen.method, chosen.loss, seconds,
-                      {s.method: {"width": s.width, "discrepancy": s.loss, "steps": s.steps} for s in selections})
+    # Most important first: the larger gate (the greedy paths give bigger weights to earlier picks).
+    order = kept[torch.sort(-scales, stable=True).indices].tolist()
+    result = UnitResult(unit.name, n, kept.tolist(), scales.tolist(), chosen.method, chosen.loss, seconds,
+                        {s.method: {"width": s.width, "discrepancy": s.loss, "steps": s.steps, "stop": s.stop,
+                                    "filled": s.filled} for s in selections},
+                        asked=None if config.width_ratio is None else max_neurons, stop=chosen.stop,
+                        fold="none" if fold == "none" else used, order=order,
+                        exported_loss=None if fold == "none" else chosen.loss)
+    return result, evaluator

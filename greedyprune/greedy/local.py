@@ -12,10 +12,13 @@ from .suffix import SuffixEvaluator
 
 
 def local_imitation(G: torch.Tensor, *, max_neurons: int, evaluator: SuffixEvaluator | None = None,
-                    tol: float | None = None) -> Selection:
+                    tol: float | None = None, fill: bool = False, max_steps: int | None = None) -> Selection:
     """Prune with local imitation.
 
-    Without `tol`: the greedy path up to `max_neurons` channels (or until no step improves).
+    Without `tol`: the greedy path up to `max_neurons` channels (or until no step improves, or
+    max_steps steps: default 4 * max_neurons, 16 * max_neurons with fill). fill: max_neurons is a
+    width to reach: a path that ends short of it is completed by forced steps that each add the
+    unused channel with the lowest local loss at step max(its optimal gamma, 1/(k+1)).
     With `tol` and an evaluator: the fewest channels along the path whose network discrepancy
     is <= tol (bisection over the path length; the path is a prefix of the longer ones), capped
     at max_neurons. The result's loss is the network discrepancy when an evaluator is given,
@@ -29,9 +32,12 @@ def local_imitation(G: torch.Tensor, *, max_neurons: int, evaluator: SuffixEvalu
     start = time.perf_counter()
     timing = {"select": 0.0, "evaluate": 0.0}
 
+    if max_steps is None:
+        max_steps = (16 if fill else 4) * max_neurons
+
     def path(width: int):
         t = time.perf_counter()
-        p = ops.greedy_local(G, max_neurons=width)
+        p = ops.greedy_local(G, max_neurons=width, max_steps=max_steps)
         timing["select"] += time.perf_counter() - t
         return p
 
@@ -42,6 +48,16 @@ def local_imitation(G: torch.Tensor, *, max_neurons: int, evaluator: SuffixEvalu
         return loss
 
     best = path(max_neurons)
+    steps = int(best.order.numel())
+    width = int((best.a > 0).sum())
+    stop = "width" if width >= max_neurons else "step cap" if steps >= max_steps else "no improvement"
+    filled = 0
+    if fill and width < max_neurons and tol is None:
+        t = time.perf_counter()
+        best = best._replace(a=_fill(G, best.a.double(), max_neurons))
+        timing["select"] += time.perf_counter() - t
+        filled = max_neurons - width
+        stop += ", filled"
     if tol is not None:
         loss = network_loss(best.a)
         if loss <= tol:
@@ -54,9 +70,36 @@ def local_imitation(G: torch.Tensor, *, max_neurons: int, evaluator: SuffixEvalu
                     hi, best, loss = mid, cand, cand_loss
                 else:
                     lo = mid + 1
+            stop = "tol"
     elif evaluator is not None:
         loss = network_loss(best.a)
     else:
         loss = float(best.losses[-1]) if best.losses.numel() else float("nan")
     timing["total"] = time.perf_counter() - start
-    return Selection("local", best.a.double(), loss, int(best.order.numel()), [float(x) for x in best.losses], timing)
+    return Selection("local", best.a.double(), loss, int(best.order.numel()) + filled, [float(x) for x in best.losses],
+                     timing, stop=stop, filled=filled)
+
+
+def _fill(G: torch.Tensor, a: torch.Tensor, width: int) -> torch.Tensor:
+    """Add unused channels to `a` until it has `width`, each by the step of the line search
+    (seed 000 eq. 4) restricted to gamma >= 1/(k+1), so every added channel gets a real weight."""
+    G = G.double()
+    n = G.shape[0]
+    w = torch.full((n,), 1.0 / n, dtype=torch.float64, device=G.device)
+    a = a.to(G.device)
+    v, wGw = G @ w, float(w @ G @ w)
+    diag = torch.diagonal(G)
+    while int((a > 0).sum()) < width:
+        k = int((a > 0).sum())
+        u = G @ a
+        aGa, aGw = float(a @ u), float(a @ v)
+        rd = (u - v) - (aGa - aGw)
+        dd = (diag - 2 * u + aGa).clamp_min(1e-30)
+        gamma = (-rd / dd).clamp(1.0 / (k + 1), 1.0)
+        loss = 2 * gamma * rd + gamma.square() * dd  # + ||r||^2, the same for every candidate
+        loss = loss.masked_fill(a > 0, float("inf"))
+        i = int(torch.argmin(loss))
+        g = float(gamma[i])
+        a = (1 - g) * a
+        a[i] += g
+    return a

@@ -4,20 +4,22 @@ The README's main job (`greedyprune demo`) is this pipeline on the bundled digit
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from ..data import dataset_info, load_dataset, make_loader
+from ..files import write_json
 from ..measure import count_flops, count_params, measure_latency
 from ..models import build_model, load_model, save_model
 from ..surgery import UnitGraph
 from ..training import evaluate, finetune, pretrained, train
+from .config import PruneConfig
 from .layerwise import prune_model
 from .plan import make_plan, save_plan
 
@@ -75,16 +77,26 @@ def _stats(model: nn.Module, test_loader, example: torch.Tensor) -> dict:
                                                   repeats=10)["median_ms"]}
 
 
-def run_pruning(*, model: str = "cnn", data: str = "digits", out_dir: str | os.PathLike = "greedyprune-out",
-                method: str = "hybrid", tol: float | None = 0.02, width_ratio: float | None = None,
-                target_flops: float | None = None, discrepancy: str = "kl", calib_samples: int = 512,
-                gram_samples: int = 2048, positions_per_image: int | None = None, exact_until: int = 25,
-                taylor_top: int = 5, finetune_epochs: int = 0, train_epochs: int = 15, seed: int = 0,
-                progress: bool = True) -> dict:
-    """Prune `model` on `data`; returns the report (also written to out_dir)."""
+def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: str = "digits",
+                out_dir: str | os.PathLike = "greedyprune-out", target_flops: float | None = None,
+                calib_samples: int = 512, gram_samples: int = 2048, finetune_epochs: int = 0, train_epochs: int = 15,
+                seed: int = 0, progress: bool = True, **options) -> dict:
+    """Prune `model` on `data` as `config` (or its fields as keyword options) says; returns the
+    report (also written to out_dir). target_flops: the uniform width ratio whose model keeps
+    about that fraction of the FLOPs (bisection) replaces width_ratio."""
     for name, value in (("calib_samples", calib_samples), ("gram_samples", gram_samples)):
         if value < 1:
             raise ValueError(f"greedyprune: argument '{name}' must be >= 1, got {value}")
+    if config is not None and options:
+        raise ValueError(f"greedyprune: give 'config' or keyword options, not both (got {sorted(options)})")
+    if target_flops is not None:
+        if not 0 < target_flops <= 1:
+            raise ValueError(f"greedyprune: argument 'target_flops' must be in (0, 1], got {target_flops}")
+        if (config.width_ratio if config is not None else options.get("width_ratio")) is not None:
+            raise ValueError("greedyprune: give argument 'target_flops' or 'width_ratio', not both")
+        config = replace(config, width_ratio=1.0) if config is not None else PruneConfig(**options, width_ratio=1.0)
+    elif config is None:
+        config = PruneConfig(**options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net = trained_model(model, data, epochs=train_epochs, seed=seed, progress=progress).eval()
@@ -98,27 +110,27 @@ def run_pruning(*, model: str = "cnn", data: str = "digits", out_dir: str | os.P
         gram_batches.append(x)
     before = _stats(net, test_loader, calib_x)
     if target_flops is not None:
-        width_ratio = width_ratio_for_flops(net, calib_x[:1], target_flops)
+        config = replace(config, width_ratio=width_ratio_for_flops(net, calib_x[:1], target_flops))
     start = time.perf_counter()
-    results = prune_model(net, calib_x, method=method, tol=tol, width_ratio=width_ratio, labels=calib_y,
-                          discrepancy=discrepancy, gram_batches=gram_batches, positions_per_image=positions_per_image,
-                          exact_until=exact_until, taylor_top=taylor_top, progress=progress)
+    results = prune_model(net, calib_x, config, labels=calib_y, gram_batches=gram_batches, progress=progress)
     prune_seconds = time.perf_counter() - start
     after = _stats(net, test_loader, calib_x)
     report = {
-        "model": model, "data": data, "method": method, "tol": tol, "width_ratio": width_ratio,
-        "target_flops": target_flops, "discrepancy": discrepancy, "calib_samples": int(calib_x.shape[0]),
+        "model": model, "data": data, "config": asdict(config), "method": config.method,
+        "target_flops": target_flops, "calib_samples": int(calib_x.shape[0]),
         "before": before, "after_prune": after, "prune_seconds": prune_seconds,
-        "units": [{"unit": r.unit, "channels": r.channels, "kept": r.width, "method": r.method,
-                   "discrepancy": r.loss, "seconds": r.seconds, "candidates": r.candidates} for r in results],
+        "units": [{"unit": r.unit, "channels": r.channels, "asked": r.asked, "kept": r.width, "stop": r.stop,
+                   "method": r.method, "fold": r.fold, "discrepancy": r.loss,
+                   "exported_discrepancy": r.exported_loss, "seconds": r.seconds,
+                   "candidates": r.candidates} for r in results],
     }
     if finetune_epochs > 0:
         loader = make_loader(train_set, 64, shuffle=True, seed=seed + 3)
         finetune(net, loader, epochs=finetune_epochs, progress=progress)
         report["after_finetune"] = _stats(net, test_loader, calib_x)
-    save_plan(make_plan(results, model=model, data=data, method=method), out / "plan.json")
-    save_model(net, out / "pruned.pt", arch=model, data=data, method=method)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    save_plan(make_plan(results, model=model, data=data, method=config.method, fold=config.fold), out / "plan.json")
+    save_model(net, out / "pruned.pt", arch=model, data=data, method=config.method)
+    write_json(out / "report.json", report)
     plot_report(report, out / "report.png")
     return report
 
@@ -133,12 +145,14 @@ def format_report(report: dict) -> str:
                          f"{s['latency_ms_batch1']:.3f}", f"{s['latency_ms_batch64']:.3f}"))
     lines = ["  ".join(f"{c:>14}" for c in row) for row in rows]
     lines.append("")
-    lines.append(f"{'unit':>28}  {'width':>11}  {'method':>7}  {'discrepancy':>11}  {'gram s':>7}  {'select s':>8}  "
-                 f"{'eval s':>7}  {'total s':>7}")
+    lines.append(f"{'unit':>28}  {'width':>11}  {'asked':>5}  {'method':>7}  {'discrepancy':>11}  {'gram s':>7}  "
+                 f"{'select s':>8}  {'eval s':>7}  {'total s':>7}  stopped by")
     for u in report["units"]:
         t = u["seconds"]
-        lines.append(f"{u['unit']:>28}  {u['channels']:>5}->{u['kept']:<5}  {u['method']:>7}  {u['discrepancy']:>11.5f}  "
-                     f"{t['gram']:>7.3f}  {t['select']:>8.3f}  {t['evaluate'] + t['taylor']:>7.3f}  {t['total']:>7.3f}")
+        asked = "-" if u["asked"] is None else u["asked"]
+        lines.append(f"{u['unit']:>28}  {u['channels']:>5}->{u['kept']:<5}  {asked:>5}  {u['method']:>7}  "
+                     f"{u['discrepancy']:>11.5f}  {t['gram']:>7.3f}  {t['select']:>8.3f}  "
+                     f"{t['evaluate'] + t['taylor']:>7.3f}  {t['total']:>7.3f}  {u['stop']}")
     return "\n".join(lines)
 
 

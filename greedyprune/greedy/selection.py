@@ -1,4 +1,5 @@
-"""The result of choosing a unit's channels."""
+"""The result of choosing a unit's channels: one method's `Selection`, and the `UnitResult` of
+Algorithm 2 that a plan is made of."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ class Selection:
     steps: int
     path: list[float] = field(default_factory=list)  # discrepancy after each step
     seconds: dict[str, float] = field(default_factory=dict)
+    stop: str = ""  # the rule that ended the path: tol, width, step cap, no improvement, ...
+    filled: int = 0  # channels added by forced steps to reach the asked width
 
     @property
     def kept(self) -> torch.Tensor:
@@ -28,3 +31,34 @@ class Selection:
 
     def gates(self) -> torch.Tensor:
         return self.a * self.a.numel()
+
+
+@dataclass
+class UnitResult:
+    """One unit of Algorithm 2: the channels kept (original numbering), their gates N a_i
+    ("scales"), the method chosen, its network discrepancy, timing and every method's outcome."""
+
+    unit: str
+    channels: int
+    kept: list[int]
+    scales: list[float]
+    method: str
+    loss: float
+    seconds: dict[str, float] = field(default_factory=dict)
+    candidates: dict[str, dict] = field(default_factory=dict)  # method -> width, loss, steps, stop
+    asked: int | None = None  # the width asked for (None: tol alone decides)
+    stop: str = ""  # why the chosen path ended (tol, width, step cap[, filled], no improvement, unpruned)
+    fold: str = "consumer"  # where the gates were folded (see surgery.FOLDS)
+    order: list[int] = field(default_factory=list)  # kept channels, most important first
+    # The discrepancy the unit adds as exported (fold "none": without its gates, BN re-estimated);
+    # None where that is not measured (fold "none" without recalibrate_bn).
+    exported_loss: float | None = None
+
+    @property
+    def width(self) -> int:
+        return len(self.kept)
+
+    def plan_entry(self) -> dict:
+        return {"unit": self.unit, "channels": self.channels, "keep": self.kept, "scales": self.scales,
+                "order": self.order, "method": self.method, "discrepancy": self.loss,
+                "exported_discrepancy": self.exported_loss, "asked": self.asked, "stop": self.stop}

@@ -1,0 +1,80 @@
+"""The settings of one greedy-imitation run (Algorithm 2 of seed 000), each default in one place."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..surgery import FOLDS
+from .suffix import DISCREPANCIES
+
+METHODS = ("local", "global", "hybrid", "gfs")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How `prune_model` chooses and exports each unit's channels.
+
+    method: local | global | hybrid (Algorithm 2: both, the narrower wins) | gfs (the authors'
+        released forward selection, scored on true labels).
+    tol: the network discrepancy each unit may add (per unit, against the network as pruned so far).
+    width_ratio: alone, every unit ends at exactly ceil(width_ratio * N) channels; with tol, a cap.
+    discrepancy: kl | mse of the logits (ce: true-label cross-entropy, used by gfs).
+    positions_per_image: subsample this many positions per image for the Grams (None: all).
+    exact_until / taylor_top: global imitation scores every candidate exactly while the unit has at
+        most exact_until channels, then only the taylor_top best by Taylor score.
+    max_rows: candidates x images per suffix run (memory).
+    fold: where the kept channels' gates N a_i go (surgery.FOLDS); "none" removes the others
+        plainly, which fine-tunes best (benchmarks/RESULTS.md, "Against Torch-Pruning").
+    recalibrate_bn: re-estimate BatchNorm statistics on the calibration images after each unit,
+        so each unit imitates the network as it is exported and as fine-tuning starts.
+    """
+
+    method: str = "hybrid"
+    tol: float | None = None
+    width_ratio: float | None = None
+    discrepancy: str = "kl"
+    positions_per_image: int | None = None
+    exact_until: int = 25
+    taylor_top: int = 5
+    max_rows: int = 4096
+    fold: str = "none"
+    recalibrate_bn: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"greedyprune: argument 'method' must be one of {METHODS}, got {self.method!r}")
+        if self.tol is None and self.width_ratio is None:
+            raise ValueError("greedyprune: give argument 'tol' (discrepancy per unit) or 'width_ratio' (or both)")
+        if self.tol is not None and not (_is_number(self.tol) and math.isfinite(self.tol) and self.tol >= 0):
+            raise ValueError(f"greedyprune: argument 'tol' must be finite and >= 0, got {self.tol!r}")
+        if self.width_ratio is not None and not (_is_number(self.width_ratio) and 0 < self.width_ratio <= 1):
+            raise ValueError(f"greedyprune: argument 'width_ratio' must be in (0, 1], got {self.width_ratio!r}")
+        if self.discrepancy not in DISCREPANCIES:
+            raise ValueError(f"greedyprune: argument 'discrepancy' must be one of {DISCREPANCIES}, "
+                             f"got {self.discrepancy!r}")
+        if self.fold not in FOLDS:
+            raise ValueError(f"greedyprune: argument 'fold' must be one of {FOLDS}, got {self.fold!r}")
+        for name, low in (("exact_until", 0), ("taylor_top", 1), ("max_rows", 1)):
+            _check_int(name, getattr(self, name), low)
+        if self.positions_per_image is not None:
+            _check_int("positions_per_image", self.positions_per_image, 1)
+        if not isinstance(self.recalibrate_bn, bool):
+            raise ValueError(f"greedyprune: argument 'recalibrate_bn' must be a bool, got {self.recalibrate_bn!r}")
+
+    def max_neurons(self, channels: int) -> int:
+        """The widest a unit of `channels` channels may end."""
+        return channels if self.width_ratio is None else max(1, math.ceil(self.width_ratio * channels))
+
+    @property
+    def fill(self) -> bool:
+        """Whether width_ratio is a width to reach (no tol) rather than a cap."""
+        return self.width_ratio is not None and self.tol is None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"greedyprune: argument '{name}' must be an int >= {low}, got {value!r}")
