@@ -19,7 +19,7 @@ from greedyprune.data import load_dataset, make_loader
 from greedyprune.greedy import SuffixEvaluator, global_imitation
 from greedyprune.greedy.suffix import discrepancy
 from greedyprune.models import build_model
-from greedyprune.surgery import UnitGraph
+from greedyprune.greedy.surgery import UnitGraph
 
 
 def authors_loop(graph: UnitGraph, unit, x: torch.Tensor, target: torch.Tensor, width: int, kind: str) -> torch.Tensor:

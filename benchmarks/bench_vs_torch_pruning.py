@@ -36,7 +36,7 @@ from greedyprune.greedy import apply_plan, select_channels
 from greedyprune.greedy.pipeline import trained_model
 from greedyprune.measure import count_flops, count_params
 from greedyprune.models import build_model
-from greedyprune.surgery import FOLDS, UnitGraph
+from greedyprune.greedy.surgery import FOLDS, UnitGraph
 from greedyprune.training import evaluate, finetune, pretrained, recalibrate_batchnorm, train
 
 # How units are chosen one after another: "gated" = each unit sees the earlier ones with their

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .training import check_int
+from .checks import arg_error, check_int
 
 SPLITS = ("train", "test", "val")  # "val" is an alias of "test"
 
@@ -67,7 +67,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
     loader's generator: in the main process, or in each worker with its own seed.
     """
     if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
-        raise TypeError(f"greedyprune: argument 'dataset' must be a map-style Dataset, got {type(dataset).__name__}")
+        raise arg_error("dataset", f"must be a map-style Dataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
         raise ValueError("greedyprune: argument 'dataset' is empty")
     check_int("batch_size", batch_size, minimum=1)
@@ -133,7 +133,7 @@ def _check_split(split: str) -> str:
 def _classify_source(source) -> tuple[str, Path | None]:
     """("digits" | "cifar10" | "imagefolder", the folder to read)."""
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"greedyprune: argument 'source' must be a str or path, got {type(source).__name__}")
+        raise arg_error("source", f"must be a str or path, got {type(source).__name__}")
     if source == "digits":
         return "digits", None
     root = Path(source).expanduser()

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .training import check_int, check_module, eval_mode
+from .checks import arg_error, check_int, check_module
+from .training import eval_mode
 
 
 def count_params(model: nn.Module) -> int:
@@ -52,7 +53,7 @@ def measure_latency(model: nn.Module, example_input, *, warmup: int = 5, repeats
 def _as_args(example_input) -> tuple[torch.Tensor, ...]:
     args = (example_input,) if torch.is_tensor(example_input) else example_input
     if not isinstance(args, (tuple, list)) or not args or not all(torch.is_tensor(a) for a in args):
-        raise TypeError("greedyprune: argument 'example_input' must be a tensor or a non-empty tuple of tensors, "
+        raise arg_error("example_input", "must be a tensor or a non-empty tuple of tensors, "
                         f"got {type(example_input).__name__}")
     return tuple(args)
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .checks import arg_error, check_callable, check_int, check_module, check_real
 from .files import torch_save_atomically
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -38,13 +39,13 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
     check_module(model)
     check_int("epochs", epochs, minimum=1)
     check_real("lr", lr, low=0.0, low_open=True)
-    check_real("momentum", momentum, low=0.0, high=1.0)
+    check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
     check_real("weight_decay", weight_decay, low=0.0)
-    check_real("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    check_real("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
     if nesterov and momentum == 0:
-        raise ValueError("greedyprune: argument 'nesterov' needs momentum > 0")
-    if after_step is not None and not callable(after_step):
-        raise TypeError(f"greedyprune: argument 'after_step' must be callable, got {type(after_step).__name__}")
+        raise arg_error("nesterov", "needs momentum > 0")
+    if after_step is not None:
+        check_callable("after_step", after_step)
     steps_per_epoch = _check_loader(loader)
     device = _place(model, device)
     trained = _check_params(model, params)
@@ -171,9 +172,8 @@ def pretrained(name_key: str, build: Callable[[], nn.Module], fit: Callable[[nn.
     if not isinstance(name_key, str) or not _SAFE_NAME.fullmatch(name_key):
         raise ValueError("greedyprune: argument 'name_key' must be a safe file name (letters, digits, '.', '_', '-', "
                          f"not starting with '.', '_' or '-', at most 200 characters), got {name_key!r}")
-    for name, fn in (("build", build), ("fit", fit)):
-        if not callable(fn):
-            raise TypeError(f"greedyprune: argument '{name}' must be callable, got {type(fn).__name__}")
+    check_callable("build", build)
+    check_callable("fit", fit)
     folder = Path(cache_dir or os.environ.get("GREEDYPRUNE_CACHE") or Path.home() / ".cache" / "greedyprune")
     folder = folder.expanduser()
     path = folder / f"{name_key}.pt"
@@ -218,15 +218,9 @@ def _place(model: nn.Module, device) -> torch.device:
 
 def _unpack(batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise TypeError("greedyprune: argument 'loader' must yield (inputs, targets) batches, "
-                        f"got {type(batch).__name__}")
+        raise arg_error("loader", f"must yield (inputs, targets) batches, got {type(batch).__name__}")
     inputs, targets = batch
     return inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-
-
-def check_module(model, name: str = "model") -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"greedyprune: argument '{name}' must be a torch.nn.Module, got {type(model).__name__}")
 
 
 def _check_loader(loader) -> int:
@@ -234,7 +228,7 @@ def _check_loader(loader) -> int:
     try:
         steps = len(loader)
     except TypeError:
-        raise TypeError("greedyprune: argument 'loader' must be an iterable with len() (e.g. a DataLoader), "
+        raise arg_error("loader", f"must be an iterable with len() (e.g. a DataLoader), "
                         f"got {type(loader).__name__}") from None
     if steps < 1:
         raise ValueError("greedyprune: argument 'loader' has no batches")
@@ -248,7 +242,7 @@ def _check_params(model: nn.Module, params) -> list[torch.Tensor]:
             raise ValueError("greedyprune: argument 'model' has no parameter that requires grad")
         return trained
     if torch.is_tensor(params):
-        raise TypeError("greedyprune: argument 'params' must be an iterable of tensors, not a single tensor")
+        raise arg_error("params", "must be an iterable of tensors, not a single tensor")
     trained = list(params)
     if not trained:
         raise ValueError("greedyprune: argument 'params' is empty")
@@ -256,20 +250,3 @@ def _check_params(model: nn.Module, params) -> list[torch.Tensor]:
         if not torch.is_tensor(p) or not p.is_leaf or not p.requires_grad:
             raise ValueError("greedyprune: argument 'params' must hold leaf tensors that require grad")
     return trained
-
-
-def check_int(name: str, value, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"greedyprune: argument '{name}' must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"greedyprune: argument '{name}' must be >= {minimum}, got {value}")
-
-
-def check_real(name: str, value, *, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    """value in [low, high) (or (low, high) with low_open), finite."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"greedyprune: argument '{name}' must be a number, got {type(value).__name__}")
-    below = value <= low if low_open else value < low
-    if not math.isfinite(value) or below or value >= high:
-        interval = f"{'(' if low_open else '['}{low}, {high})"
-        raise ValueError(f"greedyprune: argument '{name}' must be in {interval}, got {value}")

@@ -13,7 +13,7 @@ from greedyprune.greedy import apply_plan, global_imitation, local_imitation, pr
 from greedyprune.greedy.suffix import SuffixEvaluator
 from greedyprune.greedy.tp_importance import GreedyImportance
 from greedyprune.models import build_model
-from greedyprune.surgery import FOLDS, UnitGraph
+from greedyprune.greedy.surgery import FOLDS, UnitGraph
 from greedyprune.training import recalibrate_batchnorm
 
 

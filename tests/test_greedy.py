@@ -13,7 +13,7 @@ from greedyprune import ops
 from greedyprune.greedy import (SuffixEvaluator, apply_plan, choose, contribution_gram, global_imitation, load_plan,
                                 local_imitation, make_plan, prune_model, save_plan)
 from greedyprune.greedy.selection import Selection
-from greedyprune.surgery import UnitGraph
+from greedyprune.greedy.surgery import UnitGraph
 
 
 def _explicit_contributions(consumer: nn.Module, hidden: torch.Tensor, n: int) -> torch.Tensor:

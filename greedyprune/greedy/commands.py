@@ -1,7 +1,7 @@
 """The `greedyprune prune`, `greedyprune demo` and `greedyprune rate-demo` subcommands."""
 from __future__ import annotations
 
-from ..surgery import FOLDS
+from .surgery import FOLDS
 from .config import METHODS, PruneConfig
 from .suffix import DISCREPANCIES
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..surgery import FOLDS
+from ..checks import ArgumentError, arg_error, check_choice, check_int, check_real
+from .surgery import FOLDS
 from .suffix import DISCREPANCIES
 
 METHODS = ("local", "global", "hybrid", "gfs")
@@ -41,25 +42,21 @@ class PruneConfig:
     recalibrate_bn: bool = True
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"greedyprune: argument 'method' must be one of {METHODS}, got {self.method!r}")
+        check_choice("method", self.method, METHODS)
         if self.tol is None and self.width_ratio is None:
-            raise ValueError("greedyprune: give argument 'tol' (discrepancy per unit) or 'width_ratio' (or both)")
-        if self.tol is not None and not (_is_number(self.tol) and math.isfinite(self.tol) and self.tol >= 0):
-            raise ValueError(f"greedyprune: argument 'tol' must be finite and >= 0, got {self.tol!r}")
-        if self.width_ratio is not None and not (_is_number(self.width_ratio) and 0 < self.width_ratio <= 1):
-            raise ValueError(f"greedyprune: argument 'width_ratio' must be in (0, 1], got {self.width_ratio!r}")
-        if self.discrepancy not in DISCREPANCIES:
-            raise ValueError(f"greedyprune: argument 'discrepancy' must be one of {DISCREPANCIES}, "
-                             f"got {self.discrepancy!r}")
-        if self.fold not in FOLDS:
-            raise ValueError(f"greedyprune: argument 'fold' must be one of {FOLDS}, got {self.fold!r}")
+            raise ArgumentError("greedyprune: give argument 'tol' (discrepancy per unit) or 'width_ratio' (or both)")
+        if self.tol is not None:
+            check_real("tol", self.tol, low=0.0)
+        if self.width_ratio is not None:
+            check_real("width_ratio", self.width_ratio, low=0.0, high=1.0, low_open=True)
+        check_choice("discrepancy", self.discrepancy, DISCREPANCIES)
+        check_choice("fold", self.fold, FOLDS)
         for name, low in (("exact_until", 0), ("taylor_top", 1), ("max_rows", 1)):
-            _check_int(name, getattr(self, name), low)
+            check_int(name, getattr(self, name), minimum=low)
         if self.positions_per_image is not None:
-            _check_int("positions_per_image", self.positions_per_image, 1)
+            check_int("positions_per_image", self.positions_per_image, minimum=1)
         if not isinstance(self.recalibrate_bn, bool):
-            raise ValueError(f"greedyprune: argument 'recalibrate_bn' must be a bool, got {self.recalibrate_bn!r}")
+            raise arg_error("recalibrate_bn", f"must be a bool, got {self.recalibrate_bn!r}")
 
     def max_neurons(self, channels: int) -> int:
         """The widest a unit of `channels` channels may end."""
@@ -70,11 +67,3 @@ class PruneConfig:
         """Whether width_ratio is a width to reach (no tol) rather than a cap."""
         return self.width_ratio is not None and self.tol is None
 
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"greedyprune: argument '{name}' must be an int >= {low}, got {value!r}")

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..surgery import Unit, UnitGraph
+from .surgery import Unit, UnitGraph
 
 
 class _StopForward(Exception):

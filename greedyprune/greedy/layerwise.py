@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..surgery import Unit, UnitGraph
+from .surgery import Unit, UnitGraph
 from ..training import recalibrate_batchnorm
 from .config import PruneConfig
 from .global_imitation import forward_selection, global_imitation

@@ -17,7 +17,7 @@ from ..data import dataset_info, load_dataset, make_loader
 from ..files import write_json
 from ..measure import count_flops, count_params, measure_latency
 from ..models import build_model, load_model, save_model
-from ..surgery import UnitGraph
+from .surgery import UnitGraph
 from ..training import evaluate, finetune, pretrained, train
 from .config import PruneConfig
 from .layerwise import prune_model

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..surgery import UnitGraph
+from .surgery import UnitGraph
 from .global_imitation import global_imitation
 from .gram import contribution_gram
 from .local import local_imitation

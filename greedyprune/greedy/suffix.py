@@ -13,7 +13,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..surgery import Unit, UnitGraph, apply_gates
+from .surgery import Unit, UnitGraph, apply_gates
 
 DISCREPANCIES = ("kl", "mse", "ce")
 

@@ -9,6 +9,8 @@ import importlib.util
 
 from torch import nn
 
+from ..checks import ArgumentError, check_int
+
 from .cnn import CNN
 from .io import load_model, save_model
 from .mlp import MLP
@@ -21,22 +23,16 @@ MODEL_NAMES = ("mlp", "cnn", *VGG_CONFIGS, *CIFAR_RESNET_BLOCKS, *IMAGENET_RESNE
 EXTERNAL_LIBRARIES = ("torchvision", "timm")
 
 
-def _positive_int(value, argument: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"build_model: argument '{argument}' must be a positive int, got {value!r}")
-    return value
-
-
 def _build_external(library: str, model_name: str, num_classes: int, in_channels: int) -> nn.Module:
     """torchvision.models.get_model or timm.create_model with `num_classes` (image_size is not used)."""
     if importlib.util.find_spec(library) is None:
-        raise ValueError(f"build_model: argument 'name' asks for '{library}:{model_name}', "
+        raise ArgumentError(f"greedyprune: argument 'name' asks for '{library}:{model_name}', "
                          f"but {library} is not installed (pip install {library})")
     if library == "timm":
         import timm
         return timm.create_model(model_name, num_classes=num_classes, in_chans=in_channels)
     if in_channels != 3:
-        raise ValueError(f"build_model: argument 'in_channels' must be 3 for torchvision models, got {in_channels}")
+        raise ArgumentError(f"greedyprune: argument 'in_channels' must be 3 for torchvision models, got {in_channels}")
     import torchvision
     return torchvision.models.get_model(model_name, num_classes=num_classes)
 
@@ -48,16 +44,16 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image
     libraries. `image_size` (square inputs) sizes the MLP's first layer and decides which max pools
     the CNN and VGG keep; the other models pool adaptively and take any size.
     """
-    num_classes = _positive_int(num_classes, "num_classes")
-    in_channels = _positive_int(in_channels, "in_channels")
-    image_size = _positive_int(image_size, "image_size")
+    num_classes = check_int("num_classes", num_classes, minimum=1)
+    in_channels = check_int("in_channels", in_channels, minimum=1)
+    image_size = check_int("image_size", image_size, minimum=1)
     if not isinstance(name, str):
-        raise ValueError(f"build_model: argument 'name' must be a str, got {type(name).__name__}")
+        raise ArgumentError(f"greedyprune: argument 'name' must be a str, got {type(name).__name__}")
     library, separator, model_name = name.partition(":")
     if separator and library in EXTERNAL_LIBRARIES and model_name:
         return _build_external(library, model_name, num_classes, in_channels)
     if name not in MODEL_NAMES:
-        raise ValueError(f"build_model: unknown argument 'name' {name!r}; expected one of {', '.join(MODEL_NAMES)}, "
+        raise ArgumentError(f"greedyprune: unknown argument 'name' {name!r}; expected one of {', '.join(MODEL_NAMES)}, "
                          f"or 'torchvision:<name>' / 'timm:<name>'")
     if name == "mlp":
         return MLP(num_classes, in_channels, image_size)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import ops
+from ..checks import arg_error, check_choice, check_int, check_real
 from ..data import make_loader
 from ..files import torch_save_atomically
 from ..training import evaluate
@@ -31,30 +32,6 @@ INIT_METHODS = ("global", "uniform")
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 _EPOCH_SEED_STRIDE = 1_000_003  # per-epoch data seed = seed * stride + epoch
-
-
-def _error(argument: str, message: str) -> ValueError:
-    return ValueError(f"greedyprune.popup: argument '{argument}' {message}")
-
-
-def _check_fraction(value, argument: str, *, high_open: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _error(argument, f"must be a finite number, got {value!r}")
-    if not (0 <= value < 1 if high_open else 0 <= value <= 1):
-        raise _error(argument, f"must lie in [0, 1{')' if high_open else ']'}, got {value}")
-    return float(value)
-
-
-def _check_int(value, argument: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _error(argument, f"must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_choice(value, argument: str, choices) -> str:
-    if value not in choices:
-        raise _error(argument, f"must be one of {choices}, got {value!r}")
-    return value
 
 
 # ------------------------------------------------------------ initialisation
@@ -71,8 +48,8 @@ def layer_keep_counts(masked: MaskedModel, sparsity: float, method: str = "globa
     global: the round((1 - sparsity) * N) largest |w| over all wrapped weights (one threshold;
     ties: lower index), counted per layer. uniform: round((1 - sparsity) * n_l) per layer.
     """
-    sparsity = _check_fraction(sparsity, "sparsity", high_open=True)
-    _check_choice(method, "method", INIT_METHODS)
+    sparsity = check_real("sparsity", sparsity, low=0.0, high=1.0, high_open=True)
+    check_choice("method", method, INIT_METHODS)
     sizes = masked.offsets[1:] - masked.offsets[:-1]
     if method == "uniform":
         return torch.round((1 - sparsity) * sizes.double()).to(torch.int64)
@@ -91,7 +68,7 @@ def initialize(masked: MaskedModel, sparsity: float, *, method: str = "global", 
 
     Returns the per-layer keep counts, which the search keeps constant.
     """
-    eta = _check_fraction(eta, "eta", high_open=True)
+    eta = check_real("eta", eta, low=0.0, high=1.0, high_open=True)
     counts = layer_keep_counts(masked, sparsity, method)
     keep = magnitude_keep(masked, counts)
     masked.keep = keep
@@ -102,9 +79,9 @@ def initialize(masked: MaskedModel, sparsity: float, *, method: str = "global", 
 def overlap(keep_a: torch.Tensor, keep_b: torch.Tensor) -> float:
     """Eq. 7: 1 - ||m_a - m_b||_1 / k, the fraction of the k entries where two binary masks agree."""
     if not (isinstance(keep_a, torch.Tensor) and isinstance(keep_b, torch.Tensor)) or keep_a.shape != keep_b.shape:
-        raise _error("keep_b", "must be a tensor shaped like 'keep_a'")
+        raise arg_error("keep_b", "must be a tensor shaped like 'keep_a'")
     if keep_a.numel() == 0:
-        raise _error("keep_a", "must not be empty")
+        raise arg_error("keep_a", "must not be empty")
     return 1.0 - (keep_a != keep_b).sum().item() / keep_a.numel()
 
 
@@ -116,10 +93,10 @@ def swap_rate(schedule: str, step: int, total_steps: int) -> float:
 
     paper: (1 - t/t_f)^4; constant: 1 (edge-popup); inverse: (t/t_f)^4 (the paper's ablation).
     """
-    _check_choice(schedule, "schedule", SCHEDULES)
-    total_steps = _check_int(total_steps, "total_steps", 1)
+    check_choice("schedule", schedule, SCHEDULES)
+    total_steps = check_int("total_steps", total_steps, minimum=1)
     if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= total_steps:
-        raise _error("step", f"must be an int in [1, total_steps = {total_steps}], got {step!r}")
+        raise arg_error("step", f"must be an int in [1, total_steps = {total_steps}], got {step!r}")
     if schedule == "constant":
         return 1.0
     progress = step / total_steps
@@ -153,20 +130,20 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check_fraction(self.sparsity, "sparsity", high_open=True)
-        _check_choice(self.schedule, "schedule", SCHEDULES)
-        _check_int(self.epochs, "epochs", 1)
-        _check_int(self.batch_size, "batch_size", 1)
+        check_real("sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr)
                                                                                         and self.lr > 0):
-            raise _error("lr", f"must be a finite number > 0, got {self.lr!r}")
-        _check_fraction(self.momentum, "momentum", high_open=True)
+            raise arg_error("lr", f"must be a finite number > 0, got {self.lr!r}")
+        check_real("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not (
                 math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise _error("weight_decay", f"must be a finite number >= 0, got {self.weight_decay!r}")
-        _check_choice(self.init, "init", INIT_METHODS)
-        _check_fraction(self.eta, "eta", high_open=True)
-        _check_int(self.seed, "seed", 0)
+            raise arg_error("weight_decay", f"must be a finite number >= 0, got {self.weight_decay!r}")
+        check_choice("init", self.init, INIT_METHODS)
+        check_real("eta", self.eta, low=0.0, high=1.0, high_open=True)
+        check_int("seed", self.seed, minimum=0)
 
 
 class StepInfo(NamedTuple):
@@ -230,15 +207,15 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
     (None at epoch 0), test_loss, test_accuracy, overlap (eq. 7, with the magnitude mask).
     """
     if not isinstance(masked, MaskedModel):
-        raise _error("masked", f"must be a MaskedModel (see popup.wrap), got {type(masked).__name__}")
+        raise arg_error("masked", f"must be a MaskedModel (see popup.wrap), got {type(masked).__name__}")
     if not isinstance(config, SearchConfig):
-        raise _error("config", f"must be a SearchConfig, got {type(config).__name__}")
+        raise arg_error("config", f"must be a SearchConfig, got {type(config).__name__}")
     if resume and out_dir is None:
-        raise _error("resume", "needs 'out_dir' (where the checkpoint is)")
+        raise arg_error("resume", "needs 'out_dir' (where the checkpoint is)")
     if on_step is not None and not callable(on_step):
-        raise _error("on_step", f"must be callable, got {type(on_step).__name__}")
+        raise arg_error("on_step", f"must be callable, got {type(on_step).__name__}")
     if len(train_set) == 0:
-        raise _error("train_set", "is empty")
+        raise arg_error("train_set", "is empty")
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     device = masked.scores.device
@@ -250,10 +227,10 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
     if resume and path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != asdict(config):
-            raise _error("config", f"differs from the checkpoint's ({state.get('config')}); "
+            raise arg_error("config", f"differs from the checkpoint's ({state.get('config')}); "
                                    "resume needs the same settings")
         if state["layer_names"] != masked.layer_names:
-            raise _error("masked", "wraps other layers than the checkpoint's model")
+            raise arg_error("masked", "wraps other layers than the checkpoint's model")
         masked.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])

@@ -17,15 +17,12 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..checks import arg_error
 
 SCOPES = ("neuron", "layer", "global")
 PAPER_PAIR = (0.5, 1.0)  # the paper's default (p, q), used for every PQI it plots
 PAPER_P = tuple(round(0.1 * i, 1) for i in range(1, 11))  # the paper's sweep, p in 0.1 .. 1.0
 PAPER_Q = tuple(round(1.0 + 0.1 * i, 1) for i in range(11))  # q in 1.0 .. 2.0
-
-
-def _arg_error(arg: str, msg: str) -> ValueError:
-    return ValueError(f"greedyprune: argument '{arg}' {msg}")
 
 
 def grid_pairs(ps: Sequence[float] = PAPER_P, qs: Sequence[float] = PAPER_Q) -> list[tuple[float, float]]:
@@ -45,7 +42,7 @@ def prunable_weights(source) -> dict[str, torch.Tensor]:
     elif isinstance(source, Mapping):
         items = source.items()
     else:
-        raise _arg_error("weights", "must be an nn.Module or a mapping of names to tensors, "
+        raise arg_error("weights", "must be an nn.Module or a mapping of names to tensors, "
                                     f"got {type(source).__name__}")
     return {name: t.detach() for name, t in items
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() > 1}
@@ -56,12 +53,12 @@ def check_pairs(pairs) -> tuple[tuple[float, float], ...]:
     try:
         checked = tuple((float(p), float(q)) for p, q in pairs)
     except (TypeError, ValueError):
-        raise _arg_error("pairs", f"must be a sequence of (p, q) number pairs, got {pairs!r}") from None
+        raise arg_error("pairs", f"must be a sequence of (p, q) number pairs, got {pairs!r}") from None
     if not checked:
-        raise _arg_error("pairs", "must hold at least one (p, q) pair")
+        raise arg_error("pairs", "must hold at least one (p, q) pair")
     for p, q in checked:
         if not (math.isfinite(q) and 0 < p < q):
-            raise _arg_error("pairs", f"must satisfy 0 < p < q for every pair, got p = {p:g}, q = {q:g}")
+            raise arg_error("pairs", f"must satisfy 0 < p < q for every pair, got p = {p:g}, q = {q:g}")
     return checked
 
 
@@ -70,17 +67,17 @@ def check_masks(masks, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     if masks is None:
         return None
     if not isinstance(masks, Mapping):
-        raise _arg_error("masks", f"must be a mapping of weight names to bool tensors, got {type(masks).__name__}")
+        raise arg_error("masks", f"must be a mapping of weight names to bool tensors, got {type(masks).__name__}")
     unknown = sorted(set(masks) - set(weights))
     if unknown:
-        raise _arg_error("masks", f"names weights that are not measured (floating, dim > 1): {unknown[:5]}")
+        raise arg_error("masks", f"names weights that are not measured (floating, dim > 1): {unknown[:5]}")
     full = {}
     for name, w in weights.items():
         m = masks.get(name)
         if m is None:
             m = torch.ones_like(w, dtype=torch.bool)
         elif not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != w.shape:
-            raise _arg_error("masks", f"entry {name!r} must be a bool tensor of shape {tuple(w.shape)}, "
+            raise arg_error("masks", f"entry {name!r} must be a bool tensor of shape {tuple(w.shape)}, "
                                       f"got {getattr(m, 'dtype', type(m).__name__)} {tuple(getattr(m, 'shape', ()))}")
         full[name] = m.to(w.device)
     return full
@@ -97,7 +94,7 @@ def segment_offsets(shapes: Sequence[Sequence[int]], scope: str, device=None) ->
         row_sizes = torch.tensor([math.prod(s[1:]) for s in shapes], dtype=torch.int64)
         sizes = torch.repeat_interleave(row_sizes, rows)
         return torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)]).to(device)
-    raise _arg_error("scope", f"must be one of {SCOPES}, got {scope!r}")
+    raise arg_error("scope", f"must be one of {SCOPES}, got {scope!r}")
 
 
 def segment_sums(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -137,9 +134,9 @@ def _gini_rows(w: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
 def gini_index(w: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """Gini index of |w| over the entries where `mask` is True (all if None); NaN if none are non-zero."""
     if not isinstance(w, torch.Tensor) or not w.is_floating_point():
-        raise _arg_error("w", f"must be a floating tensor, got {getattr(w, 'dtype', type(w).__name__)}")
+        raise arg_error("w", f"must be a floating tensor, got {getattr(w, 'dtype', type(w).__name__)}")
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != w.shape):
-        raise _arg_error("mask", f"must be a bool tensor shaped like 'w' {tuple(w.shape)}")
+        raise arg_error("mask", f"must be a bool tensor shaped like 'w' {tuple(w.shape)}")
     return float(_gini_rows(w.reshape(1, -1), None if mask is None else mask.reshape(1, -1))[0])
 
 
@@ -167,12 +164,12 @@ class PQIReport:
         try:
             return self.pairs.index((float(p), float(q)))
         except ValueError:
-            raise _arg_error("p/q", f"pair ({p:g}, {q:g}) is not in this report's pairs "
+            raise arg_error("p/q", f"pair ({p:g}, {q:g}) is not in this report's pairs "
                                     f"{[pair_key(*x) for x in self.pairs][:8]}") from None
 
     def stats(self, scope: str) -> ScopeStats:
         if scope not in self.scopes:
-            raise _arg_error("scope", f"{scope!r} was not computed; this report has {tuple(self.scopes)}")
+            raise arg_error("scope", f"{scope!r} was not computed; this report has {tuple(self.scopes)}")
         return self.scopes[scope]
 
     def pqi(self, scope: str = "global", p: float = PAPER_PAIR[0], q: float = PAPER_PAIR[1]) -> torch.Tensor:
@@ -249,10 +246,10 @@ def pqi_report(weights, pairs=(PAPER_PAIR,), *, masks=None, scopes: Sequence[str
     """
     tensors = prunable_weights(weights)
     if not tensors:
-        raise _arg_error("weights", "holds no floating tensor with more than one dimension")
+        raise arg_error("weights", "holds no floating tensor with more than one dimension")
     pairs = check_pairs(pairs)
     if isinstance(scopes, str) or not scopes or any(s not in SCOPES for s in scopes):
-        raise _arg_error("scopes", f"must be a non-empty sequence drawn from {SCOPES}, got {scopes!r}")
+        raise arg_error("scopes", f"must be a non-empty sequence drawn from {SCOPES}, got {scopes!r}")
     full_masks = check_masks(masks, tensors)
     names = tuple(tensors)
     shapes = tuple(tuple(t.shape) for t in tensors.values())
@@ -371,7 +368,7 @@ def format_grid(report: PQIReport, scope: str = "global", segment: int = 0) -> s
     """PQI of one segment over the report's pairs as a p-by-q matrix ('-' where a pair is absent)."""
     stats = report.stats(scope)
     if not 0 <= segment < stats.pqi.shape[0]:
-        raise _arg_error("segment", f"must lie in [0, {stats.pqi.shape[0]}), got {segment}")
+        raise arg_error("segment", f"must lie in [0, {stats.pqi.shape[0]}), got {segment}")
     ps = sorted({p for p, _ in report.pairs})
     qs = sorted({q for _, q in report.pairs})
     index = {pair: j for j, pair in enumerate(report.pairs)}

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import ops
+from ..checks import arg_error, is_real
 from ..data import dataset_info, make_loader
 from ..files import torch_save_atomically
 from ..models import build_model, save_model
@@ -37,10 +38,6 @@ CHECKPOINT_FILE = "checkpoint.pt"
 RESULTS_FILE = "results.json"
 FIGURE_FILE = "results.png"
 MODEL_FILE = "model.pt"
-
-
-def _arg_error(arg: str, msg: str) -> ValueError:
-    return ValueError(f"greedyprune: argument '{arg}' {msg}")
 
 
 @dataclass(frozen=True)
@@ -67,36 +64,32 @@ class SAPConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise _arg_error("method", f"must be one of {METHODS}, got {self.method!r}")
+            raise arg_error("method", f"must be one of {METHODS}, got {self.method!r}")
         if self.scope not in SCOPES:
-            raise _arg_error("scope", f"must be one of {SCOPES}, got {self.scope!r}")
-        if not (_real(self.p) and _real(self.q) and 0 < self.p < self.q):
-            raise _arg_error("p", f"must satisfy 0 < p < q (finite), got p = {self.p}, q = {self.q}")
+            raise arg_error("scope", f"must be one of {SCOPES}, got {self.scope!r}")
+        if not (is_real(self.p) and is_real(self.q) and 0 < self.p < self.q):
+            raise arg_error("p", f"must satisfy 0 < p < q (finite), got p = {self.p}, q = {self.q}")
         for name, low, high in (("eta", 0.0, math.inf), ("gamma", 0.0, math.inf), ("beta", 0.0, 1.0),
                                 ("momentum", 0.0, 1.0), ("weight_decay", 0.0, math.inf)):
             value = getattr(self, name)
-            if not (_real(value) and low <= value <= high):
-                raise _arg_error(name, f"must lie in [{low}, {high}], got {value!r}")
-        if not (_real(self.ratio) and 0 < self.ratio < 1):
-            raise _arg_error("ratio", f"must lie in (0, 1), got {self.ratio!r}")
+            if not (is_real(value) and low <= value <= high):
+                raise arg_error(name, f"must lie in [{low}, {high}], got {value!r}")
+        if not (is_real(self.ratio) and 0 < self.ratio < 1):
+            raise arg_error("ratio", f"must lie in (0, 1), got {self.ratio!r}")
         if self.nesterov and self.momentum == 0:
-            raise _arg_error("nesterov", "needs momentum > 0")
-        if not (_real(self.lr) and self.lr > 0):
-            raise _arg_error("lr", f"must be > 0, got {self.lr!r}")
+            raise arg_error("nesterov", "needs momentum > 0")
+        if not (is_real(self.lr) and self.lr > 0):
+            raise arg_error("lr", f"must be > 0, got {self.lr!r}")
         for name, low in (("iterations", 1), ("epochs", 1), ("batch_size", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise _arg_error(name, f"must be an int >= {low}, got {value!r}")
+                raise arg_error(name, f"must be an int >= {low}, got {value!r}")
 
     @property
     def label(self) -> str:
         if self.method == "sap":
             return f"SAP (p={self.p:g}, q={self.q:g})"
         return {"lottery": "Lottery Ticket", "one-shot": "One Shot"}[self.method] + f" ({self.ratio:g})"
-
-
-def _real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 # ------------------------------------------------------------------ masks
@@ -244,17 +237,17 @@ def _kept(masks: dict[str, torch.Tensor]) -> int:
 def _load_checkpoint(path: Path, config: SAPConfig, model: nn.Module) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise _arg_error("resume", f"{str(path)!r} is not a SAP checkpoint (format {CHECKPOINT_FORMAT})")
+        raise arg_error("resume", f"{str(path)!r} is not a SAP checkpoint (format {CHECKPOINT_FORMAT})")
     saved = dict(state["config"])
     wanted = dataclasses.asdict(config)
     differ = sorted(k for k in wanted if k != "iterations" and saved.get(k) != wanted[k])
     if differ:
-        raise _arg_error("resume", f"checkpoint {str(path)!r} was written with other settings: "
+        raise arg_error("resume", f"checkpoint {str(path)!r} was written with other settings: "
                                    + ", ".join(f"{k}={saved.get(k)!r} (now {wanted[k]!r})" for k in differ))
     try:
         model.load_state_dict(state["model_state"])
     except RuntimeError as err:
-        raise _arg_error("resume", f"checkpoint {str(path)!r} does not fit the model ({err})") from None
+        raise arg_error("resume", f"checkpoint {str(path)!r} does not fit the model ({err})") from None
     return state
 
 
@@ -275,14 +268,14 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
     m_{t+1}), pruned_accuracy / pruned_pqi of w_t with m_{t+1}, train_loss, seconds.
     """
     if not isinstance(model, nn.Module):
-        raise _arg_error("model", f"must be an nn.Module, got {type(model).__name__}")
+        raise arg_error("model", f"must be an nn.Module, got {type(model).__name__}")
     if not isinstance(config, SAPConfig):
-        raise _arg_error("config", f"must be a SAPConfig, got {type(config).__name__}")
+        raise arg_error("config", f"must be a SAPConfig, got {type(config).__name__}")
     if not prunable_weights(model):
-        raise _arg_error("model", "has no parameter with more than one dimension to prune")
+        raise arg_error("model", "has no parameter with more than one dimension to prune")
     out = None if out_dir is None else Path(out_dir)
     if resume and out is None:
-        raise _arg_error("resume", "needs 'out_dir' (where the checkpoint is)")
+        raise arg_error("resume", "needs 'out_dir' (where the checkpoint is)")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     checkpoint = None if out is None else out / CHECKPOINT_FILE

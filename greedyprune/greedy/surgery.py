@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..checks import check_choice
+
 
 @dataclass
 class Unit:
@@ -62,9 +64,7 @@ _HOMOGENEOUS = re.compile(
 
 
 def check_fold(fold: str) -> str:
-    if fold not in FOLDS:
-        raise ValueError(f"greedyprune: argument 'fold' must be one of {FOLDS}, got {fold!r}")
-    return fold
+    return check_choice("fold", fold, FOLDS)
 
 
 def _is_linear_consumer(module: nn.Module) -> bool:
