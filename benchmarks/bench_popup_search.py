@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from greedyprune import ops
 from greedyprune.models import build_model
 from greedyprune.popup import initialize, popup_step, wrap
-from greedyprune.popup.demo import small_cnn
+from greedyprune.models.demo_nets import small_cnn
 from results_section import RESULTS_MD, markers, write_section
 
 SECTION_BEGIN, SECTION_END = markers("bench_popup_search")

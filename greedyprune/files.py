@@ -50,3 +50,8 @@ def plain_json(value):
     if hasattr(value, "tolist"):
         return plain_json(value.tolist())
     return value
+
+
+def save_figure(fig, path, *, dpi: int = 120) -> None:
+    """A matplotlib figure as PNG to `path`, atomically."""
+    replace_atomically(path, lambda f: fig.savefig(f, format="png", dpi=dpi))

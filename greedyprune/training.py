@@ -1,7 +1,7 @@
 """Training, fine-tuning and evaluation loops for the pruning drivers, and a cache of
 trained models (`pretrained`).
 
-Loaders yield (inputs, targets) batches; `predict_logits` also takes bare input batches.
+Loaders yield (inputs, targets) batches.
 """
 from __future__ import annotations
 
@@ -52,8 +52,7 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
 
     optimizer = torch.optim.SGD(trained, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     total_steps = epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps))
 
     was_training = model.training
     model.train()
@@ -83,6 +82,12 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
     finally:
         model.train(was_training)
     return epoch_losses
+
+
+def cosine_factor(step: int, total_steps: int) -> float:
+    """The learning-rate factor of cosine decay per iteration: 1 at step 0, approaching 0 after
+    the last of total_steps (steps count from 0)."""
+    return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
 
 
 def finetune(model: nn.Module, loader, *, epochs: int, lr: float = 0.01, weight_decay: float = 5e-5,
@@ -148,19 +153,6 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device=None) -
     return len(norms)
 
 
-def predict_logits(model: nn.Module, loader, *, device=None) -> torch.Tensor:
-    """The model's logits for every batch of `loader`, concatenated, in eval mode without grad
-    (on `device`). Batches may be input tensors or (inputs, ...) tuples."""
-    check_module(model)
-    _check_loader(loader)
-    device = _place(model, device)
-    with eval_mode(model), torch.no_grad():
-        logits = [model((batch if torch.is_tensor(batch) else batch[0]).to(device)) for batch in loader]
-    if not logits:
-        raise ValueError("greedyprune: argument 'loader' yielded no batches")
-    return torch.cat(logits)
-
-
 def pretrained(name_key: str, build: Callable[[], nn.Module], fit: Callable[[nn.Module], object], *,
                cache_dir: str | os.PathLike | None = None) -> nn.Module:
     """`build()` with the weights cached under `name_key`; on a cache miss `fit(model)` trains it
@@ -191,6 +183,33 @@ def pretrained(name_key: str, build: Callable[[], nn.Module], fit: Callable[[nn.
     fit(model)
     torch_save_atomically(model.state_dict(), path)
     return model
+
+
+def seeded_model(arch: str, data: str, seed: int) -> nn.Module:
+    """`build_model(arch)` sized for dataset `data`, its initial weights drawn from `seed`."""
+    from .data import dataset_info
+    from .models import build_model
+
+    info = dataset_info(data)
+    torch.manual_seed(seed)
+    return build_model(arch, num_classes=info["num_classes"], in_channels=info["in_channels"],
+                       image_size=info["image_size"])
+
+
+def pretrained_model(arch: str, data: str, *, epochs: int, lr: float = 0.05, batch_size: int = 64, seed: int = 0,
+                     device=None, progress: bool = True, cache_dir=None) -> nn.Module:
+    """Zoo model `arch` trained on `data` (`train`: SGD, cosine, `epochs`), cached by its settings
+    (see `pretrained`): the drivers' stand-in for a pretrained model when none is given."""
+    from .data import load_dataset, make_loader
+
+    source = data if data == "digits" else Path(data).name
+    key = re.sub(r"[^A-Za-z0-9._-]", "-", f"{arch}-{source}-e{epochs}-lr{lr:g}-b{batch_size}-s{seed}")
+
+    def fit(model):
+        loader = make_loader(load_dataset(data, "train"), batch_size, shuffle=True, seed=seed)
+        train(model, loader, epochs=epochs, lr=lr, device=device, progress=progress, desc=f"train {arch}")
+
+    return pretrained(key, lambda: seeded_model(arch, data, seed), fit, cache_dir=cache_dir)
 
 
 @contextmanager

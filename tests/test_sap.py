@@ -259,7 +259,7 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run_sap(tiny_model(), TRAIN, TEST, config, out_dir=tmp_path / "cut", progress=False)
     monkeypatch.setattr(sap, "evaluate", real_evaluate)
-    checkpoint = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert checkpoint["next_iteration"] == 2
 
     resumed = run_sap(tiny_model(seed=123), TRAIN, TEST, config, out_dir=tmp_path / "cut", resume=True,

@@ -87,7 +87,7 @@ def _fill(G: torch.Tensor, a: torch.Tensor, width: int) -> torch.Tensor:
     n = G.shape[0]
     w = torch.full((n,), 1.0 / n, dtype=torch.float64, device=G.device)
     a = a.to(G.device)
-    v, wGw = G @ w, float(w @ G @ w)
+    v = G @ w
     diag = torch.diagonal(G)
     while int((a > 0).sum()) < width:
         k = int((a > 0).sum())

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data import dataset_info, load_dataset, make_loader
-from ..files import write_json
+from ..data import load_dataset, make_loader
+from ..files import save_figure, write_json
 from ..measure import count_flops, count_params, measure_latency
-from ..models import build_model, load_model, save_model
+from ..models import load_model, save_model
 from .surgery import UnitGraph
-from ..training import evaluate, finetune, pretrained, train
+from ..training import evaluate, finetune, pretrained_model
 from .config import PruneConfig
 from .layerwise import prune_model
 from .plan import make_plan, save_plan
@@ -26,22 +26,10 @@ from .plan import make_plan, save_plan
 
 def trained_model(model: str, data: str, *, epochs: int = 15, lr: float = 0.05, seed: int = 0,
                   progress: bool = True) -> nn.Module:
-    """A saved model (path written by save_model) or a zoo model trained on `data` and cached."""
+    """A saved model (path written by save_model) or zoo model `model` trained on `data` and cached."""
     if os.path.isfile(model):
         return load_model(model)[0]
-    info = dataset_info(data)
-    source = "digits" if data == "digits" else Path(data).name
-
-    def build():
-        torch.manual_seed(seed)
-        return build_model(model, num_classes=info["num_classes"], in_channels=info["in_channels"],
-                           image_size=info["image_size"])
-
-    def fit(m):
-        loader = make_loader(load_dataset(data, "train"), 64, shuffle=True, seed=seed)
-        train(m, loader, epochs=epochs, lr=lr, progress=progress, desc=f"train {model}")
-
-    return pretrained(f"{model}-{source}-e{epochs}-lr{lr}-s{seed}", build, fit)
+    return pretrained_model(model, data, epochs=epochs, lr=lr, seed=seed, progress=progress)
 
 
 def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float, *, iterations: int = 12) -> float:
@@ -182,5 +170,5 @@ def plot_report(report: dict, path) -> None:
     ax_t.set_title("time per unit")
     ax_t.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

@@ -4,7 +4,6 @@ against training networks with n neurons in that layer from scratch; the discrep
 the original network's output, on a log scale."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,15 +11,13 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .surgery import UnitGraph
+from ..files import save_figure, write_json
+from ..models.demo_nets import two_layer_net
 from .global_imitation import global_imitation
 from .gram import contribution_gram
 from .local import local_imitation
 from .suffix import SuffixEvaluator
-
-
-def two_layer_net(inputs: int, first: int, hidden: int = 100) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inputs, first), nn.ReLU(), nn.Linear(first, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+from .surgery import UnitGraph
 
 
 def simulated_data(samples: int, inputs: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,8 +66,7 @@ def run_rate_demo(out_dir: str | os.PathLike = "greedyprune-out/rate", *, widths
         with torch.no_grad():
             results["scratch"].append(float(nn.functional.mse_loss(small(x_eval), target)))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "rate.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "rate.json", results)
     _plot(results, out / "rate.png")
     return results
 
@@ -89,5 +85,5 @@ def _plot(results: dict, path) -> None:
     ax.set_ylabel("discrepancy from the original (MSE)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

@@ -76,6 +76,8 @@ class SuffixEvaluator:
 
     @property
     def traced(self) -> bool:
+        """Whether the fast path runs (torch.fx traced the model: only the layers after the unit
+        run per candidate); False means full forwards with a gating hook."""
         return self._suffix is not None
 
     def evaluate(self, gates: torch.Tensor) -> torch.Tensor:
@@ -235,7 +237,6 @@ class _TracedSuffix:
             self.output = Recorder(gm).run(inputs)
         self.hidden = cache[hidden_node]
         self.cache = cache
-        self.hidden_node = hidden_node
 
     def run(self, gated_hidden: torch.Tensor | None, k: int, consumer_output: torch.Tensor | None = None) -> torch.Tensor:
         """The logits from the gated consumer input (or straight from the consumer's output)."""

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..data import dataset_info, load_dataset, make_loader
-from ..models import build_model, load_model, save_model
-from ..training import pretrained, train
+from ..data import load_dataset
+from ..models import load_model, save_model
+from ..training import pretrained_model
 from .demo import run_demo
 from .masked import export, wrap
 from .report import write_search_report
@@ -55,25 +54,13 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_search_command)
 
 
-def _cache_key(model: str, data: str, epochs: int) -> str:
-    """A file-name-safe key of the pre-trained model for training.pretrained."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", f"popup-{model}-{Path(data).name or data}-e{epochs}")
-
-
-def _pretrained_model(args, info: dict, train_set) -> torch.nn.Module:
+def _pretrained_model(args) -> torch.nn.Module:
     if args.pretrained is not None:
         model, _ = load_model(args.pretrained)
         return model
-
-    def build():
-        torch.manual_seed(args.seed)
-        return build_model(args.model, **info)
-
-    def fit(model):
-        train(model, make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed), epochs=args.pretrain_epochs,
-              lr=PRETRAIN_LR, device=args.device, progress=not args.no_progress, desc="pre-train")
-
-    return pretrained(_cache_key(args.model, args.data, args.pretrain_epochs) + f"-s{args.seed}", build, fit)
+    return pretrained_model(args.model, args.data, epochs=args.pretrain_epochs, lr=PRETRAIN_LR,
+                            batch_size=args.batch_size, seed=args.seed, device=args.device,
+                            progress=not args.no_progress)
 
 
 def run_search_command(args: argparse.Namespace) -> int:
@@ -85,7 +72,7 @@ def run_search_command(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
                           eta=args.eta, seed=args.seed)
     train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")
-    model = _pretrained_model(args, dataset_info(args.data), train_set)
+    model = _pretrained_model(args)
     masked = wrap(model).to(args.device)
     try:
         history = search(masked, train_set, test_set, config, out_dir=args.out, resume=args.resume,

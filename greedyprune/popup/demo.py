@@ -7,20 +7,20 @@ train mode during the search) gain from fresh statistics.
 from __future__ import annotations
 
 import statistics
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..data import load_dataset, make_loader
-from ..training import evaluate, pretrained, train
+from ..files import write_json
+from ..models.demo_nets import SMALL_CNN_WIDTHS, small_cnn
+from ..training import evaluate, pretrained, recalibrate_batchnorm, train
 from . import report
 from .masked import wrap
 from .search import SearchConfig, initialize, overlap, search
 
 DEMO_SPARSITY = 0.9
-DEMO_WIDTHS = (16, 32, 64)
 DEMO_BATCH_SIZE = 64
 PRETRAIN_LR = 0.05
 SEARCH_LR = 0.1
@@ -29,41 +29,6 @@ MODEL_SEED = 0
 FULL_SETTINGS = (20, 10, (0, 1, 2))
 QUICK_SETTINGS = (10, 4, (0,))
 SEARCHES = (("edge-popup (constant rate)", "constant"), ("SR-popup (paper rate)", "paper"))
-
-
-def small_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
-    """Three Conv3x3 (no bias) + BN + ReLU blocks of DEMO_WIDTHS channels, max pools after the
-    second and third (8x8 -> 4x4 -> 2x2), global average pool, Linear classifier (23k conv weights)."""
-    blocks = OrderedDict()
-    channels = in_channels
-    for index, width in enumerate(DEMO_WIDTHS, start=1):
-        block = OrderedDict(conv=nn.Conv2d(channels, width, 3, padding=1, bias=False), bn=nn.BatchNorm2d(width),
-                            relu=nn.ReLU())
-        if index > 1:
-            block["pool"] = nn.MaxPool2d(2)
-        blocks[f"block{index}"] = nn.Sequential(block)
-        channels = width
-    blocks["avgpool"] = nn.AdaptiveAvgPool2d(1)
-    blocks["flatten"] = nn.Flatten()
-    blocks["fc"] = nn.Linear(channels, num_classes)
-    return nn.Sequential(blocks)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, loader) -> None:
-    """Re-estimate every BatchNorm's running mean/variance on `loader` (cumulative average)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    was_training = model.training
-    model.train()
-    for inputs, _ in loader:
-        model(inputs)
-    model.train(was_training)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
 
 
 def _row(method: str, accuracies: list[float], overlap_value: float | None, sparsity: float, epochs: int) -> dict:
@@ -104,7 +69,7 @@ def run_demo(out_dir, *, quick: bool = False, cache_dir=None, progress: bool = F
         train(model, make_loader(train_set, DEMO_BATCH_SIZE, shuffle=True, seed=MODEL_SEED), epochs=pretrain_epochs,
               lr=PRETRAIN_LR, progress=progress, desc="pre-train")
 
-    widths = "-".join(map(str, DEMO_WIDTHS))
+    widths = "-".join(map(str, SMALL_CNN_WIDTHS))
     model = pretrained(f"popup-demo-cnn{widths}-digits-e{pretrain_epochs}-s{MODEL_SEED}", build, fit,
                        cache_dir=cache_dir)
     rows = [_row("dense (pre-trained)", [evaluate(model, test_loader)["accuracy"]], None, 0.0, 0)]
@@ -134,10 +99,11 @@ def run_demo(out_dir, *, quick: bool = False, cache_dir=None, progress: bool = F
     table = format_table(rows)
     print(f"Digits, small CNN, {DEMO_SPARSITY:.0%} sparsity of the conv weights, {len(seeds)} search seed(s):")
     print(table)
-    settings = dict(quick=quick, sparsity=DEMO_SPARSITY, widths=DEMO_WIDTHS, pretrain_epochs=pretrain_epochs,
+    settings = dict(quick=quick, sparsity=DEMO_SPARSITY, widths=SMALL_CNN_WIDTHS, pretrain_epochs=pretrain_epochs,
                     pretrain_lr=PRETRAIN_LR, search_epochs=search_epochs, search_lr=SEARCH_LR,
                     batch_size=DEMO_BATCH_SIZE, seeds=list(seeds))
-    json_path = report.write_json(dict(settings=settings, rows=rows, histories_seed0=curves), out_dir / "demo.json")
+    json_path = out_dir / "demo.json"
+    write_json(json_path, dict(settings=settings, rows=rows, histories_seed0=curves))
     png_path = report.plot_curves(curves, out_dir / "demo_curves.png",
                                   title=f"Digits CNN, {DEMO_SPARSITY:.0%} sparsity: search curves (seed {seeds[0]})")
     return dict(settings=settings, rows=rows, table=table, json=json_path, png=png_path)

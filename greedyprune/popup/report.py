@@ -1,10 +1,10 @@
 """Reports of a search: per-layer and global sparsity (JSON) and loss/accuracy/overlap curves (PNG)."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..files import save_figure, write_json
 from .masked import MaskedModel
 
 REPORT_NAME = "report.json"
@@ -28,13 +28,6 @@ def sparsity_report(masked: MaskedModel) -> dict:
     return {"layers": layers,
             "global": dict(weights=weights, kept=kept, sparsity=1 - kept / weights),
             "model": dict(parameters=parameters, pruned=weights - kept, sparsity=(weights - kept) / parameters)}
-
-
-def write_json(data, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
 
 
 def plot_curves(runs: dict[str, list[dict]], path, title: str | None = None) -> Path:
@@ -70,8 +63,7 @@ def plot_curves(runs: dict[str, list[dict]], path, title: str | None = None) -> 
         figure.suptitle(title)
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
     plt.close(figure)
     return path
 
@@ -81,7 +73,8 @@ def write_search_report(out_dir, masked: MaskedModel, history: list[dict], confi
     out_dir = Path(out_dir)
     report = dict(config=asdict(config), layer_names=masked.layer_names, history=history,
                   sparsity=sparsity_report(masked))
-    json_path = write_json(report, out_dir / REPORT_NAME)
+    json_path = Path(out_dir) / REPORT_NAME
+    write_json(json_path, report)
     png_path = plot_curves({config.schedule: history}, out_dir / CURVES_NAME,
                            title=f"SR-popup search, {config.sparsity:.0%} sparsity, schedule '{config.schedule}'")
     return json_path, png_path

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from .. import ops
 from ..checks import arg_error, check_choice, check_int, check_real
 from ..data import make_loader
-from ..files import torch_save_atomically
-from ..training import evaluate
+from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, setting_differences
+from ..training import cosine_factor, evaluate
 from .masked import MaskedModel, segment_counts
 
 SCHEDULES = ("paper", "constant", "inverse")
@@ -157,11 +157,6 @@ class StepInfo(NamedTuple):
     swaps: torch.Tensor  # q per layer, int64 [L]
 
 
-def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
-    """Cosine decay per iteration: base_lr at step 1, approaching 0 after the last."""
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * (step - 1) / total_steps))
-
-
 def checkpoint_path(out_dir) -> Path:
     return Path(out_dir) / CHECKPOINT_NAME
 
@@ -225,17 +220,16 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
     path = checkpoint_path(out_dir) if out_dir is not None else None
 
     if resume and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != asdict(config):
-            raise arg_error("config", f"differs from the checkpoint's ({state.get('config')}); "
-                                   "resume needs the same settings")
+        state = load_checkpoint(path, kind="search", file_format=CHECKPOINT_FORMAT)
+        differ = setting_differences(state.get("config") or {}, asdict(config))
+        if differ:
+            raise arg_error("resume", f"checkpoint {str(path)!r} was written with other settings: {', '.join(differ)}; "
+                                      "resume needs the same settings")
         if state["layer_names"] != masked.layer_names:
             raise arg_error("masked", "wraps other layers than the checkpoint's model")
         masked.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        set_rng_state(state["rng"])
         step, history, totals = state["step"], state["history"], state["epoch_totals"]
     else:
         initialize(masked, config.sparsity, method=config.init, eta=config.eta)
@@ -244,12 +238,9 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
 
     def save() -> None:
         if path is not None:
-            torch_save_atomically({"format": CHECKPOINT_FORMAT, "config": asdict(config), "layer_names": masked.layer_names,
-                              "model": masked.state_dict(), "optimizer": optimizer.state_dict(),
-                              "rng": torch.get_rng_state(),
-                              "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                              "step": step, "history": history,
-                              "epoch_totals": totals}, path)
+            save_checkpoint({"format": CHECKPOINT_FORMAT, "config": asdict(config), "layer_names": masked.layer_names,
+                             "model": masked.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                             "step": step, "history": history, "epoch_totals": totals}, path)
 
     def stop() -> None:
         where = f"; checkpoint in {path}, continue with resume=True" if path else ""
@@ -277,7 +268,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                     if index < done_in_epoch:
                         continue  # consumed before the interruption: keep the epoch's data stream
                     inputs, targets = inputs.to(device), targets.to(device)
-                    lr = cosine_lr(config.lr, step + 1, total_steps)
+                    lr = config.lr * cosine_factor(step, total_steps)
                     rate = swap_rate(config.schedule, step + 1, total_steps)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
@@ -304,7 +295,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                         save()
                         stop()
                 test = evaluate(masked, test_loader)
-                history.append(dict(epoch=epoch + 1, step=step, lr=cosine_lr(config.lr, step, total_steps),
+                history.append(dict(epoch=epoch + 1, step=step, lr=config.lr * cosine_factor(step - 1, total_steps),
                                     rate=swap_rate(config.schedule, step, total_steps), swaps=totals["swaps"],
                                     train_loss=totals["loss_sum"] / totals["samples"],
                                     train_accuracy=totals["correct"] / totals["samples"],

@@ -5,11 +5,11 @@ pass); `run_sap` runs SAP or its one-shot / lottery-ticket baselines with checkp
 """
 from .pqi import (PAPER_P, PAPER_PAIR, PAPER_Q, SCOPES, PQIReport, ScopeStats, format_grid, format_table, gini_index,
                   grid_pairs, pqi_report, prunable_weights)
-from .report import plot_runs, results_table, write_json
-from .sap import (METHODS, MaskedTraining, SAPConfig, SAPResult, apply_masks, build_seeded, full_masks, prune_counts,
+from .report import plot_runs, results_table
+from .sap import (METHODS, MaskedTraining, SAPConfig, SAPResult, apply_masks, full_masks, prune_counts,
                   prune_smallest, rewind, run_sap)
 
 __all__ = ["PAPER_P", "PAPER_PAIR", "PAPER_Q", "SCOPES", "PQIReport", "ScopeStats", "format_grid", "format_table",
-           "gini_index", "grid_pairs", "pqi_report", "prunable_weights", "plot_runs", "results_table", "write_json",
-           "METHODS", "MaskedTraining", "SAPConfig", "SAPResult", "apply_masks", "build_seeded", "full_masks",
+           "gini_index", "grid_pairs", "pqi_report", "prunable_weights", "plot_runs", "results_table",
+           "METHODS", "MaskedTraining", "SAPConfig", "SAPResult", "apply_masks", "full_masks",
            "prune_counts", "prune_smallest", "rewind", "run_sap"]

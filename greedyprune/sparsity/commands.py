@@ -9,10 +9,12 @@ from pathlib import Path
 import torch
 
 from ..data import load_dataset
+from ..files import write_json
 from ..models import build_model, load_model
 from .pqi import PAPER_PAIR, SCOPES, format_grid, format_table, grid_pairs, pqi_report
-from .report import results_table, write_json
-from .sap import METHODS, SAPConfig, build_seeded, run_sap
+from ..training import seeded_model
+from .report import results_table
+from .sap import METHODS, SAPConfig, run_sap
 
 
 def register(subparsers) -> None:
@@ -68,7 +70,7 @@ def sap_command(args: argparse.Namespace) -> int:
     config = SAPConfig(method=args.method, scope=args.scope, p=args.p, q=args.q, eta=args.eta, gamma=args.gamma,
                        beta=args.beta, ratio=args.ratio, iterations=args.iterations, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, stop_on_rising_pqi=args.stop_on_rising_pqi)
-    model = build_seeded(args.model, args.data, config.seed)
+    model = seeded_model(args.model, args.data, config.seed)
     result = run_sap(model, load_dataset(args.data, "train"), load_dataset(args.data, "test"), config,
                      out_dir=args.out, resume=args.resume, progress=not args.no_progress)
     print(results_table({config.label: result.history}), end="")

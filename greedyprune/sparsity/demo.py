@@ -11,8 +11,10 @@ import re
 from pathlib import Path
 
 from ..data import load_dataset
-from .report import plot_runs, results_table, write_json
-from .sap import SAPConfig, build_seeded, run_sap
+from ..files import replace_atomically, write_json
+from ..training import seeded_model
+from .report import plot_runs, results_table
+from .sap import SAPConfig, run_sap
 
 DEMO_METHODS = (dict(method="sap", p=0.5, q=1.0), dict(method="sap", p=1.0, q=2.0),
                 dict(method="one-shot"), dict(method="lottery"))
@@ -41,7 +43,7 @@ def run_demo(out_dir, *, quick: bool = False, progress: bool = True, seed: int =
         runs[arch] = {}
         for method in DEMO_METHODS:
             config = SAPConfig(scope="global", seed=seed, **settings, **method)
-            model = build_seeded(arch, "digits", seed)
+            model = seeded_model(arch, "digits", seed)
             result = run_sap(model, train_set, test_set, config, out_dir=out / arch / _slug(config.label),
                              progress=progress, figure=False)
             runs[arch][config.label] = result.history
@@ -51,7 +53,7 @@ def run_demo(out_dir, *, quick: bool = False, progress: bool = True, seed: int =
                       f"{DEMO_SETTINGS[bool(quick)][arch]['epochs']} epochs each)\n" + results_table(by_method)
                       for arch, by_method in runs.items())
     print(table)
-    (out / "demo.txt").write_text(table)
+    replace_atomically(out / "demo.txt", lambda f: f.write(table.encode()))
     summary = {"quick": bool(quick), "settings": DEMO_SETTINGS[bool(quick)], "runs": runs, "table": table}
     write_json(out / "demo.json", summary)
     return summary

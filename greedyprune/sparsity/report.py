@@ -2,36 +2,15 @@
 (top row: retrained models; bottom row: the same models right after pruning)."""
 from __future__ import annotations
 
-import json
-import math
 from typing import Mapping, Sequence
 
-from ..files import replace_atomically
+from ..files import save_figure
 
 # (history key, y label, percent) of the paper's Figure 2 panels
 RETRAINED_PANELS = (("accuracy", "Accuracy (%)", True), ("remaining_percent", "Percent of remaining weights", False),
                     ("pqi", "PQ Index", False), ("gini", "Gini Index", False))
 PRUNED_PANELS = (("pruned_accuracy", "Accuracy (%)", True), ("accuracy_difference", "Accuracy difference (%)", True),
                  ("pruned_pqi", "PQ Index", False), ("pqi_difference", "PQ Index difference", False))
-
-
-def _plain(value):
-    """`value` with NaN/inf floats as None, tuples as lists, tensors as lists (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _plain(value.tolist())
-    return value
-
-
-def write_json(path, obj) -> None:
-    """Write `obj` as strict JSON (NaN -> null) to `path` atomically (temp file, then os.replace)."""
-    text = json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n"
-    replace_atomically(path, lambda f: f.write(text.encode()))
 
 
 def _series(history: Sequence[dict], key: str) -> list[float]:
@@ -76,7 +55,7 @@ def plot_runs(runs: Mapping[str, Sequence[dict]], path, title: str = "") -> None
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    replace_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

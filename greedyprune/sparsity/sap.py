@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..checks import arg_error, is_real
-from ..data import dataset_info, make_loader
-from ..files import torch_save_atomically
-from ..models import build_model, save_model
+from ..data import make_loader
+from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, setting_differences
+from ..files import write_json
+from ..models import save_model
 from ..training import evaluate, train
 from . import report as reporting
 from .pqi import PAPER_PAIR, SCOPES, PQIReport, check_masks, prunable_weights, pqi_report, segment_offsets, segment_sums
@@ -182,14 +183,6 @@ def prune_smallest(weights, masks: dict[str, torch.Tensor] | None, counts, scope
 # ----------------------------------------------------------------- driver
 
 
-def build_seeded(arch: str, data: str, seed: int) -> nn.Module:
-    """`build_model(arch)` sized for dataset `data`, its initial weights drawn from `seed`."""
-    info = dataset_info(data)
-    torch.manual_seed(seed)
-    return build_model(arch, num_classes=info["num_classes"], in_channels=info["in_channels"],
-                       image_size=info["image_size"])
-
-
 @dataclass
 class SAPResult:
     config: SAPConfig
@@ -211,21 +204,6 @@ def _set_seed(seed: int) -> None:
     random.seed(seed)
 
 
-def _rng_states() -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -235,15 +213,10 @@ def _kept(masks: dict[str, torch.Tensor]) -> int:
 
 
 def _load_checkpoint(path: Path, config: SAPConfig, model: nn.Module) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise arg_error("resume", f"{str(path)!r} is not a SAP checkpoint (format {CHECKPOINT_FORMAT})")
-    saved = dict(state["config"])
-    wanted = dataclasses.asdict(config)
-    differ = sorted(k for k in wanted if k != "iterations" and saved.get(k) != wanted[k])
+    state = load_checkpoint(path, kind="SAP", file_format=CHECKPOINT_FORMAT)
+    differ = setting_differences(dict(state["config"]), dataclasses.asdict(config), ignore=("iterations",))
     if differ:
-        raise arg_error("resume", f"checkpoint {str(path)!r} was written with other settings: "
-                                   + ", ".join(f"{k}={saved.get(k)!r} (now {wanted[k]!r})" for k in differ))
+        raise arg_error("resume", f"checkpoint {str(path)!r} was written with other settings: {', '.join(differ)}")
     try:
         model.load_state_dict(state["model_state"])
     except RuntimeError as err:
@@ -259,7 +232,7 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
     iteration checkpoint.pt (masks, current and initial weights, RNG states, history, iteration
     index) and results.json, and at the end model.pt (save_model, masks in meta) and, with `figure`,
     results.png. resume: continue from out_dir/checkpoint.pt when it exists (same settings;
-    `iterations` may grow; the checkpoint is unpickled, so resume only from trusted folders).
+    `iterations` may grow; the checkpoint holds tensors and plain data only, loaded with weights_only).
     Every iteration seeds torch, numpy and random from (config.seed, t).
 
     History entries (one per iteration t): accuracy/loss of the retrained model (w_t, mask m_t),
@@ -288,7 +261,7 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
         masks = check_masks({k: v.to(device) for k, v in state["masks"].items()}, prunable_weights(model))
         next_masks = check_masks({k: v.to(device) for k, v in state["next_masks"].items()}, prunable_weights(model))
         history, start, stopped = state["history"], state["next_iteration"], state["stopped"]
-        _set_rng_states(state["rng"])
+        set_rng_state(state["rng"])
     else:
         initial = _clone_state(model)
         masks = full_masks(model)
@@ -329,18 +302,18 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
         history.append(entry)
         bar.set_postfix(acc=f"{entry['accuracy']:.3f}", remaining=f"{entry['remaining_percent']:.1f}%", refresh=False)
         if out is not None:
-            torch_save_atomically({
+            save_checkpoint({
                 "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "next_iteration": t + 1,
                 "masks": masks, "next_masks": next_masks, "model_state": model.state_dict(), "init_state": initial,
-                "history": history, "rng": _rng_states(), "stopped": stopped}, checkpoint)
-            reporting.write_json(out / RESULTS_FILE, run_summary(config, history, stopped))
+                "history": history, "rng": rng_state(), "stopped": stopped}, checkpoint)
+            write_json(out / RESULTS_FILE, run_summary(config, history, stopped))
         if stopped is not None:
             break
     bar.close()
 
     result = SAPResult(config, history, model, masks, next_masks, stopped)
     if out is not None:
-        reporting.write_json(out / RESULTS_FILE, run_summary(config, history, stopped))
+        write_json(out / RESULTS_FILE, run_summary(config, history, stopped))
         if figure:
             reporting.plot_runs({config.label: history}, out / FIGURE_FILE, title=config.label)
         save_model(model, out / MODEL_FILE, masks={k: v.cpu() for k, v in masks.items()},

@@ -1,0 +1,67 @@
+"""Checkpoints of the long loops (SR-popup search, SAP): tensors and plain data only, written
+atomically and read back with torch.load(weights_only=True), so a crafted file cannot run code.
+RNG states travel as tensors, settings as dicts."""
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checks import arg_error
+from .files import torch_save_atomically
+
+
+def rng_state() -> dict:
+    """The torch (CPU and every CUDA device), numpy (legacy global) and python RNG states."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                        "gauss": python_gauss}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned (the CUDA states only where CUDA is available)."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: dict, path) -> None:
+    torch_save_atomically(state, path)
+
+
+def load_checkpoint(path, *, kind: str, file_format: int) -> dict:
+    """A checkpoint written by `save_checkpoint`, on the CPU; `kind` names it in errors.
+
+    Anything else (a truncated or empty file, another kind of file, a pickle carrying code) is a
+    ValueError naming 'resume' and the file."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise arg_error("resume", f"cannot read {kind} checkpoint {str(path)!r} ({reason[:200]}); delete it or start "
+                                  "without resuming") from None
+    if not isinstance(state, dict) or state.get("format") != file_format:
+        raise arg_error("resume", f"{str(path)!r} is not a {kind} checkpoint (format {file_format})")
+    return state
+
+
+def setting_differences(saved: dict, wanted: dict, *, ignore=()) -> list[str]:
+    """'name=saved (now wanted)' for every setting that differs, for one clear resume error."""
+    return [f"{k}={saved.get(k)!r} (now {wanted[k]!r})" for k in sorted(wanted)
+            if k not in ignore and saved.get(k) != wanted[k]]
