@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import torch
 
-from greedyprune import ops, reference
+from greedyprune import ops
+from greedyprune.ops.constants import DIRECTION_EPS
 
 SEED = 0
 
@@ -178,7 +179,7 @@ def torch_greedy_local(G: torch.Tensor, w: torch.Tensor, max_neurons: int, tol: 
             lo = torch.where(a > 0, -a / (1 - a), 0.0)
             gamma = torch.maximum(-rd / dd, lo).clamp_(max=1.0)
             loss = r2 + 2 * gamma * rd + gamma * gamma * dd
-            loss.masked_fill_((dd <= reference.DIRECTION_EPS * (diag.abs() + aGa.abs())) | (a >= 1), math.inf)
+            loss.masked_fill_((dd <= DIRECTION_EPS * (diag.abs() + aGa.abs())) | (a >= 1), math.inf)
         best = torch.argmin(loss)  # first index on ties
         improves = (loss[best] < r2) | (step == 0)
         i, go = torch.stack((best, improves & ~done)).tolist()

@@ -39,7 +39,7 @@ def backends_for(op: str, t: torch.Tensor) -> list[str]:
     names = []
     for name in ("cuda", "triton"):
         try:
-            ops._resolve_backend(op, name, t)
+            ops.backend.resolve_backend(op, name, t)
             names.append(name)
         except RuntimeError:
             pass

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "constants.h"
+
 #define GP_CHECK_ARG(cond, arg, ...) \
   TORCH_CHECK_VALUE(cond, "greedyprune: argument '", arg, "' ", __VA_ARGS__)
 
@@ -135,9 +137,8 @@ inline bool check_line_search_args(const at::Tensor& G, const at::Tensor& w, con
     GP_CHECK_ARG(pa[i] >= 0 && pa[i] <= 1, "a", "entries must lie in [0, 1], got a[", i, "] = ", pa[i]);
     sum_a += pa[i];
   }
-  // A 16-bit simplex point cannot sum to 1 exactly.
   const bool half = a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16;
-  GP_CHECK_ARG(sum_a == 0 || std::abs(sum_a - 1) <= (half ? 1e-2 : 1e-4), "a",
+  GP_CHECK_ARG(sum_a == 0 || std::abs(sum_a - 1) <= (half ? kSimplexTol16Bit : kSimplexTol), "a",
                "must be all zeros (empty start) or sum to 1 (a point of the simplex), sums to ", sum_a);
   return sum_a == 0;
 }

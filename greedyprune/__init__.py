@@ -1,7 +1,8 @@
 """greedyprune: fast pruning ops and drivers for PyTorch.
 
-`greedyprune.ops` holds the fused ops (C++ CPU kernels, plain-PyTorch reference);
-`greedyprune.reference` their oracles.
+`greedyprune.ops` holds the fused ops, each with C++ CPU kernels, CUDA kernels (in
+builds with CUDA), Triton kernels for some, and a plain-PyTorch reference;
+`greedyprune.reference` holds their oracles.
 """
 from . import ops, reference
 

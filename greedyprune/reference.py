@@ -11,8 +11,7 @@ import math
 
 import torch
 
-# A candidate whose ||d_i||^2 is this small relative to G_ii + aGa is a no-op move.
-DIRECTION_EPS = 1e-12
+from .ops.constants import DIRECTION_EPS
 
 
 def _result_dtype(t: torch.Tensor) -> torch.dtype:

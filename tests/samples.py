@@ -3,11 +3,12 @@ correctness tests (every backend against greedyprune.reference) and opcheck.
 
 Odd shapes, every dtype, and the edge cases of DESIGN.md: ties, empty segments,
 k = 0 and k = N, all-zero vectors, segments big enough for the parallel paths.
+BAD_CALLS: the bad inputs that every backend must refuse with an error naming the argument.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -170,3 +171,109 @@ SAMPLES = {
     "popup_swap": popup_swap_samples,
     "pq_norms": pq_norms_samples,
 }
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+@dataclass
+class BadCall:
+    """greedyprune.ops.<op>(*args, **kwargs) must raise a ValueError whose message says
+    "argument '<arg>' <says>". backends: where it applies (None: every backend that serves op)."""
+    name: str
+    op: str
+    args: tuple
+    arg: str
+    kwargs: dict = field(default_factory=dict)
+    says: str = ""
+    backends: tuple | None = None
+
+    def __repr__(self) -> str:  # pytest ids
+        return self.name
+
+
+def _bad_calls() -> list[BadCall]:
+    G, W4 = torch.eye(4), torch.full((4,), 0.25)
+    inf_G = torch.eye(4)
+    inf_G[1, 2] = math.inf  # also asymmetric: the message must still say "finite"
+    V, OFF = torch.randn(10, generator=_gen(0)), torch.tensor([0, 4, 10])
+    KEEP = torch.rand(10, generator=_gen(1)) > 0.5
+    ACT, A3 = torch.randn(2, 3, 4, generator=_gen(2)), torch.ones(3) / 3
+    LOG3, C3 = torch.zeros(3, dtype=torch.float64), torch.tensor([4, 5, 6])
+    return [
+        BadCall("G not square", "line_search", (torch.ones(3, 4),), "G"),
+        BadCall("G empty", "greedy_local", (torch.empty(0, 0),), "G"),
+        BadCall("G empty, line search", "line_search", (torch.empty(0, 0),), "G"),
+        BadCall("G wrong rank", "greedy_local", (torch.ones(4), W4), "G"),
+        BadCall("G not symmetric", "greedy_local", (torch.tensor([[1.0, 0.5], [0.1, 1.0]]),), "G", says="must be symmetric"),
+        BadCall("G not symmetric, line search", "line_search", (torch.tensor([[1.0, 0.5], [0.1, 1.0]]),), "G"),
+        BadCall("G int dtype", "line_search", (torch.eye(3, dtype=torch.int32),), "G"),
+        BadCall("G NaN", "greedy_local", (torch.full((4, 4), math.nan), W4), "G", says="must be finite"),
+        BadCall("G inf", "greedy_local", (inf_G, W4), "G", says="must be finite"),
+        BadCall("G inf, line search", "line_search", (inf_G, W4), "G", says="must be finite"),
+        BadCall("w wrong length", "line_search", (G, torch.ones(3)), "w"),
+        BadCall("a off the simplex", "line_search", (G, W4, torch.full((4,), 0.5)), "a"),
+        BadCall("a negative", "line_search", (G, W4, torch.tensor([1.5, -0.5, 0, 0])), "a"),
+        BadCall("a NaN", "line_search", (G, W4, torch.tensor([math.nan, 1.0, 0, 0])), "a"),
+        BadCall("max_neurons > N", "greedy_local", (G, W4, 5), "max_neurons"),
+        BadCall("max_neurons fractional", "greedy_local", (G, W4, 2.5), "max_neurons"),
+        BadCall("tol negative", "greedy_local", (G, W4, 2, -1.0), "tol"),
+        BadCall("max_steps zero", "greedy_local", (G, W4, 2, 0.0, 0), "max_steps"),
+        BadCall("max_steps fractional", "greedy_local", (G, W4, 2, 0.0, 7.5), "max_steps"),
+        BadCall("grad shape", "taylor_scores", (ACT, torch.randn(2, 3, 5), A3, 1), "grad"),
+        BadCall("grad dtype", "taylor_scores", (ACT, ACT.double(), A3, 1), "grad"),
+        BadCall("act rank", "taylor_scores", (torch.randn(3), torch.randn(3), torch.ones(3), 1), "act"),
+        BadCall("taylor k > N", "taylor_scores", (ACT, ACT, A3, 4), "k"),
+        BadCall("taylor k fractional", "taylor_scores", (ACT, ACT, A3, 1.5), "k"),
+        BadCall("taylor a length", "taylor_scores", (ACT, ACT, torch.ones(2), 1), "a"),
+        BadCall("offsets decreasing", "popup_swap", (V, KEEP, 0.5, torch.tensor([0, 6, 4, 10])), "offsets"),
+        BadCall("offsets not ending at n", "pq_norms", (V, [1.0], torch.tensor([0, 4, 9])), "offsets"),
+        BadCall("offsets not starting at 0", "segment_select", (V, [1, 1], torch.tensor([1, 4, 10])), "offsets"),
+        BadCall("offsets float", "segment_select", (V, [1, 1], torch.tensor([0.0, 4.0, 10.0])), "offsets"),
+        BadCall("k > eligible", "segment_select", (V, [5, 1], OFF), "k"),
+        BadCall("k negative", "segment_select", (V, [-1, 1], OFF), "k"),
+        BadCall("k wrong length", "segment_select", (V, [1, 1, 1], OFF), "k"),
+        BadCall("k fractional", "segment_select", (V, 1.5), "k"),
+        BadCall("k fractional, per segment", "segment_select", (V, torch.tensor([1.0, 2.5]), OFF), "k"),
+        BadCall("values NaN", "segment_select", (torch.tensor([1.0, math.nan]), 1), "values"),
+        BadCall("values NaN where eligible", "segment_select",
+                (torch.tensor([1.0, math.nan, 2.0]), 1, None, torch.tensor([False, True, True])), "values"),
+        BadCall("values 2-D", "segment_select", (torch.zeros(2, 5), 1), "values"),
+        BadCall("eligible not bool", "segment_select", (V, [1, 1], OFF, torch.ones(10)), "eligible"),
+        BadCall("keep wrong length", "popup_swap", (V, KEEP[:9], 0.5, OFF), "keep"),
+        BadCall("rate > 1", "popup_swap", (V, KEEP, 1.5, OFF), "rate"),
+        BadCall("rate NaN", "popup_swap", (V, KEEP, math.nan, OFF), "rate"),
+        BadCall("scores NaN", "popup_swap", (torch.tensor([1.0, math.nan]), torch.tensor([True, False]), 0.5), "scores"),
+        BadCall("power zero", "pq_norms", (V, [0.0, 1.0]), "powers"),
+        BadCall("power negative", "pq_norms", (V, [-1.0]), "powers"),
+        BadCall("no powers", "pq_norms", (V, []), "powers"),
+        BadCall("w non-finite", "pq_norms", (torch.tensor([1.0, math.inf]), [1.0]), "w"),
+        BadCall("w non-finite where masked in", "pq_norms",
+                (torch.tensor([math.nan, 1.0, math.inf]), [1.0], None, torch.tensor([False, True, True])), "w"),
+        BadCall("w float64 on Triton", "pq_norms", (torch.tensor([1e300, 1.0], dtype=torch.float64), [0.5]), "w",
+                backends=("triton",)),
+        BadCall("mask wrong size", "pq_norms", (V, [1.0], None, KEEP[:3]), "mask"),
+        BadCall("p not below q", "pq_index", (V, 1.0, 1.0), "p"),
+        BadCall("p zero", "pq_index", (V, 0.0, 1.0), "p"),
+        BadCall("p negative in a grid", "pq_index", (V, [-0.5, 0.5], [1.0, 2.0]), "p"),
+        BadCall("q infinite", "pq_index", (V, 0.5, math.inf), "q"),
+        BadCall("unknown backend", "pq_norms", (V, [1.0]), "backend", kwargs={"backend": "gpu-magic"}),
+        # helpers without a backend: called once
+        BadCall("log sums p not below q", "pq_index_from_log_sums", (LOG3, LOG3, C3, 1.0, 0.5), "p"),
+        BadCall("log sums p zero", "pq_index_from_log_sums", (LOG3, LOG3, C3, 0.0, 1.0), "p"),
+        BadCall("log sums q infinite", "pq_index_from_log_sums", (LOG3, LOG3, C3, 0.5, math.inf), "q"),
+        BadCall("log sums lengths", "pq_index_from_log_sums", (LOG3, LOG3[:2], C3, 0.5, 1.0), "log_sum_q"),
+        BadCall("log sums counts length", "pq_index_from_log_sums", (LOG3, LOG3, C3[:2], 0.5, 1.0), "counts"),
+        BadCall("log sums p length", "pq_index_from_log_sums", (LOG3, LOG3, C3, torch.tensor([0.5, 0.6]), 1.0), "p"),
+        BadCall("prune counts negative", "sap_prune_count", (LOG3, torch.tensor([4, -1, 6]), 0.5, 1.0), "counts"),
+        BadCall("prune counts length", "sap_prune_count", (LOG3, C3[:2], 0.5, 1.0), "counts"),
+        BadCall("prune eta NaN", "sap_prune_count", (LOG3, C3, 0.5, 1.0, math.nan), "eta"),
+        BadCall("prune gamma negative", "sap_prune_count", (LOG3, C3, 0.5, 1.0, 0.0, -1.0), "gamma"),
+        BadCall("prune beta > 1", "sap_prune_count", (LOG3, C3, 0.5, 1.0, 0.0, 1.0, 1.5), "beta"),
+        BadCall("prune p zero", "sap_prune_count", (LOG3, C3, 0.0, 1.0), "p"),
+    ]
+
+
+BAD_CALLS = _bad_calls()
+# ops of greedyprune.ops that take no backend (plain torch on any device)
+BACKEND_FREE = ("pq_index_from_log_sums", "sap_prune_count")

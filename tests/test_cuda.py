@@ -428,8 +428,9 @@ BAD_CALLS = {
     "max_neurons > N": (lambda o: o.greedy_local(*_cu(torch.eye(2), torch.ones(2)), 3, 0.0, 3), "max_neurons"),
     "values NaN in a long segment": (lambda o: o.segment_select(*_cu(NAN_IN_LONG_SEGMENT, torch.tensor([0, 100000]),
                                                                      torch.tensor([5])), None, True), "values"),
-    "values NaN, not eligible": (lambda o: o.segment_select(*_cu(NAN_IN_INELIGIBLE, torch.tensor([0, 4]), torch.tensor([1]),
-                                                                 ~torch.isnan(NAN_IN_INELIGIBLE)), True), "values"),
+    "values NaN where eligible": (lambda o: o.segment_select(*_cu(NAN_IN_INELIGIBLE, torch.tensor([0, 4]),
+                                                                  torch.tensor([1]), torch.isnan(NAN_IN_INELIGIBLE)),
+                                                              True), "values"),
     "values float64": (lambda o: o.segment_select(*_cu(ONES10.double(), OFF_5_5, torch.tensor([1, 1])), None, True),
                        "values"),
     "k > eligible": (lambda o: o.segment_select(*_cu(ONES10, OFF_5_5, torch.tensor([1, 6])), None, True), "k"),
@@ -452,6 +453,37 @@ def test_bad_input_names_the_argument(case):
     call, arg = BAD_CALLS[case]
     with pytest.raises(ValueError, match=f"argument '{arg}'"):
         call(torch.ops.greedyprune)
+
+
+@pytest.mark.parametrize("values,offsets", [(NAN_IN_INELIGIBLE, torch.tensor([0, 4])),
+                                           (NAN_IN_LONG_SEGMENT, torch.tensor([0, 30000, 100000]))], ids=["short", "long"])
+def test_values_that_are_not_eligible_may_be_nan(values, offsets):
+    """As on the CPU: entries that are not eligible are never read."""
+    eligible = ~torch.isnan(values)
+    for largest in (True, False):
+        args = (values, offsets, torch.tensor([1] * (offsets.numel() - 1)), eligible, largest)
+        assert torch.equal(run_cuda("segment_select", args)[0], torch.ops.greedyprune.segment_select(*args))
+
+
+def test_popup_swap_ties_leave_from_the_higher_index():
+    """A long segment (several tiles) of tied scores: Phi*'s highest indices leave, Psi*'s lowest join."""
+    n = 40000
+    keep = torch.arange(n) < n // 2
+    scores = (~keep).float()
+    keep_out, q = run_cuda("popup_swap", (scores, torch.tensor([0, n]), keep, 0.25))
+    expected = keep.clone()
+    expected[15000:20000] = False
+    expected[20000:25000] = True
+    assert q.tolist() == [5000] and torch.equal(keep_out, expected)
+
+
+def test_non_finite_g_is_not_called_asymmetric():
+    G = torch.eye(4)
+    G[1, 2] = math.inf
+    with pytest.raises(ValueError, match="argument 'G' must be finite"):
+        torch.ops.greedyprune.line_search(*_cu(G, torch.ones(4), torch.zeros(4)))
+    with pytest.raises(ValueError, match="argument 'G' must be finite"):
+        torch.ops.greedyprune.greedy_local(*_cu(G, torch.ones(4)), 1, 0.0, 3)
 
 
 def test_non_finite_values_masked_out_are_ignored():

@@ -1,11 +1,14 @@
 """Every bad input of DESIGN.md gives a clear error naming the argument, on every
-backend, both through greedyprune.ops and through torch.ops.greedyprune directly."""
+backend (samples.BAD_CALLS), both through greedyprune.ops and through torch.ops.greedyprune directly."""
 import math
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from greedyprune import ops
+from greedyprune import triton as gp_triton
+from samples import BACKEND_FREE, BAD_CALLS
 
 G = torch.eye(4)
 W4 = torch.full((4,), 0.25)
@@ -14,53 +17,50 @@ OFF = torch.tensor([0, 4, 10])
 KEEP = torch.rand(10) > 0.5
 ACT = torch.randn(2, 3, 4)
 
-# (call through ops, argument named in the message)
-BAD_CALLS = {
-    "G not square": (lambda b: ops.line_search(torch.ones(3, 4), backend=b), "G"),
-    "G wrong rank": (lambda b: ops.greedy_local(torch.ones(4), W4, backend=b), "G"),
-    "G not symmetric": (lambda b: ops.greedy_local(torch.tensor([[1.0, 0.5], [0.1, 1.0]]), backend=b), "G"),
-    "G int dtype": (lambda b: ops.line_search(torch.eye(3, dtype=torch.int32), backend=b), "G"),
-    "G non-finite": (lambda b: ops.greedy_local(torch.full((4, 4), math.nan), W4, backend=b), "G"),
-    "w wrong length": (lambda b: ops.line_search(G, torch.ones(3), backend=b), "w"),
-    "a off the simplex": (lambda b: ops.line_search(G, W4, torch.full((4,), 0.5), backend=b), "a"),
-    "a negative": (lambda b: ops.line_search(G, W4, torch.tensor([1.5, -0.5, 0, 0]), backend=b), "a"),
-    "max_neurons > N": (lambda b: ops.greedy_local(G, W4, 5, backend=b), "max_neurons"),
-    "tol negative": (lambda b: ops.greedy_local(G, W4, 2, -1.0, backend=b), "tol"),
-    "max_steps zero": (lambda b: ops.greedy_local(G, W4, 2, 0.0, 0, backend=b), "max_steps"),
-    "grad shape": (lambda b: ops.taylor_scores(ACT, torch.randn(2, 3, 5), torch.ones(3) / 3, 1, backend=b), "grad"),
-    "grad dtype": (lambda b: ops.taylor_scores(ACT, ACT.double(), torch.ones(3) / 3, 1, backend=b), "grad"),
-    "act rank": (lambda b: ops.taylor_scores(torch.randn(3), torch.randn(3), torch.ones(3), 1, backend=b), "act"),
-    "taylor k > N": (lambda b: ops.taylor_scores(ACT, ACT, torch.ones(3) / 3, 4, backend=b), "k"),
-    "taylor a length": (lambda b: ops.taylor_scores(ACT, ACT, torch.ones(2), 1, backend=b), "a"),
-    "offsets decreasing": (lambda b: ops.popup_swap(V, KEEP, 0.5, torch.tensor([0, 6, 4, 10]), backend=b), "offsets"),
-    "offsets not ending at n": (lambda b: ops.pq_norms(V, [1.0], torch.tensor([0, 4, 9]), backend=b), "offsets"),
-    "offsets not starting at 0": (lambda b: ops.segment_select(V, [1, 1], torch.tensor([1, 4, 10]), backend=b), "offsets"),
-    "offsets float": (lambda b: ops.segment_select(V, [1, 1], torch.tensor([0.0, 4.0, 10.0]), backend=b), "offsets"),
-    "k > eligible": (lambda b: ops.segment_select(V, [5, 1], OFF, backend=b), "k"),
-    "k negative": (lambda b: ops.segment_select(V, [-1, 1], OFF, backend=b), "k"),
-    "k wrong length": (lambda b: ops.segment_select(V, [1, 1, 1], OFF, backend=b), "k"),
-    "values NaN": (lambda b: ops.segment_select(torch.tensor([1.0, math.nan]), 1, backend=b), "values"),
-    "values 2-D": (lambda b: ops.segment_select(torch.randn(2, 5), 1, backend=b), "values"),
-    "eligible not bool": (lambda b: ops.segment_select(V, [1, 1], OFF, torch.ones(10), backend=b), "eligible"),
-    "keep wrong length": (lambda b: ops.popup_swap(V, KEEP[:9], 0.5, OFF, backend=b), "keep"),
-    "rate > 1": (lambda b: ops.popup_swap(V, KEEP, 1.5, OFF, backend=b), "rate"),
-    "rate NaN": (lambda b: ops.popup_swap(V, KEEP, math.nan, OFF, backend=b), "rate"),
-    "scores NaN": (lambda b: ops.popup_swap(torch.tensor([1.0, math.nan]), torch.tensor([True, False]), 0.5, backend=b), "scores"),
-    "power zero": (lambda b: ops.pq_norms(V, [0.0, 1.0], backend=b), "powers"),
-    "power negative": (lambda b: ops.pq_norms(V, [-1.0], backend=b), "powers"),
-    "no powers": (lambda b: ops.pq_norms(V, [], backend=b), "powers"),
-    "w non-finite": (lambda b: ops.pq_norms(torch.tensor([1.0, math.inf]), [1.0], backend=b), "w"),
-    "mask wrong size": (lambda b: ops.pq_norms(V, [1.0], None, KEEP[:3], backend=b), "mask"),
-    "p not below q": (lambda b: ops.pq_index(V, 1.0, 1.0, backend=b), "p"),
-    "unknown backend": (lambda b: ops.pq_norms(V, [1.0], backend="gpu-magic"), "backend"),
-}
+# Triton serves CUDA tensors, or CPU tensors in interpreter mode (conftest).
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CUDA_KERNELS = ops.HAS_C and torch.cuda.is_available() and \
+    torch._C._dispatch_has_kernel_for_dispatch_key("greedyprune::line_search", "CUDA")
+# what each wrapper runs on the backend (pq_index is pq_norms there)
+BACKEND_OP = {"pq_index": "pq_norms"}
 
 
-@pytest.mark.parametrize("case", list(BAD_CALLS), ids=list(BAD_CALLS))
-def test_bad_input_names_the_argument(backend, case):
-    call, arg = BAD_CALLS[case]
-    with pytest.raises((ValueError, RuntimeError), match=f"argument '{arg}'"):
-        call(backend)
+def _device(backend: str, op: str) -> str:
+    """Where the backend runs op; skips the test where it cannot."""
+    if backend == "cpu" and not ops.HAS_C:
+        pytest.skip("compiled extension greedyprune._C not built")
+    if backend == "cuda":
+        if not CUDA_KERNELS:
+            pytest.skip("skipped: no CUDA")
+        return "cuda"
+    if backend == "triton":
+        if not gp_triton.HAS_TRITON:
+            pytest.skip("skipped: triton not installed")
+        if BACKEND_OP.get(op, op) not in gp_triton.OPS:
+            pytest.skip(f"Triton has no {op}")
+        return TRITON_DEVICE
+    return "cpu"
+
+
+def _on(device, args):
+    return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+CASES = [(backend, bad) for backend in ("reference", "cpu", "cuda", "triton") for bad in BAD_CALLS
+         if bad.op not in BACKEND_FREE and (bad.backends is None or backend in bad.backends)]
+
+
+@pytest.mark.parametrize("backend,bad", CASES, ids=[f"{b}-{bad.name}" for b, bad in CASES])
+def test_bad_input_names_the_argument(backend, bad):
+    device = _device(backend, bad.op)
+    with pytest.raises(ValueError, match=f"argument '{bad.arg}' {bad.says}"):
+        getattr(ops, bad.op)(*_on(device, bad.args), **{"backend": backend, **bad.kwargs})
+
+
+@pytest.mark.parametrize("bad", [b for b in BAD_CALLS if b.op in BACKEND_FREE], ids=repr)
+def test_bad_input_of_backend_free_helpers_names_the_argument(bad):
+    with pytest.raises(ValueError, match=f"argument '{bad.arg}' {bad.says}"):
+        getattr(ops, bad.op)(*bad.args, **bad.kwargs)
 
 
 # The C++ checks guard direct torch.ops calls, which skip the Python wrapper.
@@ -93,3 +93,25 @@ def test_failed_call_leaves_inputs_untouched():
     with pytest.raises(ValueError):
         ops.popup_swap(torch.tensor([1.0] * 9 + [math.nan]), keep, 0.5, OFF)
     assert torch.equal(keep, KEEP)
+
+
+# The fake (meta) kernels check shapes with torch._check, so tracing fails as early and as clearly.
+FAKE_BAD_CALLS = {
+    "w length": (lambda o, e: o.line_search(e(4, 4), e(3), e(4)), "w"),
+    "a length": (lambda o, e: o.line_search(e(4, 4), e(4), e(5)), "a"),
+    "G not square": (lambda o, e: o.greedy_local(e(4, 3), e(4), 2, 0.0, 8), "G"),
+    "grad shape": (lambda o, e: o.taylor_scores(e(2, 3, 4), e(2, 3, 5), e(3), 1), "grad"),
+    "taylor k > N": (lambda o, e: o.taylor_scores(e(2, 3), e(2, 3), e(3), 4), "k"),
+    "k length": (lambda o, e: o.segment_select(e(10), torch.tensor([0, 4, 10]), torch.tensor([1]), None, True), "k"),
+    "keep shape": (lambda o, e: o.popup_swap(e(10), torch.tensor([0, 10]), torch.ones(9, dtype=torch.bool), 0.5), "keep"),
+    "mask size": (lambda o, e: o.pq_norms(e(10), torch.tensor([0, 10]), [1.0], torch.ones(3, dtype=torch.bool)), "mask"),
+}
+
+
+@pytest.mark.skipif(not ops.HAS_C, reason="compiled extension greedyprune._C not built")
+@pytest.mark.parametrize("case", list(FAKE_BAD_CALLS), ids=list(FAKE_BAD_CALLS))
+def test_fake_kernels_check_shapes(case):
+    call, arg = FAKE_BAD_CALLS[case]
+    with FakeTensorMode():
+        with pytest.raises(RuntimeError, match=f"argument '{arg}'"):
+            call(torch.ops.greedyprune, torch.empty)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from greedyprune import ops
+from greedyprune.ops.line_search import MAX_STEPS_PER_NEURON
 from samples import gram, simplex_point
 
 
@@ -121,6 +122,32 @@ def test_stops_at_tolerance_and_budget(backend):
     assert int((capped.a > 0).sum()) == 5
     steps = ops.greedy_local(G, max_steps=3, backend=backend)
     assert len(steps.order) == 3
+    assert steps.capped and not (full.capped or short.capped or capped.capped)
+
+
+def test_capped_is_false_when_the_rule_stops_at_the_last_allowed_step(backend):
+    G = torch.eye(4, dtype=torch.float64)
+    assert not ops.greedy_local(G, max_steps=4, backend=backend).capped  # the 4th neuron is the last
+    assert ops.greedy_local(G, max_steps=3, backend=backend).capped
+    full = ops.greedy_local(G, backend=backend)
+    assert not ops.greedy_local(G, tol=float(full.losses[1]), max_steps=2, backend=backend).capped
+
+
+def duplicated_columns_gram(n=64, rows=64, seed=0):
+    """Gram of n / 2 random contributions, each twice (duplicated neurons)."""
+    x = torch.randn(rows, n // 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return x.repeat(1, 2).T @ x.repeat(1, 2) / rows
+
+
+def test_default_max_steps_lets_duplicated_columns_reach_the_stopping_rule(backend):
+    """The path re-weights the copies for many steps per neuron: 4 * N (the old default)
+    cut it short, the default reaches its own stopping rule."""
+    n = 64
+    G = duplicated_columns_gram(n)
+    path = ops.greedy_local(G, backend=backend)
+    assert not path.capped and 4 * n < len(path.order) < MAX_STEPS_PER_NEURON * n
+    short = ops.greedy_local(G, max_steps=4 * n, backend=backend)
+    assert short.capped and torch.equal(short.order, path.order[: 4 * n])
 
 
 def test_local_imitation_matches_exhaustive_search_on_a_small_problem(backend):

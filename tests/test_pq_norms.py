@@ -45,6 +45,15 @@ def test_grid_is_nan_where_p_is_not_below_q(backend):
     assert bool(torch.isfinite(grid[0, :9]).all()) and bool(torch.isfinite(grid[0, 9, 1:]).all())
 
 
+def test_non_finite_values_masked_out_are_ignored(backend):
+    w = torch.tensor([1.0, math.nan, -2.0, math.inf, 0.5, -math.inf])
+    mask = torch.isfinite(w)
+    offsets = torch.tensor([0, 3, 6])
+    got = ops.pq_norms(w, [0.5, 1.0], offsets, mask, backend=backend)
+    expected = ops.pq_norms(w.nan_to_num(0.0, 0.0, 0.0), [0.5, 1.0], offsets, mask, backend=backend)
+    assert torch.equal(got.log_sums, expected.log_sums) and got.counts.tolist() == [2, 1]
+
+
 positive = st.lists(st.floats(0.01, 10.0), min_size=3, max_size=30)
 
 

@@ -102,3 +102,24 @@ def test_large_segment_with_heavy_ties_matches_reference():
     out = ops.popup_swap(scores, keep, 0.5, offsets)
     ref = reference.popup_swap(scores, offsets, keep, 0.5)
     assert torch.equal(out.keep, ref[0]) and torch.equal(out.q, ref[1])
+
+
+def test_values_that_are_not_eligible_may_be_nan(backend):
+    """The one rule for non-finite inputs: entries the op leaves out are never judged."""
+    v = torch.tensor([3.0, math.nan, 1.0, -math.nan, 2.0, math.inf])
+    eligible = ~torch.isnan(v)
+    for largest in (True, False):
+        sel = ops.segment_select(v, 2, eligible=eligible, largest=largest, backend=backend)
+        assert torch.equal(sel, ops.segment_select(v.nan_to_num(0.0), 2, eligible=eligible, largest=largest,
+                                                   backend=backend))
+    assert ops.segment_select(v, 2, eligible=eligible, backend=backend).tolist() == [True] + [False] * 4 + [True]
+
+
+def test_popup_swap_ties_leave_from_the_higher_index(backend):
+    """Phi* ties: the higher index leaves first (T's order reversed); Psi* ties: the lower index joins first."""
+    scores = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0])
+    keep = torch.tensor([True, True, True, False, False, False, True, True, False, False])
+    offsets = torch.tensor([0, 6, 10])
+    out = ops.popup_swap(scores, keep, 0.5, offsets, backend=backend)  # q = ceil(3 * 0.5) = 2, ceil(2 * 0.5) = 1
+    assert out.q.tolist() == [2, 1]
+    assert out.keep.tolist() == [True, False, False, True, True, False] + [True, False, True, False]

@@ -11,13 +11,12 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../constants.h"
 
 namespace greedyprune {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-// A candidate whose ||d_i||^2 is this small relative to G_ii + aGa is a no-op move.
-constexpr double kDirectionEps = 1e-12;
 
 struct Scalars {
   double aGa, aGw, wGw;
@@ -112,6 +111,7 @@ void gram_matvec(const T* G, int64_t n, const double* x, double* gx, const doubl
 // passes over G (a pairwise compare would read G with stride N), and any asymmetry
 // A with A x below tolerance is vanishingly unlikely. The tolerance allows for
 // GEMMs that sum in different orders. On failure the offending pair is located.
+// Runs after check_finite_products: a NaN or inf in G fails there as "not finite".
 template <typename T>
 void check_symmetric(const T* G, int64_t n, double tol) {
   std::vector<double> x(n), gx(n), mag(n), gtx(n, 0.0);
@@ -150,12 +150,14 @@ void check_symmetric(const T* G, int64_t n, double tol) {
 }
 
 double symmetry_tolerance(at::ScalarType dt) {
-  return dt == at::kDouble ? 1e-9 : dt == at::kFloat ? 1e-5 : 1e-2;
+  return dt == at::kDouble ? kSymmetryTolFloat64 : dt == at::kFloat ? kSymmetryTolFloat32 : kSymmetryTol16Bit;
 }
 
+// A NaN or inf in G reaches G @ w (w is finite; inf * 0 is NaN), so this check of the
+// products finds one without another pass over G.
 void check_finite_products(const double* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
-    GP_CHECK_ARG(std::isfinite(x[i]), "G", "must be finite (G @ w or G @ a is not at row ", i, ")");
+    GP_CHECK_ARG(std::isfinite(x[i]), "G", "must be finite, but G @ w or G @ a is not finite at row ", i);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> line_search_cpu(const at::Tensor& G, const at::Tensor& w,
@@ -168,15 +170,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> line_search_cpu(const at::Tensor&
   const at::Tensor Gc = G.contiguous();
   auto opts = ad.options();
   at::Tensor u = at::empty({n}, opts), v = at::empty({n}, opts);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Gc.scalar_type(), "line_search_cpu", [&] {
-    check_symmetric(Gc.data_ptr<scalar_t>(), n, symmetry_tolerance(Gc.scalar_type()));
-    gram_matvec<scalar_t, true>(Gc.data_ptr<scalar_t>(), n, pa, u.data_ptr<double>(), wd.data_ptr<double>(),
-                                v.data_ptr<double>());
-  });
   const double* pu = u.data_ptr<double>();
   const double* pv = v.data_ptr<double>();
-  check_finite_products(pu, n);
-  check_finite_products(pv, n);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Gc.scalar_type(), "line_search_cpu", [&] {
+    gram_matvec<scalar_t, true>(Gc.data_ptr<scalar_t>(), n, pa, u.data_ptr<double>(), wd.data_ptr<double>(),
+                                v.data_ptr<double>());
+    check_finite_products(pu, n);
+    check_finite_products(pv, n);
+    check_symmetric(Gc.data_ptr<scalar_t>(), n, symmetry_tolerance(Gc.scalar_type()));
+  });
   const at::Tensor diag = Gc.diagonal().to(at::kDouble).contiguous();
   const double* pw = wd.data_ptr<double>();
   Scalars s{0, 0, 0, empty};
@@ -213,9 +215,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> greedy_local_cpu(const at::Tensor
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Gc.scalar_type(), "greedy_local_cpu", [&] {
     const scalar_t* pG = Gc.data_ptr<scalar_t>();
-    check_symmetric(pG, n, symmetry_tolerance(Gc.scalar_type()));
     gram_matvec<scalar_t, false>(pG, n, wd.data_ptr<double>(), pv, nullptr, nullptr);
     check_finite_products(pv, n);
+    check_symmetric(pG, n, symmetry_tolerance(Gc.scalar_type()));
     const double* pw = wd.data_ptr<double>();
     Scalars s{0, 0, 0, true};
     for (int64_t i = 0; i < n; ++i) s.wGw += pw[i] * pv[i];

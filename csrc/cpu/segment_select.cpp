@@ -1,9 +1,9 @@
 // CPU kernels of segmented selection (DESIGN.md section 3): `segment_select`
 // (k largest/smallest eligible entries per segment) and `popup_swap` (the SR-popup
 // restricted swap). Two passes per segment, no sort: a radix histogram of the
-// order keys (with the counts and the NaN check) finds the bin of the threshold;
-// a second pass decides every entry outside that bin by its bin alone and
-// gathers the bin's entries, among which nth_element places the threshold.
+// order keys (with the counts and the NaN check of the eligible entries) finds the
+// bin of the threshold; a second pass decides every entry outside that bin by its
+// bin alone and gathers the bin's entries, among which nth_element places the threshold.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -89,7 +89,8 @@ struct SegmentRadix {
   int64_t bin(K key) const { return static_cast<int64_t>(key >> shift); }
 
   // Pass 1: histogram of the eligible keys; returns how many entries satisfy
-  // count_if. Fails on NaN (its key lies outside the keys of -inf .. +inf).
+  // count_if. Fails on an eligible NaN (its key lies outside the keys of -inf .. +inf);
+  // an entry that is not eligible may hold anything.
   template <typename Eligible, typename CountIf>
   int64_t histogram(Eligible eligible, CountIf count_if, const char* arg) {
     const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
@@ -101,8 +102,9 @@ struct SegmentRadix {
       bool bad = false;
       for (int64_t j = lo; j < hi; ++j) {
         const K raw = OrderKey<T>::of(values[j]);
-        bad |= (raw < OrderKey<T>::kMin) | (raw > OrderKey<T>::kMax);
-        if (eligible(j)) ++h[bin(kFlip ? static_cast<K>(~raw) : raw)];
+        const bool in = eligible(j);
+        bad |= in & ((raw < OrderKey<T>::kMin) | (raw > OrderKey<T>::kMax));
+        if (in) ++h[bin(kFlip ? static_cast<K>(~raw) : raw)];
         n += count_if(j) ? 1 : 0;
       }
       counted[c] = n;

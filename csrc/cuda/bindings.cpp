@@ -78,11 +78,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> taylor_scores_cuda(const at::Tens
 
 // The one device-to-host copy of line_search / greedy_local, after their kernels: the
 // flags their symmetry and finiteness checks raised (bit 1: not symmetric, bit 2: G a or
-// G w not finite), in the CPU kernel's order of checks.
+// G w not finite), in the CPU kernel's order of checks: a NaN or inf in G is "not finite".
 void check_gram_flags(const at::Tensor& flags) {
   const int f = flags.item<int>();
+  GP_CHECK_ARG(!(f & 2), "G", "must be finite, but G @ w or G @ a is not finite");
   GP_CHECK_ARG(!(f & 1), "G", "must be symmetric (a Gram matrix): G x and G^T x differ beyond rounding");
-  GP_CHECK_ARG(!(f & 2), "G", "must be finite (G @ w or G @ a is not)");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> line_search_cuda(const at::Tensor& G, const at::Tensor& w,

@@ -54,7 +54,8 @@ cudaError_t greedy_local(const void* G, DType dtype, int64_t n, const double* w,
 
 // segment_select and popup_swap: scores of `dtype` [n], offsets [num_segments + 1] int64
 // (already validated), n <= kSelectMaxN. *flags (device int) is zeroed, then gets
-// kFoundNaN when a value is NaN and kBadK when a k lies outside [0, eligible entries of its
+// kFoundNaN when an eligible value is NaN (popup_swap: any score; values that are not
+// eligible are never read) and kBadK when a k lies outside [0, eligible entries of its
 // segment]; the outputs are meaningless when it is set.
 constexpr int64_t kSelectMaxN = 0x7fffffff;
 enum SelectFlags : int { kFoundNaN = 1, kBadK = 2 };

@@ -20,6 +20,7 @@
 #include <cfloat>
 #include <cmath>
 
+#include "../constants.h"
 #include "launchers.h"
 #include "reductions.cuh"
 
@@ -36,7 +37,6 @@ constexpr int kBigBlock = 1024;
 #define GREEDYPRUNE_SINGLE_BLOCK_MAX_N 8192
 #endif
 constexpr int64_t kSingleBlockMaxN = GREEDYPRUNE_SINGLE_BLOCK_MAX_N;
-constexpr double kDirectionEps = 1e-12;  // as on the CPU: ||d_i||^2 this small is a no-op move
 constexpr int kNotSymmetric = 1, kNotFinite = 2;
 
 __device__ inline double to_double(float x) { return x; }
@@ -371,7 +371,9 @@ Workspace carve(void* base, int64_t n) {
   return ws;
 }
 
-double symmetry_tolerance(DType dtype) { return dtype == DType::kFloat32 ? 1e-5 : 1e-2; }
+double symmetry_tolerance(DType dtype) {
+  return dtype == DType::kFloat32 ? kSymmetryTolFloat32 : kSymmetryTol16Bit;
+}
 
 // Stages 1-3 (see the top of the file). a == nullptr: the empty start, u = 0.
 template <typename T>

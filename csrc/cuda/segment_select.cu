@@ -7,7 +7,8 @@
 // next digit over the eligible keys that share the digits found so far, then the bin that
 // holds the wanted rank. A segment settles early once its whole bin is taken. Entries
 // above the threshold are selected; of those at it, tie order decides (an exclusive count
-// of them in index order), only when some but not all of them are taken.
+// of them in index order), only when some but not all of them are taken. Values that are
+// not eligible are never read (they may hold anything, NaN included).
 //
 // Every segment in a fixed number of launches, whatever their number:
 // - select_in_block: one block per segment of at most kBlockMax entries does it all;
@@ -93,7 +94,6 @@ struct Job {
   const typename F::bits_type* values;
   uint32_t flip;
   bool ties_high_first;
-  bool check_nan;  // raise kFoundNaN for any NaN of the segment, eligible or not (as the CPU)
   Mask eligible;
   const int64_t* k;
   Mask counted;
@@ -132,8 +132,9 @@ __device__ Search start(const Job<F>& job, int64_t l, uint32_t eligible, uint32_
   return Search{0u, F::kKeyBits, static_cast<uint32_t>(k), eligible};
 }
 
-// The first read of [lo, hi), by the block: NaN check, this thread's counts of eligible
-// and counted entries, and the eligible keys' top digits added to `hist` (shared).
+// The first read of [lo, hi), by the block: NaN check of the eligible values, this thread's
+// counts of eligible and counted entries, and the eligible keys' top digits added to `hist`
+// (shared).
 template <typename F>
 __device__ void first_pass(const Job<F>& job, int64_t lo, int64_t hi, unsigned* hist, uint32_t& eligible,
                            uint32_t& counted) {
@@ -141,15 +142,13 @@ __device__ void first_pass(const Job<F>& job, int64_t lo, int64_t hi, unsigned* 
   bool nan = false;
   for (int64_t j = lo + threadIdx.x; j < hi; j += kThreads) {
     counted += job.counted(j);
-    const bool in = job.eligible(j);
-    if (!in && !job.check_nan) continue;  // no read of the value
+    if (!job.eligible(j)) continue;
     const typename F::bits_type raw = job.values[j];
     nan |= F::is_nan(raw);
-    if (!in) continue;
     ++eligible;
     atomicAdd(&hist[(F::key(raw) ^ job.flip) >> kShift], 1u);
   }
-  if (job.check_nan && nan) atomicOr(job.flags, kFoundNaN);
+  if (nan) atomicOr(job.flags, kFoundNaN);
 }
 
 // Adds to `hist` (shared) the next digit of the eligible keys of [lo, hi) at s.prefix.
@@ -472,7 +471,6 @@ cudaError_t select_typed(const void* values, const int64_t* offsets, int64_t num
   job.values = static_cast<const typename F::bits_type*>(values);
   job.flip = largest ? 0u : F::kAllBits;
   job.ties_high_first = false;
-  job.check_nan = true;
   job.eligible = Mask{eligible, true, nullptr, true};
   job.k = k;
   job.counted = kEvery;  // unused: k is given
@@ -496,8 +494,7 @@ cudaError_t popup_typed(const void* scores, const int64_t* offsets, int64_t num_
   job.values = static_cast<const typename F::bits_type*>(scores);
   job.flip = 0u;
   job.ties_high_first = false;
-  job.check_nan = true;
-  job.eligible = kEvery;
+  job.eligible = kEvery;  // every score is read: a NaN anywhere is flagged
   job.k = nullptr;
   job.counted = Mask{keep, true, nullptr, true};
   job.rate = 1.0;
@@ -507,7 +504,6 @@ cudaError_t popup_typed(const void* scores, const int64_t* offsets, int64_t num_
   job.flags = flags;
   if ((err = run_job(job, offsets, num_segments, n, ws, stream)) != cudaSuccess) return err;
   // Psi* (in T, not kept): the q = ceil(s * rate) best join.
-  job.check_nan = false;  // T's selection has read every score
   job.eligible = Mask{keep, false, ws.top, true};
   job.counted = job.eligible;
   job.rate = rate;
