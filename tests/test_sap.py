@@ -12,7 +12,8 @@ from torch.utils.data import TensorDataset
 from greedyprune.models import load_model
 from greedyprune.sparsity import commands, sap
 from greedyprune.sparsity.demo import run_demo
-from greedyprune.sparsity.pqi import pqi_report, prunable_weights
+from greedyprune.sparsity.pqi import pqi_report
+from greedyprune.sparsity.weights import prunable_weights
 from greedyprune.sparsity.sap import (MaskedTraining, SAPConfig, apply_masks, full_masks, prune_counts,
                                       prune_smallest, rewind, run_sap)
 from greedyprune.training import train

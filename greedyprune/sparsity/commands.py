@@ -11,10 +11,11 @@ import torch
 from ..data import load_dataset
 from ..files import write_json
 from ..models import build_model, load_model
-from .pqi import PAPER_PAIR, SCOPES, format_grid, format_table, grid_pairs, pqi_report
+from .pqi import PAPER_PAIR, format_grid, format_table, grid_pairs, pqi_report
 from ..training import seeded_model
 from .report import results_table
 from .sap import METHODS, SAPConfig, run_sap
+from .weights import SCOPES
 
 
 def register(subparsers) -> None:

@@ -31,7 +31,8 @@ from ..files import write_json
 from ..models import save_model
 from ..training import evaluate, train
 from . import report as reporting
-from .pqi import PAPER_PAIR, SCOPES, PQIReport, check_masks, prunable_weights, pqi_report, segment_offsets, segment_sums
+from .pqi import PAPER_PAIR, PQIReport, pqi_report
+from .weights import SCOPES, check_masks, prunable_weights, segment_offsets, segment_sums
 
 METHODS = ("sap", "lottery", "one-shot")
 CHECKPOINT_FORMAT = 1
