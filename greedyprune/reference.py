@@ -1,4 +1,4 @@
-"""Plain-PyTorch oracle of every op (contracts: DESIGN.md, "The ops").
+"""Plain-PyTorch oracle of every op (contracts: docs/DESIGN.md §2).
 
 Written for clarity, not speed: every backend is tested against these functions,
 and `greedyprune.ops` falls back to them when the compiled extension is missing.
@@ -22,7 +22,7 @@ def _result_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _candidates(diag, u, v, a, aGa, aGw, wGw):
-    """gamma_i and loss_i for every neuron i (float64), DESIGN.md section 1."""
+    """gamma_i and loss_i for every neuron i (float64), docs/DESIGN.md §2.1."""
     if not bool((a != 0).any()):  # empty start: the first neuron takes the whole simplex
         gamma = torch.ones_like(diag)
         return gamma, diag - 2 * v + wGw

@@ -1,7 +1,7 @@
 """One list of sample inputs per op, in schema argument order: it feeds the
 correctness tests (every backend against greedyprune.reference) and opcheck.
 
-Odd shapes, every dtype, and the edge cases of DESIGN.md: ties, empty segments,
+Odd shapes, every dtype, and the edge cases of docs/DESIGN.md §2: ties, empty segments,
 k = 0 and k = N, all-zero vectors, segments big enough for the parallel paths.
 BAD_CALLS: the bad inputs that every backend must refuse with an error naming the argument.
 """

@@ -1,4 +1,4 @@
-"""Every bad input of DESIGN.md gives a clear error naming the argument, on every
+"""Every bad input of docs/DESIGN.md §2 gives a clear error naming the argument, on every
 backend (samples.BAD_CALLS), both through greedyprune.ops and through torch.ops.greedyprune directly."""
 import math
 

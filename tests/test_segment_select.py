@@ -71,7 +71,7 @@ def test_segment_select_properties(case, largest, data):
 
 
 def test_magnitude_init_and_sap_drop(backend):
-    """The two uses named in DESIGN.md: magnitude top-k and 'drop the c smallest among kept'."""
+    """The two uses named in docs/DESIGN.md §2.3: magnitude top-k and 'drop the c smallest among kept'."""
     w = torch.tensor([0.5, -2.0, 0.1, 3.0, -0.2, 1.0, 0.0, -0.7])
     offsets = torch.tensor([0, 4, 8])
     keep = ops.segment_select(w.abs(), torch.tensor([2, 3]), offsets, backend=backend)

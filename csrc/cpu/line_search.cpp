@@ -1,5 +1,5 @@
 // CPU kernels of local imitation: closed-form line search over all neurons and the
-// whole greedy path (DESIGN.md section 1). All arithmetic is float64.
+// whole greedy path (docs/DESIGN.md §2.1). All arithmetic is float64.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -55,7 +55,7 @@ int64_t first_argmin(const double* x, int64_t n) {
   return best;
 }
 
-// gamma_i and loss_i of the move towards e_i for every i (DESIGN.md section 1;
+// gamma_i and loss_i of the move towards e_i for every i (docs/DESIGN.md §2.1;
 // loss = inf marks a skipped candidate). Branch-free, so it vectorizes; returns
 // the first index of the smallest loss, or -1.
 int64_t evaluate_all(const double* __restrict diag, const double* __restrict u, const double* __restrict v,

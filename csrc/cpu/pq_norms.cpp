@@ -1,4 +1,4 @@
-// CPU kernel of the PQ-index power sums (DESIGN.md section 4): for every segment
+// CPU kernel of the PQ-index power sums (docs/DESIGN.md §2.4): for every segment
 // and every requested power p, log sum |w|^p over masked entries, and the count.
 //
 // Accuracy and range: each piece of a segment is scaled by its largest |w|, so

@@ -1,4 +1,4 @@
-// CPU kernels of segmented selection (DESIGN.md section 3): `segment_select`
+// CPU kernels of segmented selection (docs/DESIGN.md §2.3): `segment_select`
 // (k largest/smallest eligible entries per segment) and `popup_swap` (the SR-popup
 // restricted swap). Two passes per segment, no sort: a radix histogram of the
 // order keys (with the counts and the NaN check of the eligible entries) finds the

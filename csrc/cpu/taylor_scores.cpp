@@ -1,4 +1,4 @@
-// CPU kernel of the Taylor scores of global imitation (DESIGN.md section 2):
+// CPU kernel of the Taylor scores of global imitation (docs/DESIGN.md §2.2):
 // r_i = sum_{b,*} grad[b,i,*] * act[b,i,*], gr = r - a.r, and the k most negative gr.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

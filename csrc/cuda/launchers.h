@@ -1,5 +1,5 @@
 // Plain-CUDA launchers of the greedyprune kernels (no torch headers: the .cu files compile
-// with nvcc alone). Contracts: DESIGN.md, "The ops". Every launcher only enqueues work on
+// with nvcc alone). Contracts: docs/DESIGN.md §2. Every launcher only enqueues work on
 // `stream` (no host synchronisation) and returns cudaGetLastError() after its launches.
 // Pointers are device pointers unless said otherwise; `workspace` is scratch device memory
 // of at least the matching *_workspace_bytes() (may be null when that is 0).

@@ -1,4 +1,4 @@
-// CUDA kernels of local imitation (DESIGN.md section 1), same results as
+// CUDA kernels of local imitation (docs/DESIGN.md §2.1), same results as
 // csrc/cpu/line_search.cpp: the closed-form line search over all neurons, and the whole
 // greedy path without a host round trip per step. All arithmetic after loading G is float64.
 //

@@ -1,4 +1,4 @@
-// CUDA kernels of pq_norms (DESIGN.md section 4), same results as csrc/cpu/pq_norms.cpp:
+// CUDA kernels of pq_norms (docs/DESIGN.md §2.4), same results as csrc/cpu/pq_norms.cpp:
 // per segment and power p, log sum |w|^p over masked-in entries, and their count.
 //
 // Two stages and no atomics on results, so every run gives the same bits:

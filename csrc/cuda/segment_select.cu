@@ -1,4 +1,4 @@
-// CUDA kernels of segment_select and popup_swap (DESIGN.md section 3), same results as
+// CUDA kernels of segment_select and popup_swap (docs/DESIGN.md §2.3), same results as
 // csrc/cpu/segment_select.cpp: per segment, the k best eligible entries (ties: lower index).
 //
 // A segmented radix select, no sort. Values become unsigned order keys (as

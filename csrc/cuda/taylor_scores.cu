@@ -1,4 +1,4 @@
-// CUDA kernels of taylor_scores (DESIGN.md section 2), same results as
+// CUDA kernels of taylor_scores (docs/DESIGN.md §2.2), same results as
 // csrc/cpu/taylor_scores.cpp: r_i = sum_{b,s} act * grad, gr = r - a.r, the k most
 // negative gr (ties: lowest index).
 //

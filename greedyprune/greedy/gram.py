@@ -1,4 +1,4 @@
-"""Gram of neuron contributions at a unit's consumer (DESIGN.md, op 1).
+"""Gram of neuron contributions at a unit's consumer (docs/DESIGN.md §2.1).
 
 Channel i's contribution sigma_i is N times what it adds to the consumer's output
 (so the original output is sum_i sigma_i / N). For a consumer reading columns X

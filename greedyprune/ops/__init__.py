@@ -7,7 +7,7 @@ segment_select.py (segment_select, popup_swap) and pq_norms.py (pq_norms, pq_ind
 pq_index_from_log_sums, sap_prune_count); each registers its ops' fake kernels.
 backend.py chooses the backend, checks.py and offsets.py check arguments, and
 constants.py holds the numeric constants that the kernels share. Contracts:
-DESIGN.md, "The ops"; the oracle of every op is in `greedyprune.reference`.
+docs/DESIGN.md §2; the oracle of every op is in `greedyprune.reference`.
 
 Backends (BACKENDS): "auto" (the compiled kernel for the tensors' device: C++ on CPU;
 on CUDA the CUDA kernel, else the Triton one), "cpu" (the C++ kernels), "cuda" (the

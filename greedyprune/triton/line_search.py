@@ -1,4 +1,4 @@
-"""line_search in Triton (DESIGN.md section 1): u = G a and v = G w in one read of
+"""line_search in Triton (docs/DESIGN.md §2.1): u = G a and v = G w in one read of
 G (float64 accumulation), then every candidate's clipped step and loss, in float64.
 """
 import torch

@@ -1,4 +1,4 @@
-"""pq_norms in Triton: log power sums per segment (DESIGN.md section 4).
+"""pq_norms in Triton: log power sums per segment (docs/DESIGN.md §2.4).
 
 Stage 1 (Triton): fixed-size tiles of the flat input, each inside one segment,
 write their largest |w|, their count and the power sums of |w| / max (every term

@@ -1,4 +1,4 @@
-"""taylor_scores in Triton (DESIGN.md section 2).
+"""taylor_scores in Triton (docs/DESIGN.md §2.2).
 
 Stage 1 (Triton): program (i, t) sums act*grad over the t-th block of channel i's
 B*S elements (float32); stage 2 (torch): the blocks of every channel are added in
