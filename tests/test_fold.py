@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from greedyprune.greedy import apply_plan, global_imitation, local_imitation, prune_model, select_channels
-from greedyprune.greedy.suffix import SuffixEvaluator
+from greedyprune.greedy.evaluator import SuffixEvaluator
 from greedyprune.greedy.tp_importance import GreedyImportance
 from greedyprune.models import build_model
 from greedyprune.greedy.surgery import FOLDS, UnitGraph

@@ -13,6 +13,7 @@ from greedyprune import ops
 from greedyprune.greedy import (SuffixEvaluator, apply_plan, choose, contribution_gram, global_imitation, load_plan,
                                 local_imitation, make_plan, prune_model, save_plan)
 from greedyprune.greedy.selection import Selection
+from greedyprune.greedy.suffix import BatchSuffix
 from greedyprune.greedy.surgery import UnitGraph
 
 
@@ -134,7 +135,7 @@ def test_taylor_scores_equal_finite_differences(kind):
     x = torch.randn(16, 2, 6, 6, dtype=torch.float64)
     graph = UnitGraph(model, x[:2])
     unit = graph.units[0]
-    ev = SuffixEvaluator(graph, unit, x, kind=kind)
+    ev = BatchSuffix(graph, unit, x, kind=kind)
     n = unit.channels
     a = torch.rand(n, dtype=torch.float64)
     a /= a.sum()
@@ -165,6 +166,37 @@ def test_suffix_evaluator_batched_fx_equals_full_forward():
     one_by_one = torch.cat([eager.evaluate(g) for g in gates])
     torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-6)
     assert float(traced.evaluate(torch.ones(unit.channels))) < 1e-10  # all gates 1 = the original
+
+
+@pytest.mark.parametrize("budget", [None, 1])
+def test_evaluator_over_batches_equals_one_batch(budget):
+    """Discrepancies and Taylor sums are sums over images: split into batches (with a budget so
+    small that nothing is cached and every chunk is one row) they are the same."""
+    model = _small_cnn(torch.float64)
+    x = torch.randn(20, 2, 6, 6, dtype=torch.float64)
+    graph = UnitGraph(model, x[:2])
+    unit = graph.units[1]
+    whole = SuffixEvaluator(graph, unit, x)
+    split = SuffixEvaluator(graph, unit, [x[:7], x[7:15], x[15:]], memory_budget=budget)
+    n = unit.channels
+    gates = torch.rand(4, n, dtype=torch.float64) * 2
+    torch.testing.assert_close(split.evaluate(gates), whole.evaluate(gates), rtol=1e-10, atol=1e-12)
+    a = torch.rand(n, dtype=torch.float64)
+    a /= a.sum()
+    candidates = torch.tensor([3, 0, 11])
+    torch.testing.assert_close(split.evaluate_steps(a, 0.3, candidates), whole.evaluate_steps(a, 0.3, candidates),
+                               rtol=1e-10, atol=1e-12)
+    act, grad = BatchSuffix(graph, unit, x).taylor_inputs(a * n)
+    expected = ops.taylor_scores(act, grad, a, 5).topk
+    assert split.taylor_candidates(a, 5).tolist() == expected.tolist() == whole.taylor_candidates(a, 5).tolist()
+    # per-step mode: the step methods see one batch at a time, cyclically
+    per_step = SuffixEvaluator(graph, unit, [x[:7], x[7:15], x[15:]], per_step=True)
+    for start, stop in ((7, 15), (15, 20), (0, 7)):
+        per_step.advance()
+        one = SuffixEvaluator(graph, unit, x[start:stop])
+        torch.testing.assert_close(per_step.evaluate_steps(a, 0.3, candidates), one.evaluate_steps(a, 0.3, candidates),
+                                   rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(per_step.evaluate(gates), whole.evaluate(gates), rtol=1e-10, atol=1e-12)
 
 
 def test_global_imitation_first_step_is_the_best_single_channel_and_loss_falls():

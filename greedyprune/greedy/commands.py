@@ -1,9 +1,9 @@
 """The `greedyprune prune`, `greedyprune demo` and `greedyprune rate-demo` subcommands."""
 from __future__ import annotations
 
-from .surgery import FOLDS
 from .config import METHODS, PruneConfig
 from .suffix import DISCREPANCIES
+from .surgery import FOLDS
 
 
 def register(subparsers) -> None:

@@ -5,8 +5,8 @@ import math
 from dataclasses import dataclass
 
 from ..checks import ArgumentError, arg_error, check_choice, check_int, check_real
-from .surgery import FOLDS
 from .suffix import DISCREPANCIES
+from .surgery import FOLDS
 
 METHODS = ("local", "global", "hybrid", "gfs")
 
@@ -23,7 +23,11 @@ class PruneConfig:
     positions_per_image: subsample this many positions per image for the Grams (None: all).
     exact_until / taylor_top: global imitation scores every candidate exactly while the unit has at
         most exact_until channels, then only the taylor_top best by Taylor score.
-    max_rows: candidates x images per suffix run (memory).
+    step_batch: global imitation and its Taylor scores draw a fresh mini-batch of this many
+        calibration images at every step (Algorithm 1, line 4; the paper uses 64); None: every
+        step scores on all calibration images (one fixed batch).
+    memory_budget: bytes for candidate chunks and cached prefixes (None: a quarter of the free
+        memory, at most 8 GiB).
     fold: where the kept channels' gates N a_i go (surgery.FOLDS); "none" removes the others
         plainly, which fine-tunes best (benchmarks/RESULTS.md, "Against Torch-Pruning").
     recalibrate_bn: re-estimate BatchNorm statistics on the calibration images after each unit,
@@ -37,7 +41,8 @@ class PruneConfig:
     positions_per_image: int | None = None
     exact_until: int = 25
     taylor_top: int = 5
-    max_rows: int = 4096
+    step_batch: int | None = 64
+    memory_budget: int | None = None
     fold: str = "none"
     recalibrate_bn: bool = True
 
@@ -51,8 +56,11 @@ class PruneConfig:
             check_real("width_ratio", self.width_ratio, low=0.0, high=1.0, low_open=True)
         check_choice("discrepancy", self.discrepancy, DISCREPANCIES)
         check_choice("fold", self.fold, FOLDS)
-        for name, low in (("exact_until", 0), ("taylor_top", 1), ("max_rows", 1)):
+        for name, low in (("exact_until", 0), ("taylor_top", 1)):
             check_int(name, getattr(self, name), minimum=low)
+        for name in ("step_batch", "memory_budget"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=1)
         if self.positions_per_image is not None:
             check_int("positions_per_image", self.positions_per_image, minimum=1)
         if not isinstance(self.recalibrate_bn, bool):

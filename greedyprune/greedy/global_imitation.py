@@ -12,9 +12,8 @@ import time
 
 import torch
 
-from .. import ops
+from .evaluator import SuffixEvaluator
 from .selection import Selection
-from .suffix import SuffixEvaluator
 
 
 def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float | None = None,
@@ -39,7 +38,7 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
         raise ValueError(f"greedyprune: argument 'max_steps' must be >= 1, got {max_steps}")
     timing = {"evaluate": 0.0, "taylor": 0.0}
     start = time.perf_counter()
-    device = evaluator.target.device
+    device = evaluator.device
     everyone = torch.arange(n, device=device)
 
     def evaluate(a, gamma, candidates):
@@ -49,6 +48,7 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
         return out
 
     # Step 0: the best single channel (gates N e_i).
+    evaluator.advance()
     losses = evaluate(torch.zeros(n, dtype=torch.float64, device=device), 1.0, everyone)
     best = int(torch.argmin(losses))
     counts = torch.zeros(n, dtype=torch.float64, device=device)
@@ -62,18 +62,12 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
             break
         a = counts / steps
         gamma = 1.0 / (steps + 1)
-        pool = everyone[counts == 0] if forced else everyone
+        evaluator.advance()
         if int((counts > 0).sum()) <= exact_until:
-            candidates = pool
+            candidates = everyone[counts == 0] if forced else everyone
         else:
-            t = time.perf_counter()
-            act, grad = evaluator.taylor_inputs((a * n).float())
-            scores = ops.taylor_scores(act, grad, a.float(), taylor_top)
-            if forced:  # the steepest channels among those not kept yet
-                gr = scores.gr.to(torch.float64).masked_fill(counts > 0, float("inf"))
-                candidates = torch.sort(gr, stable=True).indices[:min(taylor_top, pool.numel())]
-            else:
-                candidates = scores.topk
+            t = time.perf_counter()  # forced: the steepest channels among those not kept yet
+            candidates = evaluator.taylor_candidates(a, taylor_top, exclude=(counts > 0) if forced else None)
             timing["taylor"] += time.perf_counter() - t
         losses = evaluate(a, gamma, candidates)
         pick = int(torch.argmin(losses))
@@ -84,6 +78,10 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
         filled += forced
         if progress is not None:
             progress.update(1)
+    if evaluator.per_step:  # the path's losses are each on one mini-batch; report all of them
+        t = time.perf_counter()
+        loss = float(evaluator.evaluate(counts / steps * n)[0])
+        timing["evaluate"] += time.perf_counter() - t
     timing["total"] = time.perf_counter() - start
     width = int((counts > 0).sum())
     stop = ("tol" if tol is not None and loss <= tol else "width" if width >= max_neurons and not filled

@@ -16,14 +16,15 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .surgery import Unit, UnitGraph
+from ..checks import arg_error
 from ..training import recalibrate_batchnorm
 from .config import PruneConfig
+from .evaluator import SuffixEvaluator, calibration_batches
 from .global_imitation import forward_selection, global_imitation
 from .gram import contribution_gram
 from .local import local_imitation
 from .selection import Selection, UnitResult
-from .suffix import SuffixEvaluator, discrepancy
+from .surgery import Unit, UnitGraph
 
 
 def choose(selections: list[Selection], tol: float | None) -> Selection:
@@ -35,15 +36,18 @@ def choose(selections: list[Selection], tol: float | None) -> Selection:
     return min(selections, key=lambda s: s.loss)
 
 
-def prune_model(model: nn.Module, calib_inputs: torch.Tensor, config: PruneConfig | None = None, *,
-                labels: torch.Tensor | None = None, gram_batches: Iterable[torch.Tensor] | None = None,
-                units: list[str] | None = None, progress: bool = True, **options) -> list[UnitResult]:
+def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, labels: torch.Tensor | None = None,
+                gram_batches: Iterable[torch.Tensor] | None = None, units: list[str] | None = None,
+                progress: bool = True, **options) -> list[UnitResult]:
     """Prune `model` in place; returns one UnitResult per unit (together: the plan).
 
     config: a PruneConfig, or its fields as keyword options (method, tol, width_ratio, fold, ...).
-    calib_inputs: the batch the network discrepancy is measured on (and the Gram's data unless
-    gram_batches is given, which also serve BN re-estimation). "gfs" scores with cross-entropy
-    on `labels`. units: only these (names as "producer->consumer"); default all.
+    calib: the calibration images the network discrepancy is measured on: a tensor (with
+    `labels` for "gfs", which scores cross-entropy on true labels) or an iterable of batches
+    (tensors or (inputs, labels) pairs, e.g. a DataLoader); with config.step_batch they are cut
+    into mini-batches of that size, one per global-imitation step. gram_batches: the inputs the
+    Grams and BN re-estimation stream (default: the calibration inputs).
+    units: only these (names as "producer->consumer"); default all.
     The channels are chosen with the gates N a_i in place (exact imitation); `config.fold` says
     where they end: with fold "none" and recalibrate_bn they are dropped right after each unit,
     so the next unit imitates the network as it will be exported.
@@ -52,12 +56,16 @@ def prune_model(model: nn.Module, calib_inputs: torch.Tensor, config: PruneConfi
         config = PruneConfig(**options)
     elif options:
         raise ValueError(f"greedyprune: give 'config' or keyword options, not both (got {sorted(options)})")
-    if config.method == "gfs" and labels is None:
-        raise ValueError("greedyprune: method 'gfs' needs argument 'labels' (it scores cross-entropy on true labels)")
-    gram_batches = [calib_inputs] if gram_batches is None else list(gram_batches)
+    batches = calibration_batches(calib, labels)
+    if config.method == "gfs" and any(y is None for _, y in batches):
+        raise arg_error("labels", "are needed by method 'gfs' (it scores cross-entropy on true labels)")
+    if config.step_batch is not None:
+        batches = [(x[i:i + config.step_batch], None if y is None else y[i:i + config.step_batch])
+                   for x, y in batches for i in range(0, x.shape[0], config.step_batch)]
+    gram_batches = [x for x, _ in batches] if gram_batches is None else list(gram_batches)
     was_training = model.training
     model.eval()
-    graph = UnitGraph(model, calib_inputs[:2])
+    graph = UnitGraph(model, batches[0][0][:2])
     if not graph.units:
         skipped = "; ".join(f"{', '.join(g.producers) or '?'}: {g.reason}" for g in graph.skipped)
         raise ValueError(f"greedyprune: {type(model).__name__} has no prunable unit (channel groups: {skipped})")
@@ -67,16 +75,15 @@ def prune_model(model: nn.Module, calib_inputs: torch.Tensor, config: PruneConfi
     try:
         for unit in bar:
             bar.set_postfix_str(unit.name)
-            result, evaluator = _prune_unit(graph, unit, calib_inputs, gram_batches, config, labels, progress)
+            result, evaluator = _prune_unit(graph, unit, batches, gram_batches, config, progress)
             results.append(result)
             bar.set_postfix_str(f"{unit.name}: {unit.channels}->{result.width}")
             if config.recalibrate_bn:
                 if config.fold == "none":
                     _drop_gates(graph, unit, result)
                 recalibrate_batchnorm(model, gram_batches)
-                with torch.no_grad():  # what the unit adds as exported (without gates, BN re-estimated)
-                    logits = model(calib_inputs).unsqueeze(0)
-                result.exported_loss = float(discrepancy(logits, evaluator.target, evaluator.kind, labels)[0])
+                # what the unit adds as exported (without gates, BN re-estimated)
+                result.exported_loss = evaluator.discrepancy_now()
         if config.fold == "none" and not config.recalibrate_bn:
             for unit, result in zip(todo, results):
                 _drop_gates(graph, unit, result)
@@ -90,14 +97,15 @@ def _drop_gates(graph: UnitGraph, unit: Unit, result: UnitResult) -> None:
     graph.rescale(unit, torch.arange(result.width), 1.0 / torch.tensor(result.scales, dtype=torch.float64))
 
 
-def _prune_unit(graph: UnitGraph, unit: Unit, calib_inputs, gram_batches, config: PruneConfig, labels,
+def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: PruneConfig,
                 progress: bool) -> tuple[UnitResult, SuffixEvaluator]:
     start = time.perf_counter()
     n = unit.channels
     method, tol = config.method, config.tol
     max_neurons, fill = config.max_neurons(n), config.fill
     kind = "ce" if method == "gfs" else config.discrepancy
-    evaluator = SuffixEvaluator(graph, unit, calib_inputs, kind=kind, labels=labels, max_rows=config.max_rows)
+    evaluator = SuffixEvaluator(graph, unit, batches, kind=kind, per_step=config.step_batch is not None,
+                                memory_budget=config.memory_budget)
     seconds = {"gram": 0.0, "select": 0.0, "evaluate": 0.0, "taylor": 0.0}
     selections = []
     if method in ("local", "hybrid"):

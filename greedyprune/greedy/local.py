@@ -7,8 +7,8 @@ import time
 import torch
 
 from .. import ops
+from .evaluator import SuffixEvaluator
 from .selection import Selection
-from .suffix import SuffixEvaluator
 
 
 def local_imitation(G: torch.Tensor, *, max_neurons: int, evaluator: SuffixEvaluator | None = None,

@@ -17,11 +17,11 @@ from ..data import load_dataset, make_loader
 from ..files import save_figure, write_json
 from ..measure import count_flops, count_params, measure_latency
 from ..models import load_model, save_model
-from .surgery import UnitGraph
 from ..training import evaluate, finetune, pretrained_model
 from .config import PruneConfig
 from .layerwise import prune_model
 from .plan import make_plan, save_plan
+from .surgery import UnitGraph
 
 
 def trained_model(model: str, data: str, *, epochs: int = 15, lr: float = 0.05, seed: int = 0,

@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 
 from ..files import write_json
-from .surgery import UnitGraph, check_fold
 from ..training import recalibrate_batchnorm
 from .config import PruneConfig
 from .layerwise import prune_model
 from .selection import UnitResult
+from .surgery import UnitGraph, check_fold
 
 PLAN_FORMAT = 1
 

@@ -13,10 +13,10 @@ from tqdm.auto import tqdm
 
 from ..files import save_figure, write_json
 from ..models.demo_nets import two_layer_net
+from .evaluator import SuffixEvaluator
 from .global_imitation import global_imitation
 from .gram import contribution_gram
 from .local import local_imitation
-from .suffix import SuffixEvaluator
 from .surgery import UnitGraph
 
 

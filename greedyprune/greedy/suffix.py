@@ -1,10 +1,11 @@
-"""Exact network-output discrepancy of many gate vectors on one unit, running only the
-part of the network after the unit (the prefix is computed once and cached).
+"""Exact network-output discrepancy of many gate vectors on one unit over one batch, running
+only the part of the network after the unit (the prefix is computed once and cached).
 
 The model is traced with torch.fx; the nodes that depend on the consumer's output form
 the suffix, and the values they read from the rest of the graph are cached for the
-calibration batch. K candidates run as one batch of K*B rows (candidate-major). Models
-that fx cannot trace fall back to full forwards with a gating hook (same results, slower).
+batch. K candidates run as one batch of K*B rows (candidate-major). Models that fx cannot
+trace fall back to full forwards with a gating hook (same results, slower).
+`evaluator.SuffixEvaluator` runs this over calibration batches.
 """
 from __future__ import annotations
 
@@ -37,11 +38,12 @@ def discrepancy(logits: torch.Tensor, target: torch.Tensor, kind: str, labels: t
     raise ValueError(f"greedyprune: argument 'discrepancy' must be one of {DISCREPANCIES}, got {kind!r}")
 
 
-class SuffixEvaluator:
-    """Discrepancy of the model with the unit's channels gated, against fixed target logits.
+class BatchSuffix:
+    """Discrepancy of the model with the unit's channels gated, against fixed target logits,
+    on one batch.
 
-    inputs: the calibration batch; target: the logits to imitate (default: the model's own
-    output now, ungated); max_rows bounds K*B per suffix run (memory).
+    inputs: the batch; target: the logits to imitate (default: the model's own output now,
+    ungated); max_rows bounds K*B per suffix run (memory).
     """
 
     def __init__(self, graph: UnitGraph, unit: Unit, inputs: torch.Tensor, *, kind: str = "kl",
@@ -66,6 +68,8 @@ class SuffixEvaluator:
                 self._suffix = _TracedSuffix(self.model, unit.consumer, inputs)
             except (fx.proxy.TraceError, NotImplementedError, TypeError, ValueError, RuntimeError):
                 self._suffix = None
+        # bytes one input row takes through the suffix (every value it creates), to size chunks
+        self.row_bytes = self._suffix.row_bytes if self._suffix is not None else _tensor_bytes(inputs) // self.batch * 4
         if target is None and self._suffix is not None:
             target = self._suffix.output  # the traced forward already ran the whole model
         if target is None:
@@ -79,6 +83,12 @@ class SuffixEvaluator:
         """Whether the fast path runs (torch.fx traced the model: only the layers after the unit
         run per candidate); False means full forwards with a gating hook."""
         return self._suffix is not None
+
+    @property
+    def cached_bytes(self) -> int:
+        """Memory this batch holds: the cached prefix values and per-channel contributions."""
+        held = self._suffix.cached_bytes if self._suffix is not None else _tensor_bytes(self.inputs)
+        return held + (_tensor_bytes(self._all_contributions) if self._all_contributions is not None else 0)
 
     def evaluate(self, gates: torch.Tensor) -> torch.Tensor:
         """Discrepancy for each row of gates [K, N] (or one gate vector [N] -> [1])."""
@@ -201,6 +211,10 @@ def _channel_contributions(consumer: nn.Module, hidden: torch.Tensor, channels: 
     return y.view(b, k, w.shape[0], *y.shape[2:]).transpose(0, 1)
 
 
+def _tensor_bytes(value) -> int:
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
+
+
 def _repeat_batch(x: torch.Tensor, k: int) -> torch.Tensor:
     return x if k == 1 else x.repeat(k, *([1] * (x.dim() - 1)))
 
@@ -225,18 +239,24 @@ class _TracedSuffix:
         needed.add(hidden_node)
         self.batch = inputs.shape[0]
         cache = {}
+        suffix_nodes = set(self.order)
+        created = [0]
 
         class Recorder(fx.Interpreter):
             def run_node(self, n):
                 value = super().run_node(n)
                 if n in needed:
                     cache[n] = value
+                if n in suffix_nodes:
+                    created[0] += _tensor_bytes(value)
                 return value
 
         with torch.no_grad():
             self.output = Recorder(gm).run(inputs)
         self.hidden = cache[hidden_node]
         self.cache = cache
+        self.row_bytes = max(1, created[0] // max(self.batch, 1))
+        self.cached_bytes = sum(_tensor_bytes(v) for n, v in cache.items() if n.op != "get_attr")
 
     def run(self, gated_hidden: torch.Tensor | None, k: int, consumer_output: torch.Tensor | None = None) -> torch.Tensor:
         """The logits from the gated consumer input (or straight from the consumer's output)."""

@@ -1,0 +1,196 @@
+"""The network discrepancy of gated units over calibration batches, within a memory budget.
+
+Every quantity global imitation needs is a sum over images: the discrepancy of each candidate,
+the Taylor scores. `SuffixEvaluator` accumulates them batch by batch (`suffix.BatchSuffix` does
+one batch), so memory does not grow with the number of calibration images:
+- candidates x images run in chunks that fit half of `memory_budget`;
+- each batch's cached prefix is kept while the caches fit the other half, else recomputed;
+- with `per_step=True` (Algorithm 1, line 4 of seed 000) each greedy step draws the next
+  mini-batch (`advance`), so a step costs one batch whatever the calibration set's size.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+
+from .. import ops
+from ..checks import arg_error
+from .suffix import DISCREPANCIES, BatchSuffix, discrepancy
+from .surgery import Unit, UnitGraph
+
+_DEFAULT_BUDGET_CAP = 8 * 2 ** 30
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """A quarter of the free memory of `device` (at most 8 GiB): what candidate chunks and
+    prefix caches may take."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = _available_host_memory()
+    return int(min(free // 4, _DEFAULT_BUDGET_CAP))
+
+
+def _available_host_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def calibration_batches(data, labels: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(inputs, labels or None) batches from a tensor (one batch, with `labels`), or an iterable
+    of input tensors or (inputs, labels, ...) batches (e.g. a DataLoader)."""
+    if isinstance(data, torch.Tensor):
+        if data.dim() == 0 or data.shape[0] == 0:
+            raise arg_error("calib", f"must hold at least one sample, got shape {tuple(data.shape)}")
+        if labels is not None and labels.shape[0] != data.shape[0]:
+            raise arg_error("labels", f"must have one label per sample ({data.shape[0]}), got {labels.shape[0]}")
+        return [(data, labels)]
+    if labels is not None:
+        raise arg_error("labels", "goes with a tensor of inputs; batches carry their own labels")
+    if not isinstance(data, Iterable):
+        raise arg_error("calib", f"must be a tensor or an iterable of batches, got {type(data).__name__}")
+    batches = []
+    for batch in data:
+        if isinstance(batch, torch.Tensor):
+            batches.append((batch, None))
+        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+            y = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
+            batches.append((batch[0], y))
+        else:
+            raise arg_error("calib", f"must yield tensors or (inputs, labels) batches, got {type(batch).__name__}")
+    if not batches:
+        raise arg_error("calib", "yielded no batch")
+    return batches
+
+
+class SuffixEvaluator:
+    """Discrepancy of the model with the unit's channels gated, against the model's own output
+    before the gates (or `target`), averaged over the images of every calibration batch.
+
+    data: a tensor (one batch) or an iterable of batches (see `calibration_batches`); labels:
+    with a tensor, for kind "ce"; target: with a tensor, the logits to imitate. per_step: the
+    step methods (`evaluate_steps`, `taylor_candidates`) use the current batch only; `advance`
+    moves to the next one (cyclically). `evaluate` always covers every batch.
+    memory_budget: bytes for candidate chunks and cached prefixes (default: a quarter of the
+    free memory); max_rows caps K*B per suffix run.
+    """
+
+    def __init__(self, graph: UnitGraph, unit: Unit, data, *, kind: str = "kl", labels: torch.Tensor | None = None,
+                 target: torch.Tensor | None = None, per_step: bool = False, memory_budget: int | None = None,
+                 max_rows: int | None = None, use_fx: bool = True):
+        if kind not in DISCREPANCIES:
+            raise arg_error("discrepancy", f"must be one of {DISCREPANCIES}, got {kind!r}")
+        if max_rows is not None and max_rows < 1:
+            raise arg_error("max_rows", f"must be >= 1, got {max_rows}")
+        self.batches = calibration_batches(data, labels)
+        if target is not None and len(self.batches) != 1:
+            raise arg_error("target", "goes with a tensor of inputs (one batch)")
+        if kind == "ce" and any(y is None for _, y in self.batches):
+            raise arg_error("labels", "are needed for discrepancy 'ce' (cross-entropy on true labels)")
+        self.graph, self.unit, self.kind = graph, unit, kind
+        self.channels = unit.channels
+        self.per_step = per_step
+        self.use_fx = use_fx
+        self.max_rows = max_rows
+        weight = graph.module(unit.consumer).weight
+        self.device = weight.device
+        self.memory_budget = default_memory_budget(self.device) if memory_budget is None else int(memory_budget)
+        if self.memory_budget < 1:
+            raise arg_error("memory_budget", f"must be >= 1 byte, got {memory_budget}")
+        self._target = target
+        self._targets: dict[int, torch.Tensor] = {}  # logits before the gates, per batch (small)
+        self._engines: dict[int, BatchSuffix] = {}
+        self.current = 0
+        self.images = sum(x.shape[0] for x, _ in self.batches)
+
+    # ------------------------------------------------------------------ batches
+
+    def advance(self) -> None:
+        """Per-step mode: the next batch becomes the step batch (cyclically)."""
+        if self.per_step and len(self.batches) > 1:
+            self._engines.pop(self.current, None)
+            self.current = (self.current + 1) % len(self.batches)
+
+    def _step_indices(self) -> list[int]:
+        return [self.current] if self.per_step else list(range(len(self.batches)))
+
+    def _engine(self, index: int) -> BatchSuffix:
+        engine = self._engines.get(index)
+        if engine is None:
+            x, y = self.batches[index]
+            x = x.to(self.device, non_blocking=True)
+            y = None if y is None else y.to(self.device, non_blocking=True)
+            engine = BatchSuffix(self.graph, self.unit, x, kind=self.kind, labels=y,
+                                 target=self._targets.get(index, self._target), max_rows=1, use_fx=self.use_fx)
+            self._targets.setdefault(index, engine.target)
+            rows = max(1, (self.memory_budget // 2) // engine.row_bytes)
+            engine.max_rows = min(rows, self.max_rows) if self.max_rows is not None else rows
+            held = sum(e.cached_bytes for e in self._engines.values())
+            if held + engine.cached_bytes <= self.memory_budget // 2 or not self._engines:
+                self._engines[index] = engine
+            elif self.per_step:
+                self._engines = {index: engine}
+        return engine
+
+    def _mean(self, indices: list[int], per_batch) -> torch.Tensor:
+        """The image-weighted mean of per_batch(engine) [K] over the batches `indices`."""
+        total, images = None, 0
+        for i in indices:
+            engine = self._engine(i)
+            value = per_batch(engine).to(torch.float64) * engine.batch
+            total = value if total is None else total + value
+            images += engine.batch
+        return total / images
+
+    # --------------------------------------------------------------- discrepancy
+
+    @property
+    def traced(self) -> bool:
+        """Whether only the layers after the unit run per candidate (torch.fx traced the model)."""
+        return self._engine(self.current).traced
+
+    def evaluate(self, gates: torch.Tensor) -> torch.Tensor:
+        """Discrepancy [K] of each row of gates [K, N] (or [N] -> [1]) over every batch."""
+        return self._mean(list(range(len(self.batches))), lambda e: e.evaluate(gates))
+
+    def evaluate_steps(self, a: torch.Tensor, gamma: float, candidates: torch.Tensor) -> torch.Tensor:
+        """Discrepancy of the fixed-step moves N((1 - gamma) a + gamma e_i), i in candidates,
+        over the step batches."""
+        return self._mean(self._step_indices(), lambda e: e.evaluate_steps(a, gamma, candidates))
+
+    def taylor_candidates(self, a: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """The k channels with the most negative Taylor score gr at gates N a over the step batches
+        (ties: lowest index), leaving out `exclude` (bool [N]). r sums over batches, so gr does."""
+        a32 = a.to(self.device, torch.float32)
+        r = None
+        for i in self._step_indices():
+            act, grad = self._engine(i).taylor_inputs(a32 * self.channels)
+            part = ops.taylor_scores(act, grad, a32.to(act.dtype), 0).r.to(torch.float64)
+            r = part if r is None else r + part
+        gr = r - (a.to(r) * r).sum()
+        if exclude is not None:
+            gr = gr.masked_fill(exclude.to(gr.device), float("inf"))
+            k = min(k, int((~exclude).sum()))
+        return torch.sort(gr, stable=True).indices[:k]
+
+    def discrepancy_now(self) -> float:
+        """The discrepancy of the model as it is now (no gates) from the logits recorded before
+        the unit was touched, over every batch visited so far."""
+        model = self.graph.model
+        total, images = 0.0, 0
+        with torch.no_grad():
+            for i, target in self._targets.items():
+                x, y = self.batches[i]
+                logits = model(x.to(self.device)).unsqueeze(0)
+                y = None if y is None else y.to(self.device)
+                total += float(discrepancy(logits, target, self.kind, y)[0]) * x.shape[0]
+                images += x.shape[0]
+        return total / images
