@@ -16,7 +16,7 @@ def local_imitation(G: torch.Tensor, *, max_neurons: int, evaluator: SuffixEvalu
     """Prune with local imitation.
 
     Without `tol`: the greedy path up to `max_neurons` channels (or until no step improves, or
-    max_steps steps: default 4 * max_neurons, 16 * max_neurons with fill). fill: max_neurons is a
+    max_steps steps: the op's default, 64 * max_neurons). fill: max_neurons is a
     width to reach: a path that ends short of it is completed by forced steps that each add the
     unused channel with the lowest local loss at step max(its optimal gamma, 1/(k+1)).
     With `tol` and an evaluator: the fewest channels along the path whose network discrepancy
@@ -32,9 +32,6 @@ def local_imitation(G: torch.Tensor, *, max_neurons: int, evaluator: SuffixEvalu
     start = time.perf_counter()
     timing = {"select": 0.0, "evaluate": 0.0}
 
-    if max_steps is None:
-        max_steps = (16 if fill else 4) * max_neurons
-
     def path(width: int):
         t = time.perf_counter()
         p = ops.greedy_local(G, max_neurons=width, max_steps=max_steps)
@@ -48,9 +45,8 @@ def local_imitation(G: torch.Tensor, *, max_neurons: int, evaluator: SuffixEvalu
         return loss
 
     best = path(max_neurons)
-    steps = int(best.order.numel())
     width = int((best.a > 0).sum())
-    stop = "width" if width >= max_neurons else "step cap" if steps >= max_steps else "no improvement"
+    stop = "width" if width >= max_neurons else "step cap" if best.capped else "no improvement"
     filled = 0
     if fill and width < max_neurons and tol is None:
         t = time.perf_counter()
