@@ -344,7 +344,7 @@ def test_pipeline_writes_report_plan_and_model(tmp_path, monkeypatch):
     monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
     report = run_pruning(model="mlp", data="digits", out_dir=tmp_path / "out", method="hybrid", tol=0.05,
                          calib_samples=128, gram_samples=256, train_epochs=3, progress=False)
-    for name in ("report.json", "report.png", "plan.json", "pruned.pt"):
+    for name in ("report.json", "report.png", "plan.json", "pruned.pt", "pruned.pt2"):
         assert (tmp_path / "out" / name).is_file()
     assert report["before"]["accuracy"] > 0.85
     assert report["after_prune"]["params"] < report["before"]["params"]

@@ -154,7 +154,7 @@ def test_save_load_round_trip_of_a_pruned_model(tmp_path):
     assert loaded.layer1[0].conv1.out_channels == 13
     with torch.no_grad():
         assert torch.equal(loaded(inputs), model(inputs))
-    assert torch.load(path, weights_only=False)["format"] == 1
+    assert torch.load(path, weights_only=True)["format"] == 2  # data only: plain PyTorch reads it
 
 
 def test_load_model_rejects_files_it_did_not_write(tmp_path):
@@ -195,3 +195,50 @@ def test_external_library_not_installed(library, model_name):
         pytest.skip(f"{library} is installed")
     with pytest.raises(ValueError, match=f"'name'.*{library} is not installed"):
         build_model(f"{library}:{model_name}")
+
+
+class _Payload:
+    """Unpickling this would run code (os.system) if the loader allowed it."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_loading_refuses_a_pickle_that_carries_code(tmp_path):
+    from greedyprune.models import read_state_dict
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 2, "payload": _Payload()}, path)
+    with pytest.raises(ValueError, match="could run code"):
+        load_model(path)
+    with pytest.raises(ValueError, match="could run code"):
+        read_state_dict(path)
+
+
+def test_state_dicts_load_from_checkpoints_with_prefixes_and_mismatches_are_named(tmp_path):
+    from greedyprune.models import load_weights_into, read_state_dict
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, in_channels=1, image_size=8)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 3, "model": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    state = read_state_dict(path)
+    assert set(state) == set(model.state_dict())
+    fresh = load_weights_into(build_model("mlp", num_classes=10, in_channels=1, image_size=8), path)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(ValueError, match=r"'weights'.*(missing|unexpected|shape)"):
+        load_weights_into(build_model("cnn", num_classes=10, in_channels=1, image_size=8), path)
+
+
+def test_a_pruned_model_exports_and_runs_without_greedyprune(tmp_path):
+    from greedyprune.models import export_program
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+    graph.get_pruning_group(model.layer2[1].conv1, tp.prune_conv_out_channels, idxs=list(range(9))).prune()
+    export_program(model, x, tmp_path / "pruned.pt2")
+    program = torch.export.load(tmp_path / "pruned.pt2").module()
+    torch.testing.assert_close(program(x), model(x))
+    save_model(model, tmp_path / "pruned.pt")
+    plain = torch.load(tmp_path / "pruned.pt", weights_only=True)["state_dict"]  # plain PyTorch reads the weights
+    assert plain["layer2.1.conv1.weight"].shape[0] == 32 - 9

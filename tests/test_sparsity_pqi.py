@@ -214,7 +214,9 @@ def run_pqi_command(argv):
     return args.func(args)
 
 
-def test_pqi_command_reads_saved_masks_and_writes_json(model, tmp_path, capsys):
+def test_pqi_command_reads_saved_masks_and_writes_json(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, in_channels=1, image_size=8)
     masks = random_masks(model)
     path = tmp_path / "model.pt"
     save_model(model, path, masks=masks)
@@ -243,9 +245,26 @@ def test_pqi_command_state_dict_with_arch_and_grid(tmp_path, capsys):
     assert len(data["pairs"]) == 109 and "layers" not in data
     expected = pqi_report(mlp, [(0.1, 2.0)]).pqi("global", 0.1, 2.0)
     assert data["global"]["pqi"]["0.1,2"] == pytest.approx(float(expected[0]))
-    with pytest.raises(ValueError, match="'model'"):
+    with pytest.raises(ValueError, match="does not fit CNN: missing: block1.conv.weight"):
         run_pqi_command(["pqi", str(path), "--arch", "cnn", "--in-channels", "1", "--image-size", "8"])
-    with pytest.raises(ValueError, match="'model'"):
+    with pytest.raises(ValueError, match="missing.pt' does not exist"):
         run_pqi_command(["pqi", str(tmp_path / "missing.pt")])
     with pytest.raises(ValueError, match="'--q'"):
         run_pqi_command(["pqi", str(path), "--p", "0.5", "0.6", "--q", "1"])
+
+
+def test_pqi_command_applies_torch_prune_masks(tmp_path, capsys):
+    from torch.nn.utils import prune
+    torch.manual_seed(0)
+    mlp = build_model("mlp", num_classes=10, in_channels=1, image_size=8)
+    prune.l1_unstructured(mlp.fc1, "weight", amount=0.9)
+    path = tmp_path / "masked.pt"
+    torch.save(mlp.state_dict(), path)
+    out = tmp_path / "pqi.json"
+    assert run_pqi_command(["pqi", str(path), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    names = [layer["name"] for layer in data["layers"]]
+    assert "fc1.weight" in names and not any(n.endswith("_mask") or n.endswith("_orig") for n in names)
+    assert data["masks_from_file"] is True
+    assert data["global"]["kept"] == sum(p.numel() for n, p in mlp.named_parameters() if p.dim() > 1 and "fc1" not in n) \
+        + int(mlp.fc1.weight_mask.sum())

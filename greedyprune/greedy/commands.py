@@ -77,7 +77,8 @@ def _prune_command(args) -> int:
                          exact_until=args.exact_until, taylor_top=args.taylor_top, fold=args.fold,
                          recalibrate_bn=args.recalibrate_bn)
     print(format_report(report))
-    print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt")
+    print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt (load_model) "
+          f"and pruned.pt2 (torch.export.load(path).module())")
     return 0
 
 

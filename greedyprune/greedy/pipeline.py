@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..data import load_dataset, make_loader
 from ..files import save_figure, write_json
 from ..measure import count_flops, count_params, measure_latency
-from ..models import load_model, save_model
+from ..models import export_program, load_model, save_model
 from ..training import evaluate, finetune, pretrained_model
 from .config import PruneConfig
 from .layerwise import prune_model
@@ -117,7 +117,12 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
         finetune(net, loader, epochs=finetune_epochs, progress=progress)
         report["after_finetune"] = _stats(net, test_loader, calib_x)
     save_plan(make_plan(results, model=model, data=data, method=config.method, fold=config.fold), out / "plan.json")
-    save_model(net, out / "pruned.pt", arch=model, data=data, method=config.method)
+    save_model(net, out / "pruned.pt", data=data, method=config.method)
+    try:  # a program plain PyTorch runs: torch.export.load(path).module()
+        export_program(net, calib_x[:1], out / "pruned.pt2")
+        report["program"] = "pruned.pt2"
+    except Exception as err:  # torch.export cannot take every model; the state dict file still works
+        report["program"] = f"not written: torch.export failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
     write_json(out / "report.json", report)
     plot_report(report, out / "report.png")
     return report

@@ -1,6 +1,6 @@
 """Model zoo: the PQ Index paper's MLP and CNN, CIFAR VGG and ResNets, ImageNet ResNets and
-MobileNetV2, plus models from torchvision/timm when installed; `save_model`/`load_model` for whole
-(possibly pruned) modules.
+MobileNetV2, plus models from torchvision/timm when installed; `save_model`/`load_model` for
+(possibly pruned) models as data (models/io.py).
 
 Every zoo model traces with torch.fx.symbolic_trace and builds a torch-pruning DependencyGraph;
 each hidden-channel Conv2d/Linear is followed by its own BN and activation modules (not in place).
@@ -12,7 +12,7 @@ from torch import nn
 from ..checks import ArgumentError, check_int
 
 from .cnn import CNN
-from .io import load_model, save_model
+from .io import export_program, load_model, load_weights, load_weights_into, read_state_dict, save_model
 from .mlp import MLP
 from .mobilenet_v2 import MobileNetV2
 from .resnet import IMAGENET_RESNETS, ResNet
@@ -49,12 +49,19 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image
     image_size = check_int("image_size", image_size, minimum=1)
     if not isinstance(name, str):
         raise ArgumentError(f"greedyprune: argument 'name' must be a str, got {type(name).__name__}")
+    model = _build(name, num_classes, in_channels, image_size)
+    # what save_model writes, so load_model can rebuild it (also after pruning changed its widths)
+    model.greedyprune_arch = dict(name=name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    return model
+
+
+def _build(name: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     library, separator, model_name = name.partition(":")
     if separator and library in EXTERNAL_LIBRARIES and model_name:
         return _build_external(library, model_name, num_classes, in_channels)
     if name not in MODEL_NAMES:
         raise ArgumentError(f"greedyprune: unknown argument 'name' {name!r}; expected one of {', '.join(MODEL_NAMES)}, "
-                         f"or 'torchvision:<name>' / 'timm:<name>'")
+                            f"or 'torchvision:<name>' / 'timm:<name>'")
     if name == "mlp":
         return MLP(num_classes, in_channels, image_size)
     if name == "cnn":
@@ -68,5 +75,6 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3, image
     return MobileNetV2(num_classes, in_channels)
 
 
-__all__ = ["build_model", "MODEL_NAMES", "save_model", "load_model",
+__all__ = ["build_model", "MODEL_NAMES", "save_model", "load_model", "read_state_dict", "load_weights", "load_weights_into",
+           "export_program",
            "MLP", "CNN", "VGG", "CifarResNet", "ResNet", "MobileNetV2"]

@@ -1,36 +1,197 @@
-"""Save and load whole models (pruned ones have changed shapes, so the module itself is pickled)."""
+"""Save and load models as data: a state dict plus a plain description of the architecture,
+never a pickled module, so loading a file cannot run code (torch.load(weights_only=True)).
+
+A file written by `save_model` holds {"format": 2, "arch": {"name", "num_classes",
+"in_channels", "image_size"}, "state_dict", "meta"}. `load_model` builds the zoo model of that
+description, resizes every Conv/Linear/norm layer to the shapes in the state dict (pruned
+models have fewer channels) and loads it; torch.nn.utils.prune masks (weight_orig/weight_mask)
+are re-attached. Without greedyprune, plain PyTorch reads the same file with
+`torch.load(path, weights_only=True)["state_dict"]`; `export_program` writes a torch.export
+program that `torch.export.load(path).module()` runs without any greedyprune code.
+"""
+from __future__ import annotations
+
 import os
 import pickle
+import zipfile
+from collections.abc import Mapping
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
-FILE_FORMAT = 1
+from ..checks import arg_error, check_module
+from ..files import replace_atomically, torch_save_atomically
+
+FILE_FORMAT = 2
+ARCH_KEYS = ("name", "num_classes", "in_channels", "image_size")
+STATE_DICT_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "net", "module")
 
 
-def save_model(model: nn.Module, path, **meta) -> None:
-    """torch.save `{"model": model, "meta": meta, "format": 1}` to `path`."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"save_model: argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
-    torch.save({"model": model, "meta": meta, "format": FILE_FORMAT}, path)
+def save_model(model: nn.Module, path, *, arch: Mapping | None = None, **meta) -> None:
+    """Write `model` (its state dict) and its architecture to `path`, atomically.
+
+    arch: the build_model description; default: the one build_model attached to the model.
+    meta: plain data and tensors (e.g. masks) stored beside it."""
+    check_module(model)
+    arch = dict(arch) if arch is not None else getattr(model, "greedyprune_arch", None)
+    if not isinstance(arch, dict) or set(arch) != set(ARCH_KEYS):
+        raise arg_error("arch", f"must describe the model as build_model does ({', '.join(ARCH_KEYS)}); "
+                                "models not built by build_model can be saved with torch.save(model.state_dict())")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch_save_atomically({"format": FILE_FORMAT, "arch": arch, "state_dict": state, "meta": meta}, path)
 
 
-def load_model(path):
-    """Return `(model, meta)` from a file written by `save_model`.
+def load_model(path, *, map_location=None):
+    """`(model, meta)` from a file written by `save_model` (eval mode). ValueError naming 'path'
+    when it is not such a file, cannot be read, or holds code."""
+    content = _read(path)
+    if not (isinstance(content, dict) and content.get("format") == FILE_FORMAT and isinstance(content.get("arch"), dict)
+            and isinstance(content.get("state_dict"), Mapping)):
+        raise arg_error("path", f"{str(path)!r} is not a file written by save_model (format {FILE_FORMAT}); "
+                                "state dicts load with --weights and --arch")
+    from . import build_model
 
-    Unpickles with `weights_only=False`, so load only files you trust. Tensors saved on a GPU are
-    mapped to the CPU when CUDA is not available. Raises ValueError naming 'path' when it is not such a file.
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"load_model: argument 'path' ({path!r}) is not an existing file")
-    map_location = None if torch.cuda.is_available() else "cpu"
+    arch = content["arch"]
+    model = build_model(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
+                        image_size=arch["image_size"])
+    load_state_dict_resized(model, content["state_dict"], source=str(path))
+    if map_location is not None:
+        model.to(map_location)
+    return model.eval(), dict(content.get("meta") or {})
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """The weights in `path`: a save_model file, a plain state dict, or a checkpoint holding one
+    under a usual key (state_dict, model, ...); `module.` prefixes (DDP) are stripped."""
+    return _state_dict_of(_read(path), path)
+
+
+def _state_dict_of(content, path) -> dict[str, torch.Tensor]:
+    if isinstance(content, Mapping) and content.get("format") == FILE_FORMAT and "state_dict" in content:
+        content = content["state_dict"]
+    elif isinstance(content, Mapping) and not _is_state_dict(content):
+        inner = next((content[k] for k in STATE_DICT_KEYS if _is_state_dict(content.get(k))), None)
+        if inner is None:
+            raise arg_error("weights", f"{str(path)!r} holds no state dict (keys: {sorted(map(str, content))[:6]})")
+        content = inner
+    if not _is_state_dict(content):
+        raise arg_error("weights", f"{str(path)!r} holds no state dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in content.items()}
+
+
+def load_weights(path, arch: str | None = None, **build_kw):
+    """`(weights, masks or None)` to measure: the model of a save_model file (its masks from the
+    meta), or a state dict (loaded into build_model(arch, **build_kw) when arch is given).
+    torch.nn.utils.prune entries become the effective weight (weight_orig * weight_mask) with the
+    mask as its mask."""
+    content = _read(path)
+    if isinstance(content, Mapping) and content.get("format") == FILE_FORMAT and "arch" in content:
+        model, meta = load_model(path)
+        return model, meta.get("masks")
+    state = _state_dict_of(content, path)
+    masks = {}
+    for key in [k for k in state if k.endswith("_orig")]:
+        base = key[:-len("_orig")]
+        if f"{base}_mask" in state:
+            mask = state.pop(f"{base}_mask").bool()
+            state[base] = state.pop(key) * mask
+            masks[base] = mask
+    if arch is None:
+        return state, masks or None
+    from . import build_model
+
+    model = build_model(arch, **build_kw)
+    _load_checked(model, state, path)
+    return model, masks or None
+
+
+def load_weights_into(model: nn.Module, path) -> nn.Module:
+    """Load the state dict in `path` into `model` (same architecture); missing or unexpected keys
+    and shape mismatches are one error naming a few of them."""
+    _load_checked(model, read_state_dict(path), path)
+    return model
+
+
+def _load_checked(model: nn.Module, state: Mapping[str, torch.Tensor], path) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''} ({len(items)})"
+                 for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if items]
+        raise arg_error("weights", f"{str(path)!r} does not fit {type(model).__name__}: {'; '.join(parts)}")
+    model.load_state_dict(state)
+
+
+def load_state_dict_resized(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "state dict") -> None:
+    """Resize model's layers to the state dict's shapes (pruned channels), re-attach
+    torch.nn.utils.prune masks, then load it strictly."""
+    for name, module in list(model.named_modules()):
+        prefix = f"{name}." if name else ""
+        if f"{prefix}weight_orig" in state and f"{prefix}weight_mask" in state:
+            resized = _resized(module, state[f"{prefix}weight_orig"].shape, state, prefix)
+            if resized is not module:
+                _set_submodule(model, name, resized)
+            prune.custom_from_mask(resized, "weight", torch.ones_like(state[f"{prefix}weight_mask"], dtype=torch.bool))
+        elif f"{prefix}weight" in state and getattr(module, "weight", None) is not None:
+            if tuple(module.weight.shape) != tuple(state[f"{prefix}weight"].shape):
+                _set_submodule(model, name, _resized(module, state[f"{prefix}weight"].shape, state, prefix))
     try:
-        content = torch.load(path, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:
-        raise ValueError(f"load_model: argument 'path' ({path!r}) is not a file written by "
-                         f"save_model ({type(error).__name__}: {error})") from error
-    if not (isinstance(content, dict) and content.get("format") == FILE_FORMAT
-            and isinstance(content.get("model"), nn.Module) and isinstance(content.get("meta"), dict)):
-        raise ValueError(f"load_model: argument 'path' ({path!r}) is not a file written by save_model "
-                         f"(expected a dict with 'model', 'meta' and 'format': {FILE_FORMAT})")
-    return content["model"], content["meta"]
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise arg_error("path", f"{source} does not fit the architecture it names: {str(err).splitlines()[0]}") from None
+    for module in model.modules():  # the masked weight from the loaded weight_orig and weight_mask
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                setattr(module, hook._tensor_name, hook.apply_mask(module))
+
+
+def export_program(model: nn.Module, example_input: torch.Tensor, path) -> None:
+    """torch.export the model (eval mode) and save the program to `path`, atomically; plain
+    PyTorch runs it with `torch.export.load(path).module()(x)`."""
+    program = torch.export.export(model.eval(), (example_input,))
+    replace_atomically(path, lambda f: torch.export.save(program, f))
+
+
+def _read(path):
+    if not os.path.isfile(path):
+        raise arg_error("path", f"{str(path)!r} does not exist or is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise arg_error("path", f"{str(path)!r} holds more than tensors and plain data (refused, it could run code: "
+                                f"{str(err).splitlines()[0][:160]})") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError) as err:
+        raise arg_error("path", f"{str(path)!r} is not a readable torch file (truncated or of another kind: "
+                                f"{type(err).__name__})") from None
+
+
+def _is_state_dict(value) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def _resized(module: nn.Module, weight_shape, state, prefix: str) -> nn.Module:
+    """A fresh module of module's kind with the weight shape `weight_shape`."""
+    has_bias = f"{prefix}bias" in state
+    if isinstance(module, nn.Conv2d):
+        out_ch, in_per_group = weight_shape[0], weight_shape[1]
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        groups = out_ch if depthwise else module.groups
+        return nn.Conv2d(in_per_group * groups, out_ch, module.kernel_size, module.stride, module.padding,
+                         module.dilation, groups, has_bias, module.padding_mode)
+    if isinstance(module, nn.Linear):
+        return nn.Linear(weight_shape[1], weight_shape[0], bias=has_bias)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return type(module)(weight_shape[0], module.eps, module.momentum, module.affine, module.track_running_stats)
+    if isinstance(module, nn.LayerNorm):
+        return nn.LayerNorm(tuple(weight_shape), module.eps, module.elementwise_affine, bias=has_bias)
+    raise arg_error("path", f"cannot resize layer {prefix[:-1]!r} ({type(module).__name__}) to {tuple(weight_shape)}")
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)

@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Mapping
 from pathlib import Path
-
-import torch
 
 from ..data import load_dataset
 from ..files import write_json
-from ..models import build_model, load_model
-from .pqi import PAPER_PAIR, format_grid, format_table, grid_pairs, pqi_report
+from ..models import load_weights
 from ..training import seeded_model
+from .pqi import PAPER_PAIR, format_grid, format_table, grid_pairs, pqi_report
 from .report import results_table
 from .sap import METHODS, SAPConfig, run_sap
 from .weights import SCOPES
@@ -52,7 +48,8 @@ def register(subparsers) -> None:
         "pqi", help="PQ Index (and Gini index) table of a saved model",
         description="PQ Index per neuron, layer and globally of every weight with dim > 1 (masks saved with the "
                     "model are respected).")
-    pqi.add_argument("model", help="a file written by save_model, or a state_dict file")
+    pqi.add_argument("model", help="a file written by save_model, a state_dict file or a checkpoint holding one "
+                     "(torch.nn.utils.prune masks are applied)")
     pqi.add_argument("--arch", help="with a state_dict file: build_model name to load it into (checks the file)")
     pqi.add_argument("--num-classes", type=int, default=10, help="for --arch (default 10)")
     pqi.add_argument("--in-channels", type=int, default=3, help="for --arch (default 3)")
@@ -90,33 +87,6 @@ def _pairs(args: argparse.Namespace) -> list[tuple[float, float]]:
     if len(ps) != len(qs):
         raise ValueError(f"greedyprune: argument '--q' needs as many values as '--p' ({len(ps)}), got {len(qs)}")
     return list(zip(ps, qs))
-
-
-def load_weights(path: str, arch: str | None = None, **build_kw):
-    """(weights source, masks or None) from a save_model file or a state_dict file (loaded into
-    build_model(arch, **build_kw) when `arch` is given)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"greedyprune: argument 'model' ({path!r}) is not an existing file")
-    try:
-        model, meta = load_model(path)
-        return model, meta.get("masks")
-    except ValueError:
-        pass
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"greedyprune: argument 'model' ({path!r}) is neither a save_model file nor a state_dict "
-                         f"({type(err).__name__}: {err})") from None
-    if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"greedyprune: argument 'model' ({path!r}) holds no tensors by name (not a state_dict)")
-    if arch is None:
-        return state, None
-    model = build_model(arch, **build_kw)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"greedyprune: argument 'model' ({path!r}) does not load into --arch {arch}: {err}") from None
-    return model, None
 
 
 def pqi_command(args: argparse.Namespace) -> int:
