@@ -57,6 +57,23 @@ def check_module(model, name: str = "model") -> nn.Module:
     return model
 
 
+def check_device(name: str, value):
+    """A torch.device that exists here: 'cpu', 'cuda' or 'cuda:N' with CUDA available."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise arg_error(name, f"must be a device such as 'cpu' or 'cuda', got {value!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise arg_error(name, f"asks for {value!r}, but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise arg_error(name, f"asks for {value!r}, but there are {torch.cuda.device_count()} CUDA devices")
+    if device.type not in ("cpu", "cuda"):
+        raise arg_error(name, f"must be 'cpu' or 'cuda[:N]', got {value!r}")
+    return device
+
+
 def check_callable(name: str, value):
     if not callable(value):
         raise arg_error(name, f"must be callable, got {type(value).__name__}")

@@ -1,4 +1,9 @@
-"""Command line: `greedyprune demo | prune | rate-demo | search | sap | pqi` (each with --help)."""
+"""Command line: `greedyprune demo | prune | rate-demo | search | sap | pqi` (each with --help).
+
+Every failure a user can cause or meet (bad arguments, unreadable or untrusted files, a full or
+read-only disk, Ctrl-C, a missing optional package) ends with one line on stderr and exit code 2;
+--debug shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +15,8 @@ from .sparsity import commands as sparsity_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="greedyprune", description=__doc__)
+    parser = argparse.ArgumentParser(prog="greedyprune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in (greedy_commands, popup_commands, sparsity_commands):
         module.register(subparsers)
@@ -21,9 +27,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as err:  # bad input: one clear line, no traceback
-        print(f"greedyprune {args.command}: {err}", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        if args.debug:
+            raise
+        detail = str(stop) or "what finished is kept; resume with --resume where the command offers it"
+        print(f"greedyprune {args.command}: stopped ({detail})", file=sys.stderr)
         return 2
+    except (ValueError, OSError, ImportError, FloatingPointError, RuntimeError) as err:
+        if args.debug:
+            raise
+        print(f"greedyprune {args.command}: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line: OSErrors name the file, others keep their first line."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"cannot write or read {err.filename!s}: {err.strerror or type(err).__name__}"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if isinstance(err, (ValueError, ImportError)) else f"{type(err).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -30,3 +30,20 @@ def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys):
 def test_unknown_subcommand_exits():
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_os_errors_and_bad_devices_are_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # the output folder would have to be inside a file
+    code = main(["rate-demo", "--widths", "1", "2", "--train-steps", "5", "--out", str(blocker / "out"),
+                 "--no-progress"])
+    captured = capsys.readouterr().err
+    assert code == 2 and captured.count("\n") == 1 and "Traceback" not in captured
+    code = main(["search", "--device", "tpu", "--out", str(tmp_path / "s"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'--device'" in err and err.count("\n") == 1
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="'name'"):
+        main(["--debug", "prune", "--model", "no-such-model", "--out", str(tmp_path / "o"), "--no-progress"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_device
 from ..data import load_dataset
 from ..models import load_model, save_model
 from ..training import pretrained_model
@@ -68,6 +69,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     if args.demo:
         run_demo(args.out, quick=args.quick, progress=not args.no_progress)
         return 0
+    args.device = check_device("--device", args.device)
     config = SearchConfig(sparsity=args.sparsity, schedule=args.schedule, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
                           eta=args.eta, seed=args.seed)

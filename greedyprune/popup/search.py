@@ -243,7 +243,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                              "step": step, "history": history, "epoch_totals": totals}, path)
 
     def stop() -> None:
-        where = f"; checkpoint in {path}, continue with resume=True" if path else ""
+        where = f"; checkpoint in {path}: resume with --resume (resume=True in Python)" if path else ""
         raise KeyboardInterrupt(f"search interrupted after step {step}/{total_steps}{where}")
 
     if not history:
