@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .checks import arg_error, check_int
+from .extras import require
 
 SPLITS = ("train", "test", "val")  # "val" is an alias of "test"
 
@@ -156,6 +157,7 @@ def _eval_folder(root: Path) -> Path | None:
 @lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[torch.Tensor, ...]:
     """Standardized digits as (x_train, y_train, x_test, y_test); computed once per process."""
+    require("sklearn", "scikit-learn", "the bundled digits data set")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

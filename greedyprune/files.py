@@ -55,3 +55,25 @@ def plain_json(value):
 def save_figure(fig, path, *, dpi: int = 120) -> None:
     """A matplotlib figure as PNG to `path`, atomically."""
     replace_atomically(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
+def prepare_output_dir(path, *, finished: str, resume: bool = False, overwrite: bool = False,
+                       argument: str = "--out") -> Path:
+    """Check, before any work, that `path` can hold a run's files: the folder is created if
+    missing and must be writable, and a folder holding a finished run (its `finished` file)
+    is refused unless resume (continue it) or overwrite (start again) is asked."""
+    from .checks import arg_error
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise arg_error(argument, f"{str(path)!r} exists and is not a folder")
+    if (path / finished).exists() and not (resume or overwrite):
+        raise arg_error(argument, f"{str(path)!r} holds a finished run ({finished}): pass --resume to continue it or "
+                                  "--overwrite to start again")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise arg_error(argument, f"{str(path)!r} is not a writable folder ({err.strerror or err})") from None
+    return path

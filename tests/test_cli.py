@@ -24,7 +24,7 @@ def test_bad_input_is_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
     code = main(["prune", "--model", "no-such-model", "--out", str(tmp_path / "o"), "--no-progress"])
     assert code == 2
-    assert "'name'" in capsys.readouterr().err
+    assert "'--model'" in capsys.readouterr().err
 
 
 def test_unknown_subcommand_exits():
@@ -45,5 +45,22 @@ def test_os_errors_and_bad_devices_are_one_line(tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(ValueError, match="'name'"):
+    with pytest.raises(ValueError, match="'--model'"):
         main(["--debug", "prune", "--model", "no-such-model", "--out", str(tmp_path / "o"), "--no-progress"])
+
+
+def test_arguments_and_the_output_folder_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
+    code = main(["prune", "--model", "mlp", "--width", "1.5", "--out", str(tmp_path / "a"), "--no-progress"])
+    assert code == 2 and "'width_ratio'" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "a").exists()  # nothing trained, no folder left
+    code = main(["prune", "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "b"), "--no-progress"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    code = main(["rate-demo", "--train-steps", "-5", "--out", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2 and "'train_steps'" in capsys.readouterr().err
+    finished = tmp_path / "done"
+    finished.mkdir()
+    (finished / "report.json").write_text("{}")
+    code = main(["prune", "--model", "mlp", "--width", "0.5", "--out", str(finished), "--no-progress"])
+    assert code == 2 and "holds a finished run" in capsys.readouterr().err
+    assert (finished / "report.json").read_text() == "{}"

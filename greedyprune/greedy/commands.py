@@ -1,6 +1,7 @@
 """The `greedyprune prune`, `greedyprune demo` and `greedyprune rate-demo` subcommands."""
 from __future__ import annotations
 
+from ..files import prepare_output_dir
 from .config import METHODS, PruneConfig
 from .suffix import DISCREPANCIES
 from .surgery import FOLDS
@@ -19,7 +20,7 @@ def register(subparsers) -> None:
         "demo", help="the main job: train (cached) the PQI paper's CNN on the bundled digits and prune it",
         description="Same as `prune` with the defaults (cnn on digits, hybrid, tol 0.02 nats per unit, "
                     "256 calibration samples, 3 fine-tuning epochs).")
-    _pruning_arguments(demo, default_out="greedyprune-out/demo", finetune_epochs=3, calib_samples=256)
+    _pruning_arguments(demo, default_out="greedyprune-out/demo", finetune_epochs=3, calib_samples=256, overwrite=True)
     demo.set_defaults(func=_prune_command)
 
     rate = subparsers.add_parser(
@@ -29,11 +30,13 @@ def register(subparsers) -> None:
     rate.add_argument("--train-steps", type=int, default=3000)
     rate.add_argument("--seed", type=int, default=0)
     rate.add_argument("--out", default="greedyprune-out/rate")
+    rate.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     rate.add_argument("--no-progress", action="store_true")
     rate.set_defaults(func=_rate_command)
 
 
-def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_samples: int = 512) -> None:
+def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_samples: int = 512,
+                       overwrite: bool = False) -> None:
     p.add_argument("--model", default="cnn", help="a zoo name (trained on --data and cached) or a save_model file")
     p.add_argument("--data", default="digits",
                    help="'digits' (bundled), a CIFAR-10 python-pickle folder, or an ImageFolder root (torchvision)")
@@ -60,6 +63,8 @@ def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_s
     p.add_argument("--train-epochs", type=int, default=15, help="epochs when a zoo model must be trained first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=default_out)
+    p.add_argument("--overwrite", action="store_true", default=overwrite,
+                   help="replace a finished run in --out" + (" (the demo always does)" if overwrite else ""))
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -75,7 +80,7 @@ def _prune_command(args) -> int:
                          progress=not args.no_progress, method=args.method, tol=tol, width_ratio=args.width,
                          discrepancy=args.discrepancy, positions_per_image=args.positions,
                          exact_until=args.exact_until, taylor_top=args.taylor_top, fold=args.fold,
-                         recalibrate_bn=args.recalibrate_bn)
+                         recalibrate_bn=args.recalibrate_bn, overwrite=args.overwrite)
     print(format_report(report))
     print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt (load_model) "
           f"and pruned.pt2 (torch.export.load(path).module())")
@@ -85,6 +90,7 @@ def _prune_command(args) -> int:
 def _rate_command(args) -> int:
     from .rate_demo import run_rate_demo
 
+    prepare_output_dir(args.out, finished="rate.json", overwrite=args.overwrite)
     results = run_rate_demo(args.out, widths=args.widths, train_steps=args.train_steps, seed=args.seed,
                             progress=not args.no_progress)
     print(f"{'n':>4}  {'local':>10}  {'global':>10}  {'scratch':>10}")

@@ -8,15 +8,15 @@ import math
 import os
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from ..data import load_dataset, make_loader
-from ..files import save_figure, write_json
+from ..checks import arg_error
+from ..files import prepare_output_dir, save_figure, write_json
 from ..measure import count_flops, count_params, measure_latency
-from ..models import export_program, load_model, save_model
+from ..models import EXTERNAL_LIBRARIES, MODEL_NAMES, export_program, load_model, save_model
 from ..training import evaluate, finetune, pretrained_model
 from .config import PruneConfig
 from .layerwise import prune_model
@@ -30,6 +30,17 @@ def trained_model(model: str, data: str, *, epochs: int = 15, lr: float = 0.05, 
     if os.path.isfile(model):
         return load_model(model)[0]
     return pretrained_model(model, data, epochs=epochs, lr=lr, seed=seed, progress=progress)
+
+
+def _check_model_source(model: str) -> None:
+    """A zoo or library name, or an existing save_model file (checked before any training)."""
+    if os.path.isfile(model):
+        return
+    if os.sep in model or model.endswith((".pt", ".pth")):
+        raise arg_error("--model", f"{model!r} does not exist (give a save_model file or a zoo name)")
+    if model not in MODEL_NAMES and model.partition(":")[0] not in EXTERNAL_LIBRARIES:
+        raise arg_error("--model", f"{model!r} is neither a file nor a model name ({', '.join(MODEL_NAMES)}, "
+                                   "torchvision:<name>, timm:<name>)")
 
 
 def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float, *, iterations: int = 12) -> float:
@@ -68,10 +79,12 @@ def _stats(model: nn.Module, test_loader, example: torch.Tensor) -> dict:
 def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: str = "digits",
                 out_dir: str | os.PathLike = "greedyprune-out", target_flops: float | None = None,
                 calib_samples: int = 512, gram_samples: int = 2048, finetune_epochs: int = 0, train_epochs: int = 15,
-                seed: int = 0, progress: bool = True, **options) -> dict:
+                seed: int = 0, overwrite: bool = False, progress: bool = True, **options) -> dict:
     """Prune `model` on `data` as `config` (or its fields as keyword options) says; returns the
     report (also written to out_dir). target_flops: the uniform width ratio whose model keeps
-    about that fraction of the FLOPs (bisection) replaces width_ratio."""
+    about that fraction of the FLOPs (bisection) replaces width_ratio. Every argument and the
+    output folder are checked before any work; a folder holding a finished run (report.json) is
+    refused unless overwrite."""
     for name, value in (("calib_samples", calib_samples), ("gram_samples", gram_samples)):
         if value < 1:
             raise ValueError(f"greedyprune: argument '{name}' must be >= 1, got {value}")
@@ -85,8 +98,8 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
         config = replace(config, width_ratio=1.0) if config is not None else PruneConfig(**options, width_ratio=1.0)
     elif config is None:
         config = PruneConfig(**options)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_model_source(model)
+    out = prepare_output_dir(out_dir, finished="report.json", overwrite=overwrite)
     net = trained_model(model, data, epochs=train_epochs, seed=seed, progress=progress).eval()
     train_set, test_set = load_dataset(data, "train"), load_dataset(data, "test")
     test_loader = make_loader(test_set, 256, shuffle=False)

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..checks import check_int
 from ..files import save_figure, write_json
 from ..models.demo_nets import two_layer_net
 from .evaluator import SuffixEvaluator
@@ -43,6 +44,7 @@ def run_rate_demo(out_dir: str | os.PathLike = "greedyprune-out/rate", *, widths
                   inputs: int = 10, samples: int = 2000, train_steps: int = 3000, eval_samples: int = 500,
                   seed: int = 0, progress: bool = True) -> dict:
     """Run the experiment; writes rate.json and rate.png to out_dir and returns the results."""
+    check_int("train_steps", train_steps, minimum=1)
     widths = sorted(set(int(w) for w in widths))
     if not widths or widths[0] < 1 or widths[-1] > 100:
         raise ValueError(f"greedyprune: argument 'widths' must lie in [1, 100], got {widths}")

@@ -31,13 +31,13 @@ STATE_DICT_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "ne
 def save_model(model: nn.Module, path, *, arch: Mapping | None = None, **meta) -> None:
     """Write `model` (its state dict) and its architecture to `path`, atomically.
 
-    arch: the build_model description; default: the one build_model attached to the model.
-    meta: plain data and tensors (e.g. masks) stored beside it."""
+    arch: the build_model description; default: the one build_model attached to the model. A
+    model build_model did not make is saved without one (arch None): `load_weights_into(model,
+    path)` loads it into a model of the same shapes. meta: plain data and tensors (e.g. masks)."""
     check_module(model)
     arch = dict(arch) if arch is not None else getattr(model, "greedyprune_arch", None)
-    if not isinstance(arch, dict) or set(arch) != set(ARCH_KEYS):
-        raise arg_error("arch", f"must describe the model as build_model does ({', '.join(ARCH_KEYS)}); "
-                                "models not built by build_model can be saved with torch.save(model.state_dict())")
+    if arch is not None and set(arch) != set(ARCH_KEYS):
+        raise arg_error("arch", f"must describe the model as build_model does ({', '.join(ARCH_KEYS)}), got {arch}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch_save_atomically({"format": FILE_FORMAT, "arch": arch, "state_dict": state, "meta": meta}, path)
 
@@ -46,10 +46,13 @@ def load_model(path, *, map_location=None):
     """`(model, meta)` from a file written by `save_model` (eval mode). ValueError naming 'path'
     when it is not such a file, cannot be read, or holds code."""
     content = _read(path)
-    if not (isinstance(content, dict) and content.get("format") == FILE_FORMAT and isinstance(content.get("arch"), dict)
+    if not (isinstance(content, dict) and content.get("format") == FILE_FORMAT
             and isinstance(content.get("state_dict"), Mapping)):
         raise arg_error("path", f"{str(path)!r} is not a file written by save_model (format {FILE_FORMAT}); "
                                 "state dicts load with --weights and --arch")
+    if not isinstance(content.get("arch"), dict):
+        raise arg_error("path", f"{str(path)!r} holds a model build_model did not make (no architecture): load it "
+                                "with load_weights_into(model, path)")
     from . import build_model
 
     arch = content["arch"]
@@ -86,7 +89,7 @@ def load_weights(path, arch: str | None = None, **build_kw):
     torch.nn.utils.prune entries become the effective weight (weight_orig * weight_mask) with the
     mask as its mask."""
     content = _read(path)
-    if isinstance(content, Mapping) and content.get("format") == FILE_FORMAT and "arch" in content:
+    if isinstance(content, Mapping) and content.get("format") == FILE_FORMAT and isinstance(content.get("arch"), dict):
         model, meta = load_model(path)
         return model, meta.get("masks")
     state = _state_dict_of(content, path)

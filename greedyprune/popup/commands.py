@@ -9,11 +9,12 @@ import torch
 
 from ..checks import check_device
 from ..data import load_dataset
+from ..files import prepare_output_dir
 from ..models import load_model, save_model
 from ..training import pretrained_model
 from .demo import run_demo
 from .masked import export, wrap
-from .report import write_search_report
+from .report import REPORT_NAME, write_search_report
 from .search import INIT_METHODS, SCHEDULES, SearchConfig, search
 
 PRETRAIN_LR = 0.05
@@ -45,6 +46,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("popup-search"),
                         help="folder for checkpoint.pt, report.json, curves.png (default: popup-search)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a finished run")
     parser.add_argument("--export", type=Path, help="save the pruned plain model (weight * mask baked in) here")
     parser.add_argument("--prune-masks", action="store_true",
                         help="with --export: also attach torch.nn.utils.prune masks (weight_orig, weight_mask)")
@@ -73,6 +75,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     config = SearchConfig(sparsity=args.sparsity, schedule=args.schedule, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
                           eta=args.eta, seed=args.seed)
+    prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")
     model = _pretrained_model(args)
     masked = wrap(model).to(args.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from ..extras import pyplot
 from ..files import save_figure, write_json
 from .masked import MaskedModel
 
@@ -35,10 +36,7 @@ def plot_curves(runs: dict[str, list[dict]], path, title: str | None = None) -> 
 
     runs: label -> a `search` history.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not runs:
         raise ValueError("plot_curves: argument 'runs' is empty")

@@ -5,12 +5,12 @@ import argparse
 from pathlib import Path
 
 from ..data import load_dataset
-from ..files import write_json
+from ..files import prepare_output_dir, write_json
 from ..models import load_weights
 from ..training import seeded_model
 from .pqi import PAPER_PAIR, format_grid, format_table, grid_pairs, pqi_report
 from .report import results_table
-from .sap import METHODS, SAPConfig, run_sap
+from .sap import METHODS, MODEL_FILE, SAPConfig, run_sap
 from .weights import SCOPES
 
 
@@ -41,6 +41,7 @@ def register(subparsers) -> None:
                      help="stop once the retrained model's global PQI_{p,q} rises (the paper's suggested extension)")
     sap.add_argument("--out", required=True, help="output folder")
     sap.add_argument("--resume", action="store_true", help="continue from --out's checkpoint.pt if there is one")
+    sap.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a finished run")
     sap.add_argument("--no-progress", action="store_true", help="no progress bars")
     sap.set_defaults(func=sap_command)
 
@@ -68,6 +69,7 @@ def sap_command(args: argparse.Namespace) -> int:
     config = SAPConfig(method=args.method, scope=args.scope, p=args.p, q=args.q, eta=args.eta, gamma=args.gamma,
                        beta=args.beta, ratio=args.ratio, iterations=args.iterations, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, stop_on_rising_pqi=args.stop_on_rising_pqi)
+    prepare_output_dir(args.out, finished=MODEL_FILE, resume=args.resume, overwrite=args.overwrite)
     model = seeded_model(args.model, args.data, config.seed)
     result = run_sap(model, load_dataset(args.data, "train"), load_dataset(args.data, "test"), config,
                      out_dir=args.out, resume=args.resume, progress=not args.no_progress)

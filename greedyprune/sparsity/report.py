@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from ..extras import pyplot
 from ..files import save_figure
 
 # (history key, y label, percent) of the paper's Figure 2 panels
@@ -31,10 +32,7 @@ def _series(history: Sequence[dict], key: str) -> list[float]:
 def plot_runs(runs: Mapping[str, Sequence[dict]], path, title: str = "") -> None:
     """PNG of the runs' histories: (a) retrained models: accuracy, percent of remaining weights, PQ Index
     (p=0.5, q=1), Gini Index; (b) pruned models: accuracy, accuracy and PQI differences (pruned - retrained)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not runs:
         raise ValueError("greedyprune: argument 'runs' must hold at least one run")
