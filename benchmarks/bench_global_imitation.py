@@ -1,25 +1,28 @@
-"""Global imitation on one unit: greedyprune's driver (prefix cached, candidates batched through
-the suffix, Taylor + top-5 after 25 channels) against a faithful plain-PyTorch re-implementation
-of the authors' candidate loop (every candidate scored by its own full forward pass), same model,
-data, step rule (gamma = 1/(k+1)) and width. Also the breakdown of a whole Algorithm-2 run.
+"""The "global_imitation" benchmark: global imitation on one unit, greedyprune's driver (prefix
+cached, candidates batched through the suffix; exactly, or Taylor + top-5 after a few channels)
+against a faithful plain-PyTorch re-implementation of the authors' candidate loop (every
+candidate scored by its own full forward pass): same model, data, step rule (gamma = 1/(k+1))
+and width.
 
-    python benchmarks/bench_global_imitation.py [--width 32] [--calib 256] [--json out.json]
+Quick sizes: a unit of 64 channels grown to 3, 16 samples.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import time
+from dataclasses import dataclass
 
 import torch
 
 from greedyprune.data import load_dataset, make_loader
 from greedyprune.greedy import SuffixEvaluator, global_imitation
 from greedyprune.greedy.suffix import discrepancy
-from greedyprune.models import build_model
 from greedyprune.greedy.surgery import UnitGraph
+from greedyprune.models import build_model
+from harness import Benchmark, Case
+
+KIND = "kl"
+# (unit of the digits CNN, width, calibration samples, exact_until), keyed by quick. Unit 2 is
+# block3.conv -> block4.conv (256 channels), unit 0 block1.conv -> block2.conv (64).
+SIZES = {False: (2, 8, 64, 4), True: (0, 3, 16, 2)}
 
 
 def authors_loop(graph: UnitGraph, unit, x: torch.Tensor, target: torch.Tensor, width: int, kind: str) -> torch.Tensor:
@@ -45,52 +48,74 @@ def authors_loop(graph: UnitGraph, unit, x: torch.Tensor, target: torch.Tensor, 
     return counts / steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--calib", type=int, default=256)
-    parser.add_argument("--unit", type=int, default=2, help="index of the unit of the digits CNN")
-    parser.add_argument("--exact-until", type=int, default=25, help="Taylor + top-5 once the unit has more channels")
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class UnitInputs:
+    graph: UnitGraph
+    unit: object
+    x: torch.Tensor
+    target: torch.Tensor
+    evaluator: SuffixEvaluator
+    width: int
+    exact_until: int
+    sizes: str
+
+
+def unit_inputs(quick: bool) -> UnitInputs:
+    unit_index, width, calib, exact_until = SIZES[quick]
     torch.manual_seed(0)
     model = build_model("cnn", num_classes=10, in_channels=1, image_size=8).eval()
-    x, _ = next(iter(make_loader(load_dataset("digits", "train"), args.calib, shuffle=True, seed=0)))
+    x, _ = next(iter(make_loader(load_dataset("digits", "train"), calib, shuffle=True, seed=0)))
     graph = UnitGraph(model, x[:2])
-    unit = graph.units[args.unit]
+    unit = graph.units[unit_index]
     with torch.no_grad():
         target = model(x)
-    rows = []
-
-    def timed(name, fn):
-        start = time.perf_counter()
-        out = fn()
-        rows.append({"provider": name, "seconds": time.perf_counter() - start})
-        print(f"{name:>32}: {rows[-1]['seconds']:.2f} s")
-        return out
-
-    ev = SuffixEvaluator(graph, unit, x, kind="kl", target=target)
-    exact = timed("greedyprune exact (cached+batched)",
-                  lambda: global_imitation(ev, max_neurons=args.width, exact_until=unit.channels))
-    timed(f"greedyprune taylor after {args.exact_until}",
-          lambda: global_imitation(ev, max_neurons=args.width, exact_until=args.exact_until))
-    a = timed("authors' loop (full forward each)", lambda: authors_loop(graph, unit, x, target, args.width, "kl"))
-    same = torch.equal((a > 0), (exact.a > 0))
-    base = rows[2]["seconds"]
-    result = {
-        "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
-        "model": "cnn (PQI paper) on digits 8x8", "unit": unit.name, "channels": unit.channels,
-        "width": args.width, "calib_samples": args.calib, "exact_until": args.exact_until, "rows": rows,
-        "speedup_exact": base / rows[0]["seconds"], "speedup_taylor": base / rows[1]["seconds"],
-        "same_channels_as_authors_loop": same,
-    }
-    print(f"speed-up vs the authors' loop: exact x{result['speedup_exact']:.1f}, "
-          f"Taylor x{result['speedup_taylor']:.1f}; same channels as the loop: {same}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    sizes = (f"the PQI paper's CNN on the 8x8 digits (random init), unit {unit.name} ({unit.channels} channels) "
+             f"grown to {width} channels with the fixed step 1/(k+1), {KIND.upper()} discrepancy over {calib} "
+             f"samples; greedyprune_taylor: Taylor scores + exact top-5 once the unit has > {exact_until} channels")
+    return UnitInputs(graph, unit, x, target, SuffixEvaluator(graph, unit, x, kind=KIND, target=target), width,
+                      exact_until, sizes)
 
 
-if __name__ == "__main__":
-    main()
+def _same_channels(x: UnitInputs, out: dict) -> dict:
+    # A fact, not an assertion: the loop breaks ties between equal losses its own way.
+    return {"exact_same_channels_as_authors_loop": bool(torch.equal(out["greedyprune_exact"].a > 0,
+                                                                    out["authors_loop"] > 0))}
+
+
+GLOBAL_IMITATION = Case(
+    name="global_imitation",
+    title="Global imitation of one unit vs the authors' candidate loop",
+    subject="greedyprune_exact",
+    make_inputs=unit_inputs,
+    providers={
+        "greedyprune_exact": lambda x: global_imitation(x.evaluator, max_neurons=x.width,
+                                                        exact_until=x.unit.channels),
+        "greedyprune_taylor": lambda x: global_imitation(x.evaluator, max_neurons=x.width,
+                                                         exact_until=x.exact_until),
+        "authors_loop": lambda x: authors_loop(x.graph, x.unit, x.x, x.target, x.width, KIND),
+    },
+    check=_same_channels,
+    calls={"greedyprune_exact": 1, "greedyprune_taylor": 1, "authors_loop": 1},
+)
+
+
+def notes(section: dict) -> list[str]:
+    record = section["cases"].get("global_imitation")
+    if record is None:
+        return []
+    ms = {name: p["quiet"]["median_ms"] for name, p in record["providers"].items()}
+    same = "keeps" if record["facts"]["exact_same_channels_as_authors_loop"] else "does NOT keep"
+    return [f"Speed-up over the authors' loop: exact {ms['authors_loop'] / ms['greedyprune_exact']:.0f}x, Taylor "
+            f"{ms['authors_loop'] / ms['greedyprune_taylor']:.0f}x. The exact driver {same} the same channels as the "
+            "authors' loop (checked in the run)."]
+
+
+BENCHMARK = Benchmark(
+    name="global_imitation",
+    title="Global imitation vs the authors' candidate loop",
+    about="greedyprune's global imitation (prefix cached; consumer output = base + per-channel contribution; the "
+          "rest batched over all candidates), every candidate exact or Taylor-screened, against the authors' "
+          "loop: one full forward of the network per candidate and step (plain PyTorch). Each timed with one call.",
+    cases=[GLOBAL_IMITATION],
+    notes=notes,
+)

@@ -1,30 +1,24 @@
-"""Time a full PQI report (neuron, layer and global scopes; the paper's 10 x 11 grid of (p, q)) over
-ResNet-50's weights against the PQI authors' way: a Python loop over torch.linalg.vector_norm per
-(p, q, scope) on float32, which overflows for small p. Same run, same weights, same pairs.
+"""The "pqi_report" benchmark: a full PQI report (neuron, layer and global scopes; the paper's
+10 x 11 grid of (p, q)) over ResNet-50's weights against the PQI authors' way: a Python loop
+over torch.linalg.vector_norm per (p, q, scope) on float32, which overflows for small p.
+Same run, same weights, same pairs; both are compared with float64 power sums.
 
-    python benchmarks/bench_pqi_report.py                  # prints the results
-    python benchmarks/bench_pqi_report.py --write-results  # ... and writes its section of benchmarks/RESULTS.md
-
-The section sits between two HTML comments in RESULTS.md's "Drivers" part (which
-`benchmarks/run.py --write-results` keeps) and is replaced on every write.
+Quick sizes: ResNet-20's weights, the grid's corners p in {0.1, 1} x q in {1, 2}.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import statistics
-import time
+from dataclasses import dataclass
 
 import torch
 
 from greedyprune.models import build_model
-from greedyprune.sparsity import SCOPES, grid_pairs, pqi_report, prunable_weights
-from results_section import RESULTS_MD, markers, write_section
-from run import machine
+from greedyprune.sparsity import PAPER_P, PAPER_Q, SCOPES, grid_pairs, pqi_report, prunable_weights
+from harness import Benchmark, Case
 
-BEGIN, END = markers("bench_pqi_report")
-REPEATS = 5  # timed calls of greedyprune's report (after one warm-up call)
+# greedyprune's report against float64 power sums; its log-sum accumulation is far inside this.
+MAX_ABS_ERROR = 1e-5
+# The (p, q) grid, keyed by quick: the paper's 10 x 11 sweep, or its corners.
+GRIDS = {False: (PAPER_P, PAPER_Q), True: ((0.1, 1.0), (1.0, 2.0))}
 
 
 def authors_pqi(x: torch.Tensor, dim: int, p: float, q: float) -> torch.Tensor:
@@ -60,109 +54,84 @@ def float64_pqi(weights: dict[str, torch.Tensor], pairs) -> dict[str, torch.Tens
     return out
 
 
-def timed(fn, repeats: int) -> tuple[list[float], object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return times, result
+@dataclass(frozen=True)
+class ReportInputs:
+    weights: dict[str, torch.Tensor]
+    pairs: list[tuple[float, float]]
+    sizes: str
 
 
-def measure() -> dict:
+def report_inputs(quick: bool) -> ReportInputs:
     torch.manual_seed(0)
-    model = build_model("resnet50", num_classes=1000)
-    weights = prunable_weights(model)
-    pairs = grid_pairs()
-    host = machine()
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    name, classes = ("resnet20", 10) if quick else ("resnet50", 1000)
+    weights = prunable_weights(build_model(name, num_classes=classes))
+    ps, qs = GRIDS[quick]
+    pairs = grid_pairs(ps, qs)
+    sizes = (f"`build_model(\"{name}\")` ({classes} classes, seed 0): {len(weights)} weights with dim > 1, "
+             f"{sum(w.numel() for w in weights.values()):,} float32 entries, "
+             f"{sum(w.shape[0] for w in weights.values()):,} output rows (neurons), no masks; PQI of every neuron, "
+             f"every layer and the whole model for the {len(pairs)} pairs (p < q) of "
+             f"p in {{{', '.join(map(str, ps))}}} x q in {{{', '.join(map(str, qs))}}}")
+    return ReportInputs(weights, pairs, sizes)
 
-    pqi_report(weights, pairs, gini=False)  # warm-up
-    ours_times, ours = timed(lambda: pqi_report(weights, pairs, gini=False), REPEATS)
-    gini_times, _ = timed(lambda: pqi_report(weights, pairs, gini=True), 2)
-    authors_times, authors = timed(lambda: authors_report(weights, pairs), 1)
-    host["load_average_at_end"] = os.getloadavg()[0]
 
-    exact = float64_pqi(weights, pairs)
+def _accuracy(x: ReportInputs, out: dict) -> dict:
+    """Where the authors' float32 norms overflow, and each side's largest error against float64."""
+    exact = float64_pqi(x.weights, x.pairs)
     overflow, error = {}, {}
     for scope in SCOPES:
-        theirs = authors[scope].double()
+        theirs = out["authors"][scope].double()
         bad = ~torch.isfinite(theirs)
         bad_pairs = bad.any(dim=0)
         overflow[scope] = {"values": int(bad.sum()), "of": bad.numel(), "pairs": int(bad_pairs.sum()),
-                           "p": sorted({pairs[j][0] for j in torch.nonzero(bad_pairs).flatten().tolist()})}
+                           "p": sorted({x.pairs[j][0] for j in torch.nonzero(bad_pairs).flatten().tolist()})}
         if scope in exact:
-            error[scope] = {"greedyprune": float((ours.stats(scope).pqi - exact[scope]).abs().max()),
-                            "authors_where_finite": float((theirs - exact[scope])[~bad].abs().max())}
-    return {
-        "date": started, "machine": host,
-        "sizes": {"weights": len(weights), "entries": sum(w.numel() for w in weights.values()),
-                  "neurons": sum(w.shape[0] for w in weights.values()), "pairs": len(pairs)},
-        "seconds": {"greedyprune": ours_times, "greedyprune_with_gini": gini_times, "authors": authors_times},
-        "authors_overflow": overflow, "max_abs_error_vs_float64": error,
-    }
+            ours = float((out["greedyprune"].stats(scope).pqi - exact[scope]).abs().max())
+            assert ours <= MAX_ABS_ERROR, f"greedyprune's {scope} PQI is {ours:.1e} off float64"
+            theirs_error = float((theirs - exact[scope])[~bad].abs().max())
+            error[scope] = {"greedyprune": ours, "authors_where_finite": theirs_error}
+    return {"pairs": len(x.pairs), "authors_overflow": overflow, "max_abs_error_vs_float64": error}
 
 
-def section(r: dict) -> str:
-    m, s, t = r["machine"], r["sizes"], r["seconds"]
-    ours = statistics.median(t["greedyprune"])
+PQI_REPORT = Case(
+    name="pqi_report",
+    title="PQI report vs the PQI authors' way",
+    subject="greedyprune",
+    make_inputs=report_inputs,
+    providers={
+        "greedyprune": lambda x: pqi_report(x.weights, x.pairs, gini=False),
+        "greedyprune_with_gini": lambda x: pqi_report(x.weights, x.pairs, gini=True),
+        "authors": lambda x: authors_report(x.weights, x.pairs),
+    },
+    check=_accuracy,
+    calls={"greedyprune": 5, "greedyprune_with_gini": 2, "authors": 1},
+)
 
-    def row(name: str, what: str, times: list[float]) -> str:
-        median = statistics.median(times)
-        return (f"| {name} | {what} | {median:.3f} | {min(times):.3f} | {len(times)} | {median / ours:.1f} |")
 
+def notes(section: dict) -> list[str]:
+    record = section["cases"].get("pqi_report")
+    if record is None:
+        return []
+    facts = record["facts"]
+    ms = {name: p["quiet"]["median_ms"] for name, p in record["providers"].items()}
     overflow = "; ".join(
-        f"{scope}: {o['values']:,} of {o['of']:,} values in {o['pairs']} of {s['pairs']} pairs"
+        f"{scope}: {o['values']:,} of {o['of']:,} values in {o['pairs']} of {facts['pairs']} pairs"
         + (f" (p = {', '.join(f'{p:g}' for p in o['p'])})" if o["p"] else "")
-        for scope, o in r["authors_overflow"].items())
+        for scope, o in facts["authors_overflow"].items())
     errors = "; ".join(f"{scope}: greedyprune {e['greedyprune']:.1e}, authors {e['authors_where_finite']:.1e}"
-                       for scope, e in r["max_abs_error_vs_float64"].items())
-    lines = [
-        BEGIN,
-        "### PQI report vs the PQI authors' way",
-        "",
-        f"Written by `python benchmarks/bench_pqi_report.py --write-results` (run started {r['date']}); "
-        "rerun it rather than edit this section.",
-        "",
-        f"- Machine: {m['cpu']}, {m['cores']} cores available; torch {m['torch']}, {m['threads']} threads; "
-        f"greedyprune backend: {m['greedyprune_backend']}",
-        f"- 1-minute load average at the start and end of the run: {m['load_average_at_start']:.2f}, "
-        f"{m['load_average_at_end']:.2f}",
-        f"- Weights: ResNet-50 (`build_model(\"resnet50\")`, 1000 classes, seed 0): {s['weights']} weights with "
-        f"dim > 1 (53 conv + fc), {s['entries']:,} float32 entries, {s['neurons']:,} output rows (neurons); no masks",
-        f"- Work: PQI of every neuron, every layer and the whole model for the {s['pairs']} pairs (p < q) of the "
-        "paper's grid p in 0.1..1.0 x q in 1.0..2.0",
-        "- greedyprune: `pqi_report(weights, grid_pairs(), gini=False)`: one `ops.pq_norms` call per weight (20 "
-        "powers, per neuron), layer/global sums by log-sum-exp; with Gini: `gini=True` (sorts every neuron, layer "
-        "and the whole)",
-        "- authors: for every (p, q) and scope, `torch.linalg.vector_norm` for ||w||_p and ||w||_q in float32 "
-        "(`authors_report` in this script)",
-        "",
-        "| provider | what | median s | min s | calls timed | x greedyprune time |",
-        "|---|---|---:|---:|---:|---:|",
-        row("greedyprune", "PQI report, 3 scopes x 109 pairs", t["greedyprune"]),
-        row("greedyprune + Gini", "the same and the Gini index of every segment", t["greedyprune_with_gini"]),
-        row("authors", "loop over vector_norm per (p, q, scope)", t["authors"]),
-        "",
-        f"The authors' way takes {statistics.median(t['authors']) / ours:.0f}x the time of greedyprune's report. "
-        f"Its float32 norms overflow (non-finite PQI): {overflow}. "
-        "Largest absolute PQI error against float64 power sums (Definition 1 evaluated directly; authors: where "
-        f"finite) over all pairs: {errors}.",
-        END,
-    ]
-    return "\n".join(lines) + "\n"
+                       for scope, e in facts["max_abs_error_vs_float64"].items())
+    return [f"The authors' way takes {ms['authors'] / ms['greedyprune']:.0f}x the time of greedyprune's report. "
+            f"Its float32 norms overflow (non-finite PQI): {overflow}. Largest absolute PQI error against float64 "
+            f"power sums (Definition 1 evaluated directly; authors: where finite) over all pairs: {errors}."]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write-results", action="store_true", help="write this benchmark's section of RESULTS.md")
-    args = parser.parse_args()
-    text = section(measure())
-    print(text)
-    if args.write_results:
-        write_section("bench_pqi_report", text)
-        print(f"wrote {RESULTS_MD}")
-
-
-if __name__ == "__main__":
-    main()
+BENCHMARK = Benchmark(
+    name="pqi_report",
+    title="PQI report vs the PQI authors' way",
+    about="greedyprune: `pqi_report(weights, grid_pairs(), gini=False)`, one `ops.pq_norms` call per weight (20 "
+          "powers, per neuron), layer/global sums by log-sum-exp; `greedyprune_with_gini`: `gini=True` (sorts every "
+          "neuron, layer and the whole). authors: for every (p, q) and scope, `torch.linalg.vector_norm` for "
+          "||w||_p and ||w||_q in float32 (`authors_report` in bench_pqi_report.py), timed with one call.",
+    cases=[PQI_REPORT],
+    notes=notes,
+)

@@ -39,10 +39,10 @@ from greedyprune.models import build_model
 from greedyprune.greedy.surgery import FOLDS, UnitGraph
 from greedyprune.training import evaluate, finetune, pretrained, recalibrate_batchnorm, train
 
-# How units are chosen one after another: "gated" = each unit sees the earlier ones with their
-# gates folded and the original BN statistics; "recal-gated" / "recal-plain" = BN statistics
-# re-estimated after each unit, with the gates kept / dropped (prune_model(recalibrate_bn=True)).
-SEQUENCES = {"gated": ("consumer", False), "recal-gated": ("consumer", True), "recal-plain": ("none", True)}
+# How units are chosen one after another. "default": PruneConfig's defaults (after each unit its
+# gates are dropped and BN statistics re-estimated; exported plainly). "gated": each unit sees the
+# earlier ones with their gates folded and the original BN statistics; exported with each --fold.
+SEQUENCES = {"default": {}, "gated": {"fold": "consumer", "recalibrate_bn": False}}
 
 TP_IMPORTANCES = {
     "tp-l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
@@ -134,24 +134,25 @@ def run(args) -> dict:
             widths = {u.producer: max(1, math.ceil(width * u.channels)) for u in graph.units}
             for method in args.methods:
                 for sequence in args.sequences:
-                    loop_fold, recal = SEQUENCES[sequence]
-                    tag = "" if sequence == "gated" else f"-{sequence}"
+                    options = SEQUENCES[sequence]
                     source = args.data and Path(args.data).name or "digits"
-                    path = cache / f"{args.model}-{source}-{method}{tag}-w{width}-s{seed}-c{args.calib}.json"
+                    path = cache / (f"{args.model}-{source}-{method}-{sequence}-w{width}-s{seed}-c{args.calib}"
+                                    f"-b{args.step_batch}.json")
                     if path.is_file():
                         plan = json.loads(path.read_text())
                     else:
                         start = time.perf_counter()
                         plan = select_channels(net, calib_x, method=method, width_ratio=width, labels=calib_y,
-                                               fold=loop_fold, recalibrate_bn=recal,
-                                               gram_batches=calib_x.split(64), progress=progress)
+                                               step_batch=args.step_batch, progress=progress, **options)
                         plan["meta"]["seconds"] = time.perf_counter() - start
                         write_json(path, plan)
                     got = {e["unit"].split("->")[0]: len(e["keep"]) for e in plan["units"]}
                     if got != widths:
                         raise RuntimeError(f"{method} widths {got} differ from the asked {widths}")
-                    for fold in (args.folds if sequence == "gated" else [loop_fold]):
-                        model = apply_plan(copy.deepcopy(net), plan, calib_x[:2], fold=fold)
+                    for fold in (args.folds if sequence == "gated" else ["none"]):
+                        # as prune_model exports it: the default re-estimates BN on the calibration images
+                        bn = calib_x.split(args.step_batch or len(calib_x)) if sequence == "default" else None
+                        model = apply_plan(copy.deepcopy(net), plan, calib_x[:2], fold=fold, bn_batches=bn)
                         row = measure(model, test_loader, calib_x, train_set, seed, args.epochs, progress)
                         name = f"greedy-{method} ({sequence}, fold {fold})"
                         rows.setdefault(f"{width}", {}).setdefault(name, []).append(row)
@@ -207,11 +208,13 @@ def main() -> None:
     parser.add_argument("--sequences", nargs="+", default=list(SEQUENCES), choices=list(SEQUENCES))
     parser.add_argument("--tp", nargs="*", default=list(TP_IMPORTANCES), choices=list(TP_IMPORTANCES))
     parser.add_argument("--calib", type=int, default=256)
+    parser.add_argument("--step-batch", type=int, default=64, help="PruneConfig.step_batch (0: one fixed batch)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--cache", default="runs/bench-vs-tp")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
+    args.step_batch = args.step_batch or None
     torch.set_num_threads(int(os.environ.get("GREEDYPRUNE_THREADS", torch.get_num_threads())))
     result = run(args)
     print(table(result))

@@ -1,21 +1,20 @@
-"""Inputs and named providers of every benchmarked op, shared by run.py and the pytest files.
+"""The "ops" benchmark: every greedyprune op on the CPU against plain-PyTorch baselines doing
+the same work (and one torch.sum over the same data as a memory-pass yardstick), each case
+checked before timing; also the cases of the pytest-benchmark files (test_bench_*.py).
 
-A case is one op at one size. `providers` maps a name to a callable taking the
-case's inputs: the greedyprune op (`subject`) and plain-PyTorch baselines doing
-the same work. `prepared_inputs` builds the inputs (quick: a few layers, small N)
-and checks once, untimed, that every baseline agrees with greedyprune.
+Quick sizes: ResNet-50's conv1 and layer1, N = 256.
 """
 from __future__ import annotations
 
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import torch
 
 from greedyprune import ops
 from greedyprune.ops.constants import DIRECTION_EPS
+from harness import Benchmark, Case, Target
 
 SEED = 0
 
@@ -78,17 +77,6 @@ def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
         ties = torch.nonzero(values == threshold).flatten()
         mask[ties[-extra:]] = False
     return mask
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    op: str  # the benchmark group
-    subject: str  # the greedyprune provider the others are compared with
-    make_inputs: Callable[[bool], Any]  # quick -> inputs (with a `sizes` description)
-    providers: dict[str, Callable[[Any], Any]]
-    check: Callable[[Any], None]  # asserts the baselines agree with the subject
-    single_run: frozenset[str] = frozenset()  # too slow to repeat: timed with one call
 
 
 # ------------------------------------------------------------------ ResNet-50
@@ -198,16 +186,17 @@ def torch_greedy_local(G: torch.Tensor, w: torch.Tensor, max_neurons: int, tol: 
     return a, torch.tensor(order, dtype=torch.int64)
 
 
-def _check_greedy_local(x: GreedyInputs) -> None:
-    path = ops.greedy_local(x.G, x.w, x.max_neurons, x.tol, x.max_steps)
-    a, order = torch_greedy_local(x.G, x.w, x.max_neurons, x.tol, x.max_steps)
+def _check_greedy_local(x: GreedyInputs, out: dict) -> None:
+    path = out["greedyprune"]
+    a, order = out["torch_loop"]
     assert torch.equal(order, path.order), "torch_loop took another greedy path than greedyprune"
     torch.testing.assert_close(a, path.a)
 
 
 GREEDY_LOCAL = Case(
     name="greedy_local",
-    op="greedy_local",
+    title="greedy_local: the whole greedy path of one unit",
+    group="greedy_local",
     subject="greedyprune",
     make_inputs=greedy_inputs,
     providers={
@@ -278,23 +267,26 @@ def authors_popup_swap(scores, keep, rate, bounds):
     return new_keep
 
 
-def _check_popup_swap(x: PopupInputs) -> None:
-    expected = ops.popup_swap(x.scores, x.keep, x.rate, x.offsets).keep
-    assert torch.equal(torch_popup_swap(x.scores, x.keep, x.rate, x.bounds), expected), "torch_kthvalue differs"
-    assert torch.equal(authors_popup_swap(x.scores, x.keep, x.rate, x.bounds), expected), "authors differs"
+def _check_popup_swap(x: PopupInputs, out: dict) -> None:
+    expected = out["greedyprune"].keep
+    assert torch.equal(out["torch_kthvalue"], expected), "torch_kthvalue differs"
+    assert torch.equal(out["authors"], expected), "authors differs"
 
 
 POPUP_SWAP = Case(
     name="popup_swap",
-    op="popup_swap",
+    title="popup_swap: SR-popup's mask update over ResNet-50's conv layers, one segment per layer",
+    group="popup_swap",
     subject="greedyprune",
     make_inputs=popup_inputs,
     providers={
         "greedyprune": lambda x: ops.popup_swap(x.scores, x.keep, x.rate, x.offsets),
         "torch_kthvalue": lambda x: torch_popup_swap(x.scores, x.keep, x.rate, x.bounds),
         "authors": lambda x: authors_popup_swap(x.scores, x.keep, x.rate, x.bounds),
+        "torch_sum": lambda x: torch.sum(x.scores),
     },
     check=_check_popup_swap,
+    calls={"authors": 1},
 )
 
 
@@ -320,27 +312,25 @@ def authors_pq_norms(layers: list[torch.Tensor], ps, qs) -> list[tuple[torch.Ten
     ]
 
 
-def _check_row_log_power_sums(x: ConvWeights, powers) -> None:
-    expected = ops.pq_norms(x.flat, powers, x.row_offsets).log_sums
-    torch.testing.assert_close(torch_row_log_power_sums(x.layers, powers).double(), expected, rtol=0, atol=1e-4)
+def _check_log_sums(expected: torch.Tensor, torch_log_sums: torch.Tensor) -> None:
+    torch.testing.assert_close(torch_log_sums.double(), expected, rtol=0, atol=1e-4)
 
 
-def _check_pq_norms_grid(x: ConvWeights) -> None:
-    _check_row_log_power_sums(x, GRID_POWERS)
-    # authors_grid on the first layer only: the whole grid takes seconds.
-    first = x.layers[0]
-    expected = ops.pq_norms(first, GRID_POWERS, ops.offsets_from_sizes([first.shape[1]] * first.shape[0])).log_sums
-    norms = iter(authors_pq_norms([first], GRID_P, GRID_Q))
+def _check_pq_norms_grid(x: ConvWeights, out: dict) -> None:
+    expected = out["greedyprune_grid"].log_sums
+    _check_log_sums(expected, out["torch_grid_once_per_power"])
+    norms = iter(out["authors_grid"])  # per p, per q, per layer
     for p in GRID_P:
         for q in GRID_Q:
-            for power, norm in zip((p, q), next(norms)):
-                torch.testing.assert_close(power * norm.double().log(), expected[:, GRID_POWERS.index(power)],
-                                           rtol=0, atol=1e-4)
+            p_norms, q_norms = zip(*(next(norms) for _ in x.layers))
+            for power, norm in ((p, torch.cat(p_norms)), (q, torch.cat(q_norms))):
+                _check_log_sums(expected[:, GRID_POWERS.index(power)], power * norm.double().log())
 
 
 PQ_NORMS_TWO_POWERS = Case(
     name="pq_norms_2p",
-    op="pq_norms",
+    title="pq_norms: log power sums of every output row (neuron) for p = 0.5 and q = 1",
+    group="pq_norms",
     subject="greedyprune_2p",
     make_inputs=conv_weights,
     providers={
@@ -348,12 +338,13 @@ PQ_NORMS_TWO_POWERS = Case(
         "torch_sum": lambda x: torch.sum(x.flat),
         "torch_2p": lambda x: torch_row_log_power_sums(x.layers, TWO_POWERS),
     },
-    check=lambda x: _check_row_log_power_sums(x, TWO_POWERS),
+    check=lambda x, out: _check_log_sums(out["greedyprune_2p"].log_sums, out["torch_2p"]),
 )
 
 PQ_NORMS_GRID = Case(
     name="pq_norms_grid",
-    op="pq_norms",
+    title="pq_norms: the same for the paper's 10 x 11 grid of (p, q) (20 distinct powers)",
+    group="pq_norms",
     subject="greedyprune_grid",
     make_inputs=conv_weights,
     providers={
@@ -362,7 +353,7 @@ PQ_NORMS_GRID = Case(
         "authors_grid": lambda x: authors_pq_norms(x.layers, GRID_P, GRID_Q),
     },
     check=_check_pq_norms_grid,
-    single_run=frozenset({"authors_grid"}),
+    calls={"authors_grid": 1},
 )
 
 
@@ -396,16 +387,17 @@ def torch_taylor_scores(act, grad, a, k):
     return r, gr, torch.topk(gr, k, largest=False).indices
 
 
-def _check_taylor_scores(x: TaylorInputs) -> None:
-    expected = ops.taylor_scores(x.act, x.grad, x.a, x.k)
-    r, _, topk = torch_taylor_scores(x.act, x.grad, x.a, x.k)
+def _check_taylor_scores(x: TaylorInputs, out: dict) -> None:
+    expected = out["greedyprune"]
+    r, _, topk = out["torch"]
     torch.testing.assert_close(r, expected.r, rtol=1e-3, atol=1e-4 * float(expected.r.abs().max()))
     assert torch.equal(topk, expected.topk), "torch picked other candidates than greedyprune"
 
 
 TAYLOR_SCORES = Case(
     name="taylor_scores",
-    op="taylor_scores",
+    title="taylor_scores: first-order Taylor scores of 256 channels and the 5 lowest",
+    group="taylor_scores",
     subject="greedyprune",
     make_inputs=taylor_inputs,
     providers={
@@ -446,42 +438,52 @@ def torch_segment_top_k(values, k, bounds):
     return out
 
 
-def _check_segment_select(x: SelectInputs) -> None:
-    expected = ops.segment_select(x.values, x.k, x.offsets)
-    assert torch.equal(torch_segment_top_k(x.values, x.k, x.bounds), expected), "torch_kthvalue differs"
+def _check_segment_select(x: SelectInputs, out: dict) -> None:
+    assert torch.equal(out["torch_kthvalue"], out["greedyprune"]), "torch_kthvalue differs"
 
 
 SEGMENT_SELECT = Case(
     name="segment_select",
-    op="segment_select",
+    title="segment_select: magnitude top-10% of every ResNet-50 conv layer",
+    group="segment_select",
     subject="greedyprune",
     make_inputs=select_inputs,
     providers={
         "greedyprune": lambda x: ops.segment_select(x.values, x.k, x.offsets),
         "torch_kthvalue": lambda x: torch_segment_top_k(x.values, x.k, x.bounds),
+        "torch_sum": lambda x: torch.sum(x.values),
     },
     check=_check_segment_select,
 )
 
 
-CASES = {
-    case.name: case
-    for case in (GREEDY_LOCAL, POPUP_SWAP, PQ_NORMS_TWO_POWERS, PQ_NORMS_GRID, TAYLOR_SCORES, SEGMENT_SELECT)
-}
+BENCHMARK = Benchmark(
+    name="ops",
+    title="greedyprune ops on the CPU",
+    about="Every greedyprune op against plain-PyTorch baselines doing the same work (the authors' way where "
+          "the papers' code does it differently), timed in the same run after a check that they agree; "
+          "`torch_sum` (one torch.sum over the same data) is the memory-pass yardstick. The `authors` "
+          "providers are timed with one call.",
+    cases=[GREEDY_LOCAL, POPUP_SWAP, PQ_NORMS_TWO_POWERS, PQ_NORMS_GRID, TAYLOR_SCORES, SEGMENT_SELECT],
+    targets=[
+        Target("greedy_local", "greedyprune", "torch_loop", "the torch loop", faster=30),
+        Target("greedy_local", "greedyprune", "greedyprune", "its quiet median", at_most=2, under_load=True),
+        Target("popup_swap", "greedyprune", "torch_kthvalue", "per-layer kthvalue", faster=3),
+        Target("popup_swap", "greedyprune", "authors", "the authors' way", faster=30),
+        Target("popup_swap", "greedyprune", "torch_sum", "one torch.sum", at_most=10),
+        Target("pq_norms_2p", "greedyprune_2p", "torch_sum", "a sum", at_most=1.5),
+        Target("pq_norms_grid", "greedyprune_grid", "torch_grid_once_per_power", "once per power", faster=10),
+        Target("pq_norms_grid", "greedyprune_grid", "authors_grid", "the authors' way", faster=100),
+        Target("taylor_scores", "greedyprune", "torch_sum_act_grad", "the sums of act and grad", at_most=2),
+        Target("segment_select", "greedyprune", "torch_sum", "one torch.sum", at_most=8),
+    ],
+)
 
 
-@functools.cache
-def prepared_inputs(case_name: str, quick: bool = False):
-    """The case's inputs, after checking once that its baselines agree with greedyprune."""
-    case = CASES[case_name]
-    inputs = case.make_inputs(quick)
-    case.check(inputs)
-    return inputs
+def provider_names(group: str) -> list[str]:
+    """The providers of the pytest-benchmark group (test_bench_*.py parametrize over these)."""
+    return [name for case in BENCHMARK.cases if case.group == group for name in case.providers]
 
 
-def provider_names(op: str) -> list[str]:
-    return [name for case in CASES.values() if case.op == op for name in case.providers]
-
-
-def case_of(op: str, provider: str) -> Case:
-    return next(case for case in CASES.values() if case.op == op and provider in case.providers)
+def case_of(group: str, provider: str) -> Case:
+    return next(case for case in BENCHMARK.cases if case.group == group and provider in case.providers)

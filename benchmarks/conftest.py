@@ -1,22 +1,24 @@
-"""pytest-benchmark glue: each test times one provider of a case in cases.py.
+"""pytest-benchmark glue: each test times one provider of a case of the "ops" benchmark
+(cases.py) on its checked full-size inputs.
 
 Not collected by a plain `pytest` (testpaths = tests); run `python -m pytest benchmarks`.
 """
 import pytest
 
 import cases
+from harness import checked_inputs
 
 
 @pytest.fixture
 def bench(benchmark):
-    """bench(op, provider): time that provider on its case's (checked) full-size inputs, grouped by op."""
+    """bench(group, provider): time that provider on its case's inputs, in the pytest-benchmark group."""
 
-    def run(op: str, provider: str):
-        case = cases.case_of(op, provider)
-        inputs = cases.prepared_inputs(case.name)
+    def run(group: str, provider: str):
+        case = cases.case_of(group, provider)
+        inputs = checked_inputs(case)
         fn = case.providers[provider]
-        benchmark.group = op
-        if provider in case.single_run:
+        benchmark.group = group
+        if case.calls.get(provider) == 1:  # too slow to repeat
             benchmark.pedantic(fn, args=(inputs,), rounds=1, iterations=1)
         else:
             benchmark(fn, inputs)

@@ -2,7 +2,8 @@
 # On a machine with a GPU and a CUDA build of torch (run from the repository root):
 # builds the extension with CUDA, runs the whole test suite on the GPU (CUDA and Triton
 # backends against the oracles, opcheck, torch.compile), runs compute-sanitizer memcheck
-# on the CUDA op tests when it is installed, and prints the GPU benchmark table.
+# on the CUDA op tests when it is installed, and runs the "gpu" benchmark (its section of
+# benchmarks/results.json; `python benchmarks/run.py --render-only` then puts it in RESULTS.md).
 #   bash benchmarks/gpu_check.sh            # GREEDYPRUNE_CUDA_ARCH="9.0" to build one arch
 set -euo pipefail
 PY=${PYTHON:-python3}
@@ -19,5 +20,5 @@ if command -v compute-sanitizer >/dev/null; then
 else
   echo "== compute-sanitizer not found: memcheck skipped"
 fi
-echo "== GPU benchmarks"
-cd benchmarks && "$PY" gpu_bench.py
+echo "== GPU benchmark"
+"$PY" benchmarks/run.py gpu
