@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from greedyprune.data import load_dataset, make_loader
+from greedyprune.harness.data import load_dataset, make_loader
 from greedyprune.greedy import SuffixEvaluator, global_imitation
 from greedyprune.greedy.suffix import discrepancy
 from greedyprune.greedy.surgery import UnitGraph

@@ -11,7 +11,8 @@ The seed draws the calibration images, the fine-tuning order and the random impo
     python benchmarks/bench_vs_torch_pruning.py --model resnet20 [--data /data/cifar-10-batches-py]
 
 Without --data, resnet20 runs on the bundled digits upsampled to 32x32. Plans are cached in
---cache (re-runs only fine-tune). --write-results puts the table in RESULTS.md.
+--cache (re-runs only fine-tune). In the harness (`python benchmarks/run.py vs_torch_pruning
+--write-results`) both rows run with the defaults below and their tables go to RESULTS.md.
 """
 from __future__ import annotations
 
@@ -30,14 +31,15 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch.utils.data import TensorDataset
 
-from greedyprune.data import load_dataset, make_loader
+from greedyprune.harness.data import load_dataset, make_loader
 from greedyprune.files import write_json
 from greedyprune.greedy import apply_plan, select_channels
 from greedyprune.greedy.pipeline import trained_model
-from greedyprune.measure import count_flops, count_params
+from greedyprune.harness.measure import count_flops, count_params
 from greedyprune.models import build_model
 from greedyprune.greedy.surgery import FOLDS, UnitGraph
-from greedyprune.training import evaluate, finetune, pretrained, recalibrate_batchnorm, train
+from greedyprune.harness.training import evaluate, finetune, pretrained, recalibrate_batchnorm, train
+from harness import Benchmark
 
 # How units are chosen one after another. "default": PruneConfig's defaults (after each unit its
 # gates are dropped and BN statistics re-estimated; exported plainly). "gated": each unit sees the
@@ -197,7 +199,7 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn", choices=["cnn", "resnet20"])
     parser.add_argument("--data", default=None, help="a CIFAR-10 folder (resnet20); default: bundled digits")
@@ -213,8 +215,47 @@ def main() -> None:
     parser.add_argument("--cache", default="runs/bench-vs-tp")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def parse(argv=None):
+    args = parser().parse_args(argv)
     args.step_batch = args.step_batch or None
+    return args
+
+
+# The harness's rows (one benchmark per model, so each is stored when it ends): the default
+# sequence, i.e. what prune_model hands the user. ResNet-20 leaves out hybrid (local + global
+# per unit) to fit a CPU session.
+HARNESS_ARGS = {"cnn": ["--model", "cnn", "--sequences", "default"],
+                "resnet20": ["--model", "resnet20", "--sequences", "default", "--methods", "local", "global"]}
+QUICK_ARGS = ["--widths", "0.5", "--seeds", "0", "--methods", "local", "--tp", "tp-l1", "--calib", "64",
+              "--epochs", "1", "--cache", "runs/bench-vs-tp-quick"]
+
+
+def benchmark(model: str) -> Benchmark:
+    def rows(quick: bool) -> dict:
+        return run(parse(HARNESS_ARGS[model] + ["--no-progress"] + (QUICK_ARGS if quick else [])))
+
+    return Benchmark(
+        name=f"vs_torch_pruning_{model}",
+        title=f"Against Torch-Pruning ({model}): accuracy before and after the same fine-tuning",
+        about="greedyprune's default output (`select_channels` with PruneConfig's defaults, exported as "
+              "`prune_model` does: channels removed plainly, BN statistics re-estimated on the calibration images) "
+              "against Torch-Pruning's MetaPruner with L1 / L2 magnitude, Taylor and random importance on the same "
+              "units at the same per-unit widths. Every model is fine-tuned the same way (training.finetune, same "
+              "seed and batches). `python benchmarks/bench_vs_torch_pruning.py --help` runs the variants (folds, "
+              "gated sequence).",
+        extra=rows,
+        notes=lambda section: table(section["extra"]["result"]).splitlines() if "extra" in section else [],
+    )
+
+
+BENCHMARKS = [benchmark(model) for model in HARNESS_ARGS]
+
+
+def main() -> None:
+    args = parse()
     torch.set_num_threads(int(os.environ.get("GREEDYPRUNE_THREADS", torch.get_num_threads())))
     result = run(args)
     print(table(result))

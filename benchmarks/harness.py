@@ -23,7 +23,7 @@ How a case is measured (measure_case):
 
 Adding a benchmark: a module in benchmarks/ defines
     BENCHMARK = Benchmark(name, title, about, cases=[Case(...)], targets=[Target(...)])
-and is listed in run.py's BENCHMARK_MODULES; `python benchmarks/run.py NAME [--quick]` runs
+and is listed in run.py's BENCHMARK_MODULES (a module with several defines BENCHMARKS = [...]); `python benchmarks/run.py NAME [--quick]` runs
 it, `--write-results` regenerates RESULTS.md. Per-op timing with pytest-benchmark: the
 test_bench_*.py files parametrize over cases.provider_names(group) (the "ops" cases) and
 time each provider through conftest's `bench` fixture.

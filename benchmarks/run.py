@@ -28,13 +28,14 @@ HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results.json"
 QUICK_RESULTS_JSON = HERE / "results_quick.json"
 RESULTS_MD = HERE / "RESULTS.md"
-# Each module defines BENCHMARK; RESULTS.md lists the benchmarks in this order.
+# Each module defines BENCHMARK (or a list, BENCHMARKS); RESULTS.md lists them in this order.
 BENCHMARK_MODULES = ["cases", "bench_global_imitation", "bench_greedy_demo", "bench_popup_search",
-                     "bench_pqi_report", "gpu_bench"]
+                     "bench_pqi_report", "bench_vs_torch_pruning", "gpu_bench"]
 
 
 def benchmarks() -> dict[str, Benchmark]:
-    found = [importlib.import_module(module).BENCHMARK for module in BENCHMARK_MODULES]
+    modules = [importlib.import_module(name) for name in BENCHMARK_MODULES]
+    found = [b for m in modules for b in getattr(m, "BENCHMARKS", None) or [m.BENCHMARK]]
     return {b.name: b for b in found}
 
 

@@ -1,4 +1,4 @@
-"""greedyprune.data: bundled digits, CIFAR-10 pickle folders (a synthetic one here),
+"""greedyprune.harness.data: bundled digits, CIFAR-10 pickle folders (a synthetic one here),
 ImageFolder's torchvision requirement, seeded loaders."""
 import importlib.util
 import pickle
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from greedyprune import data
+from greedyprune.harness import data
 
 CIFAR_TRAIN_PER_BATCH = 4
 CIFAR_TEST_SIZE = 6

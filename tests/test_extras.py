@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from greedyprune import data, extras
+from greedyprune import extras
+from greedyprune.harness import data
 
 INSTALL_HINT = r"pip install 'greedyprune\[demo\]'"
 

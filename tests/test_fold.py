@@ -14,7 +14,7 @@ from greedyprune.greedy.evaluator import SuffixEvaluator
 from greedyprune.greedy.tp_importance import GreedyImportance
 from greedyprune.models import build_model
 from greedyprune.greedy.surgery import FOLDS, UnitGraph
-from greedyprune.training import recalibrate_batchnorm
+from greedyprune.harness.training import recalibrate_batchnorm
 
 
 def _cnn():

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from greedyprune import reference
-from greedyprune.data import load_dataset
+from greedyprune.harness.data import load_dataset
 from greedyprune.models import build_model, load_model, save_model
 from greedyprune.popup import (SearchConfig, initialize, layer_keep_counts, magnitude_keep, overlap, search,
                                swap_rate, wrap)

@@ -16,7 +16,7 @@ from greedyprune.sparsity.pqi import pqi_report
 from greedyprune.sparsity.weights import prunable_weights
 from greedyprune.sparsity.sap import (MaskedTraining, SAPConfig, apply_masks, full_masks, prune_counts,
                                       prune_smallest, rewind, run_sap)
-from greedyprune.training import train
+from greedyprune.harness.training import train
 
 
 class TinyNet(nn.Module):

@@ -1,12 +1,12 @@
-"""greedyprune.training (train, finetune, evaluate, pretrained) on the
-bundled digits with tiny models, and greedyprune.measure."""
+"""greedyprune.harness.training (train, finetune, evaluate, pretrained) on the
+bundled digits with tiny models, and greedyprune.harness.measure."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from greedyprune import data, measure, training
+from greedyprune.harness import data, measure, training
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,7 +17,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..checks import arg_error
-from ..training import recalibrate_batchnorm
+from ..harness.training import recalibrate_batchnorm
 from .config import PruneConfig
 from .evaluator import SuffixEvaluator, calibration_batches
 from .global_imitation import forward_selection, global_imitation

@@ -12,12 +12,12 @@ from dataclasses import asdict, replace
 import torch
 import torch.nn as nn
 
-from ..data import load_dataset, make_loader
+from ..harness.data import load_dataset, make_loader
 from ..checks import arg_error
 from ..files import prepare_output_dir, save_figure, write_json
-from ..measure import count_flops, count_params, measure_latency
+from ..harness.measure import count_flops, count_params, measure_latency
 from ..models import EXTERNAL_LIBRARIES, MODEL_NAMES, export_program, load_model, save_model
-from ..training import evaluate, finetune, pretrained_model
+from ..harness.training import evaluate, finetune, pretrained_model
 from .config import PruneConfig
 from .layerwise import prune_model
 from .plan import make_plan, save_plan

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..files import write_json
-from ..training import recalibrate_batchnorm
+from ..harness.training import recalibrate_batchnorm
 from .config import PruneConfig
 from .layerwise import prune_model
 from .selection import UnitResult

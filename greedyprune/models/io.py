@@ -137,11 +137,11 @@ def load_state_dict_resized(model: nn.Module, state: Mapping[str, torch.Tensor],
         if f"{prefix}weight_orig" in state and f"{prefix}weight_mask" in state:
             resized = _resized(module, state[f"{prefix}weight_orig"].shape, state, prefix)
             if resized is not module:
-                _set_submodule(model, name, resized)
+                model.set_submodule(name, resized)
             prune.custom_from_mask(resized, "weight", torch.ones_like(state[f"{prefix}weight_mask"], dtype=torch.bool))
         elif f"{prefix}weight" in state and getattr(module, "weight", None) is not None:
             if tuple(module.weight.shape) != tuple(state[f"{prefix}weight"].shape):
-                _set_submodule(model, name, _resized(module, state[f"{prefix}weight"].shape, state, prefix))
+                model.set_submodule(name, _resized(module, state[f"{prefix}weight"].shape, state, prefix))
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -193,8 +193,3 @@ def _resized(module: nn.Module, weight_shape, state, prefix: str) -> nn.Module:
     if isinstance(module, nn.LayerNorm):
         return nn.LayerNorm(tuple(weight_shape), module.eps, module.elementwise_affine, bias=has_bias)
     raise arg_error("path", f"cannot resize layer {prefix[:-1]!r} ({type(module).__name__}) to {tuple(weight_shape)}")
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)

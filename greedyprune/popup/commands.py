@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from ..checks import check_device
-from ..data import load_dataset
+from ..harness.data import load_dataset
 from ..files import prepare_output_dir
 from ..models import load_model, save_model
-from ..training import pretrained_model
+from ..harness.training import pretrained_model
 from .demo import run_demo
 from .masked import export, wrap
 from .report import REPORT_NAME, write_search_report

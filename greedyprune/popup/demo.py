@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import load_dataset, make_loader
+from ..harness.data import load_dataset, make_loader
 from ..files import write_json
 from ..models.demo_nets import SMALL_CNN_WIDTHS, small_cnn
-from ..training import evaluate, pretrained, recalibrate_batchnorm, train
+from ..harness.training import evaluate, pretrained, recalibrate_batchnorm, train
 from . import report
 from .masked import wrap
 from .search import SearchConfig, initialize, overlap, search

@@ -100,11 +100,6 @@ def _rebuild(layer: nn.Module, cls: type) -> nn.Module:
     return new
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name), child, module)
-
-
 def _check_patterns(patterns, argument: str) -> list[str] | None:
     if patterns is None:
         return None
@@ -165,7 +160,7 @@ class MaskedModel(nn.Module):
             dense = model.get_submodule(name)
             masked = _rebuild(dense, MaskedConv2d if isinstance(dense, nn.Conv2d) else MaskedLinear)
             masked._attach(self, index, bounds[index], bounds[index + 1])
-            _set_submodule(model, name, masked)
+            model.set_submodule(name, masked)
         self.segment_sizes = sizes
         self.score_views = None  # the per-layer views of `scores` while forward runs
 
@@ -226,7 +221,7 @@ def export(masked: MaskedModel, *, prune_masks: bool = False) -> nn.Module:
         plain.weight = nn.Parameter(layer.weight.detach() * mask)
         if prune_masks:
             prune.custom_from_mask(plain, "weight", mask.clone())
-        _set_submodule(model, name, plain)
+        model.set_submodule(name, plain)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     return model

@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from .. import ops
 from ..checks import arg_error, check_choice, check_int, check_real
-from ..data import make_loader
-from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, setting_differences
-from ..training import cosine_factor, evaluate
+from ..harness.data import make_loader
+from ..harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, setting_differences
+from ..harness.training import cosine_factor, evaluate
 from .masked import MaskedModel, segment_counts
 
 SCHEDULES = ("paper", "constant", "inverse")

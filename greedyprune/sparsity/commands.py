@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data import load_dataset
+from ..harness.data import load_dataset
 from ..files import prepare_output_dir, write_json
 from ..models import load_weights
-from ..training import seeded_model
+from ..harness.training import seeded_model
 from .pqi import PAPER_PAIR, format_grid, format_table, grid_pairs, pqi_report
 from .report import results_table
 from .sap import METHODS, MODEL_FILE, SAPConfig, run_sap

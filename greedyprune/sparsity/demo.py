@@ -10,9 +10,9 @@ import argparse
 import re
 from pathlib import Path
 
-from ..data import load_dataset
+from ..harness.data import load_dataset
 from ..files import replace_atomically, write_json
-from ..training import seeded_model
+from ..harness.training import seeded_model
 from .report import plot_runs, results_table
 from .sap import SAPConfig, run_sap
 

@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..checks import arg_error, is_real
-from ..data import make_loader
-from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, setting_differences
+from ..harness.data import make_loader
+from ..harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, setting_differences
 from ..files import write_json
 from ..models import save_model
-from ..training import evaluate, train
+from ..harness.training import evaluate, train
 from . import report as reporting
 from .pqi import PAPER_PAIR, PQIReport, pqi_report
 from .weights import SCOPES, check_masks, prunable_weights, segment_offsets, segment_sums

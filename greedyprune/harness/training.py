@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checks import arg_error, check_callable, check_int, check_module, check_real
-from .files import torch_save_atomically
+from ..checks import arg_error, check_callable, check_int, check_module, check_real
+from ..files import torch_save_atomically
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -188,7 +188,7 @@ def pretrained(name_key: str, build: Callable[[], nn.Module], fit: Callable[[nn.
 def seeded_model(arch: str, data: str, seed: int) -> nn.Module:
     """`build_model(arch)` sized for dataset `data`, its initial weights drawn from `seed`."""
     from .data import dataset_info
-    from .models import build_model
+    from ..models import build_model
 
     info = dataset_info(data)
     torch.manual_seed(seed)

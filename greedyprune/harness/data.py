@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .checks import arg_error, check_int
-from .extras import require
+from ..checks import arg_error, check_int
+from ..extras import require
 
 SPLITS = ("train", "test", "val")  # "val" is an alias of "test"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checks import arg_error
-from .files import torch_save_atomically
+from ..checks import arg_error
+from ..files import torch_save_atomically
 
 
 def rng_state() -> dict:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .checks import arg_error, check_int, check_module
+from ..checks import arg_error, check_int, check_module
 from .training import eval_mode
 
 

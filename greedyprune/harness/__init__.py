@@ -1,0 +1,3 @@
+"""The training harness the drivers share: data sets and loaders (data), training, fine-tuning,
+evaluation and BN re-estimation (training), parameters / FLOPs / latency (measure), resumable
+checkpoints with RNG states (checkpoint). Below the drivers, above models and ops."""
