@@ -323,7 +323,7 @@ def test_units_leave_residual_channels_out():
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "vgg11", "vgg19", "resnet20", "resnet32", "resnet56", "resnet18",
-                                  "resnet34", "resnet50", "mobilenet_v2"])
+                                  "resnet34", "resnet50", "mobilenet_v2", "vit_tiny"])
 def test_every_zoo_model_prunes_end_to_end(name):
     from greedyprune.models import build_model
     torch.manual_seed(5)

@@ -17,7 +17,7 @@ import torch
 
 from .. import ops
 from ..checks import arg_error
-from .suffix import DISCREPANCIES, BatchSuffix, discrepancy
+from .suffix import DISCREPANCIES, BatchSuffix, discrepancy, logits_of
 from .surgery import Unit, UnitGraph
 
 _DEFAULT_BUDGET_CAP = 8 * 2 ** 30
@@ -189,7 +189,7 @@ class SuffixEvaluator:
         with torch.no_grad():
             for i, target in self._targets.items():
                 x, y = self.batches[i]
-                logits = model(x.to(self.device)).unsqueeze(0)
+                logits = logits_of(model(x.to(self.device))).unsqueeze(0)
                 y = None if y is None else y.to(self.device)
                 total += float(discrepancy(logits, target, self.kind, y)[0]) * x.shape[0]
                 images += x.shape[0]

@@ -20,22 +20,38 @@ DISCREPANCIES = ("kl", "mse", "ce")
 
 
 def discrepancy(logits: torch.Tensor, target: torch.Tensor, kind: str, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-candidate discrepancy of logits [K, B, C] from the original logits [B, C]:
-    "kl" = mean KL(original || pruned), "mse" = mean squared error summed over outputs,
-    "ce" = cross-entropy on true labels (the authors' forward selection)."""
+    """Per-candidate discrepancy of logits [K, B, *, C] from the original logits [B, *, C]
+    (* = e.g. tokens): "kl" = KL(original || pruned) averaged over samples and positions,
+    "mse" = squared error summed over a sample's outputs, averaged over samples, "ce" =
+    cross-entropy on true labels [B, *] (the authors' forward selection)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits, target = logits.float(), target.float()
+    k = logits.shape[0]
     if kind == "mse":
         return (logits - target).pow(2).flatten(2).sum(-1).mean(-1)
     if kind == "kl":
         t = F.log_softmax(target, dim=-1)
-        return (t.exp() * (t - F.log_softmax(logits, dim=-1))).sum(-1).mean(-1)
+        return (t.exp() * (t - F.log_softmax(logits, dim=-1))).sum(-1).reshape(k, -1).mean(-1)
     if kind == "ce":
         if labels is None:
             raise ValueError("greedyprune: discrepancy 'ce' needs argument 'labels'")
-        k, b = logits.shape[:2]
-        return F.cross_entropy(logits.reshape(k * b, -1), labels.repeat(k), reduction="none").view(k, b).mean(-1)
+        flat = logits.reshape(-1, logits.shape[-1])
+        return F.cross_entropy(flat, labels.reshape(-1).repeat(k), reduction="none").view(k, -1).mean(-1)
     raise ValueError(f"greedyprune: argument 'discrepancy' must be one of {DISCREPANCIES}, got {kind!r}")
+
+
+def logits_of(output) -> torch.Tensor:
+    """The logits in a model's output: a tensor, or the `logits` of a Hugging Face style output
+    (attribute or key), or the first entry of a tuple/list."""
+    if isinstance(output, torch.Tensor):
+        return output
+    found = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    if found is None and isinstance(output, (tuple, list)) and output:
+        found = output[0]
+    if not isinstance(found, torch.Tensor):
+        raise ValueError(f"greedyprune: the model returned {type(output).__name__}; it must return a logits tensor, "
+                         "an output with .logits or a tuple starting with the logits")
+    return found
 
 
 class BatchSuffix:
@@ -74,7 +90,7 @@ class BatchSuffix:
             target = self._suffix.output  # the traced forward already ran the whole model
         if target is None:
             with torch.no_grad():
-                target = self.model(inputs)
+                target = logits_of(self.model(inputs))
         self.target = target
         self.hidden = self._suffix.hidden if self._suffix else None
 
@@ -116,10 +132,11 @@ class BatchSuffix:
             return self.evaluate((gates * n).float())
         hidden = self.hidden
         with torch.no_grad():
-            base = _linear_part(consumer, apply_gates(hidden, (a * n).to(hidden.dtype), self.unit.columns_per_channel))
+            base = _linear_part(consumer, apply_gates(hidden, (a * n).to(hidden.dtype), self.unit))
             base = (1 - gamma) * base
             if consumer.bias is not None:
-                base = base + consumer.bias.view(1, -1, *([1] * (base.dim() - 2)))
+                base = base + (consumer.bias if self.unit.channel_last
+                               else consumer.bias.view(1, -1, *([1] * (base.dim() - 2))))
             per_run = max(1, self.max_rows // self.batch)
             out = []
             for chunk in candidates.split(per_run):
@@ -150,11 +167,11 @@ class BatchSuffix:
     def _logits(self, gates: torch.Tensor) -> torch.Tensor:
         k = gates.shape[0]
         if self._suffix is not None:
-            gated = apply_gates(_repeat_batch(self.hidden, k), gates, self.unit.columns_per_channel)
+            gated = apply_gates(_repeat_batch(self.hidden, k), gates, self.unit)
             logits = self._suffix.run(gated, k)
         else:
             with self.graph.gated(self.unit, gates):
-                logits = self.model(_repeat_batch(self.inputs, k))
+                logits = logits_of(self.model(_repeat_batch(self.inputs, k)))
         return logits.view(k, self.batch, *logits.shape[1:])
 
     def taylor_inputs(self, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,26 +181,25 @@ class BatchSuffix:
         with torch.enable_grad():
             if self._suffix is not None:
                 hidden = self.hidden
-                gated = apply_gates(hidden, gates, self.unit.columns_per_channel).requires_grad_(True)
+                gated = apply_gates(hidden, gates, self.unit).requires_grad_(True)
                 logits = self._suffix.run(gated, 1)
             else:
                 captured = {}
 
                 def hook(_m, args):
                     captured["hidden"] = args[0].detach()
-                    captured["gated"] = apply_gates(args[0].detach(), gates, self.unit.columns_per_channel).requires_grad_(True)
+                    captured["gated"] = apply_gates(args[0].detach(), gates, self.unit).requires_grad_(True)
                     return (captured["gated"],) + tuple(args[1:])
 
                 handle = self.graph.module(self.unit.consumer).register_forward_pre_hook(hook)
                 try:
-                    logits = self.model(self.inputs)
+                    logits = logits_of(self.model(self.inputs))
                 finally:
                     handle.remove()
                 hidden, gated = captured["hidden"], captured["gated"]
             loss = discrepancy(logits.unsqueeze(0), self.target, self.kind, self.labels).sum()
             (grad,) = torch.autograd.grad(loss, gated)
-        shape = (self.batch, self.channels, -1)
-        return hidden.reshape(shape), grad.reshape(shape)
+        return _channels_second(hidden, self.unit), _channels_second(grad, self.unit)
 
 
 _CONTRIBUTION_CACHE_BYTES = 512 * 2 ** 20
@@ -196,14 +212,24 @@ def _linear_part(consumer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, consumer.weight, None, consumer.stride, consumer.padding, consumer.dilation)
 
 
+def _channels_second(x: torch.Tensor, unit: Unit) -> torch.Tensor:
+    """[B, N, rest]: the unit's channels of a consumer input as dim 1 (ops.taylor_scores' layout)."""
+    b = x.shape[0]
+    if unit.channel_last and unit.columns_per_channel == 1:
+        x = x.reshape(b, -1, unit.channels).transpose(1, 2)
+    return x.reshape(b, unit.channels, -1)
+
+
 def _channel_contributions(consumer: nn.Module, hidden: torch.Tensor, channels: int, chunk: torch.Tensor) -> torch.Tensor:
-    """[K, B, out, *]: the consumer's bias-free output from each channel of chunk alone."""
+    """[K, B, *, out]: the bias-free output of a Linear consumer (reading [B, *, in]) or
+    [K, B, out, *] of a conv from each channel of chunk alone."""
     k, b = chunk.numel(), hidden.shape[0]
     w = consumer.weight
     if isinstance(consumer, nn.Linear):
         s = w.shape[1] // channels
-        x = hidden.reshape(b, channels, s)[:, chunk]
-        return torch.einsum("bks,oks->kbo", x, w.view(w.shape[0], channels, s)[:, chunk])
+        x = hidden.reshape(b, -1, channels, s)[:, :, chunk]  # [B, positions, K, s]
+        y = torch.einsum("bmks,oks->kbmo", x, w.view(w.shape[0], channels, s)[:, chunk])
+        return y.reshape(k, b, *hidden.shape[1:-1], w.shape[0])
     # One grouped conv: group j reads channel chunk[j] with that channel's filters.
     x = hidden[:, chunk]
     wk = w[:, chunk].transpose(0, 1).reshape(k * w.shape[0], 1, *w.shape[2:])
@@ -252,7 +278,7 @@ class _TracedSuffix:
                 return value
 
         with torch.no_grad():
-            self.output = Recorder(gm).run(inputs)
+            self.output = logits_of(Recorder(gm).run(inputs))
         self.hidden = cache[hidden_node]
         self.cache = cache
         self.row_bytes = max(1, created[0] // max(self.batch, 1))
@@ -281,8 +307,5 @@ class _TracedSuffix:
             elif node.op == "call_method":
                 env[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
             elif node.op == "output":
-                out = args[0]
-                if not isinstance(out, torch.Tensor):
-                    raise ValueError("greedyprune: the model must return one logits tensor")
-                return out
+                return logits_of(args[0])
         raise ValueError("greedyprune: the traced graph has no output after the consumer")

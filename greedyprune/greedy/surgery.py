@@ -2,7 +2,10 @@
 
 A unit is a group of hidden channels made by one layer (Conv2d/Linear, then any BN,
 activation or depthwise conv that keeps channels apart) and read by exactly one linear
-consumer (a Linear, or a Conv2d with groups=1, possibly after a flatten). Greedy imitation
+consumer (a Linear, or a Conv2d with groups=1, possibly after a flatten). A Linear reads its
+channels on the last dim, so (batch, tokens, channels) activations are units too (a ViT's
+MLP), and so are the shared hidden neurons of a gated MLP (act(gate(x)) * up(x) -> down: two
+producers multiplied channel by channel, pruned together). Greedy imitation
 weighs channel i of a unit by a gate c_i on the consumer's input; removing channel i is
 then exact surgery: the producer's output channel, everything channel-wise in between, and
 the consumer's input columns go, and the kept channels' gates are folded into the weights.
@@ -40,6 +43,10 @@ class Unit:
     # Consumer input columns per channel: 1 for Linear / conv, H*W for a Linear after a flatten.
     columns_per_channel: int
     members: list[str] = field(default_factory=list)
+    # Where the consumer reads the channels: the last dim (Linear) or dim 1 (conv).
+    channel_last: bool = False
+    # Further producers whose outputs are multiplied channel by channel with the producer's (a gated MLP).
+    co_producers: list[str] = field(default_factory=list)
     # The module whose output channels a "producer" fold scales, or None with the reason.
     fold_target: str | None = None
     fold_blocker: str = ""
@@ -99,22 +106,23 @@ class UnitGraph:
                 "the model's forward must run on 'example_inputs'") from err
         finally:
             model.train(was_training)
-        order = {n: i for i, n in enumerate(self._names.values())}
+        self._order = {n: i for i, n in enumerate(self._names.values())}
         self.units: list[Unit] = []
         self.skipped: list[SkippedGroup] = []
         for group in self.graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
             self._classify(group)
-        self.units.sort(key=lambda u: order[u.consumer])
+        self.units.sort(key=lambda u: self._order[u.consumer])
 
     def _classify(self, group) -> None:
         producers, consumers, members = [], [], []
-        residual = False
+        residual = gated = False
         for item in group:
             dep = item.dep
             module = dep.target.module
             name = self._names.get(module)
             if name is None:  # Torch-Pruning's own nodes: flatten, elementwise ops, adds
                 residual |= "AddBackward" in str(dep.target.name)
+                gated |= "MulBackward" in str(dep.target.name)
                 continue
             if self.graph.is_out_channel_pruning_fn(dep.handler):
                 if _is_linear_consumer(module):
@@ -123,22 +131,27 @@ class UnitGraph:
                     members.append(name)
             elif self.graph.is_in_channel_pruning_fn(dep.handler) and _is_linear_consumer(module):
                 consumers.append(name)
-        producers = list(dict.fromkeys(producers))
+        producers = sorted(dict.fromkeys(producers), key=self._order.__getitem__)  # model order
         consumers = list(dict.fromkeys(consumers))
-        if residual or len(producers) > 1:
+        if residual or (len(producers) > 1 and not gated):
             self.skipped.append(SkippedGroup(producers, "tied to a residual add"))
-        elif len(producers) != 1 or len(consumers) != 1:
-            reason = "no linear consumer (model output)" if not consumers else f"read by {len(consumers)} layers"
+        elif not producers or len(consumers) != 1:
+            reason = ("no linear producer" if not producers else "no linear consumer (model output)" if not consumers
+                      else f"read by {len(consumers)} layers")
             self.skipped.append(SkippedGroup(producers, reason))
         else:
             producer = self.module(producers[0])
             consumer = self.module(consumers[0])
-            channels = producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
+            channels = _out_channels(producer)
             in_cols = consumer.in_features if isinstance(consumer, nn.Linear) else consumer.in_channels
             if in_cols % channels:
                 self.skipped.append(SkippedGroup(producers, f"{consumers[0]} reads {in_cols} columns from {channels} channels"))
                 return
-            unit = Unit(producers[0], consumers[0], channels, in_cols // channels, members)
+            if any(_out_channels(self.module(p)) != channels for p in producers[1:]):
+                self.skipped.append(SkippedGroup(producers, "multiplied producers of different widths"))
+                return
+            unit = Unit(producers[0], consumers[0], channels, in_cols // channels, members,
+                        channel_last=isinstance(consumer, nn.Linear), co_producers=producers[1:])
             unit.fold_target, unit.fold_blocker = self._fold_target(unit)
             self.units.append(unit)
 
@@ -146,6 +159,8 @@ class UnitGraph:
         """The last per-channel affine module between producer and consumer, when every op
         after it is positively homogeneous (then scaling its output channels by s > 0 scales
         the consumer's input channels by s)."""
+        if unit.co_producers:
+            return None, f"its channels are a product of {len(unit.co_producers) + 1} producers"
         node = self.graph.module2node[self.module(unit.producer)]
         consumer = self.module(unit.consumer)
         target, blocker = unit.producer, ""
@@ -183,7 +198,7 @@ class UnitGraph:
         """Multiply the unit's channels by `gates` ([N], or [K, N] with the batch repeated K times)
         at the consumer's input, for the duration of the block."""
         handle = self.module(unit.consumer).register_forward_pre_hook(
-            lambda _m, args: (apply_gates(args[0], gates, unit.columns_per_channel),) + tuple(args[1:]))
+            lambda _m, args: (apply_gates(args[0], gates, unit),) + tuple(args[1:]))
         try:
             yield
         finally:
@@ -244,27 +259,32 @@ class UnitGraph:
                 _scale_output_channels(self.module(unit.fold_target), producer_part)
 
     def _current_channels(self, unit: Unit) -> int:
-        producer = self.module(unit.producer)
-        return producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
+        return _out_channels(self.module(unit.producer))
 
 
-def apply_gates(x: torch.Tensor, gates: torch.Tensor, columns_per_channel: int) -> torch.Tensor:
-    """x * gates over the channel dim (dim 1; for a flattened input, blocks of columns).
+def _out_channels(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def apply_gates(x: torch.Tensor, gates: torch.Tensor, unit: Unit) -> torch.Tensor:
+    """x * gates over the unit's channels at its consumer's input: the last dim for a Linear
+    consumer (blocks of columns after a flatten), dim 1 for a conv.
 
     gates [N] multiplies x as is; gates [K, N] multiplies x repeated K times along the batch
     (x's batch must then already be K*B, laid out candidate-major).
     """
-    n = gates.shape[-1]
     g = gates.to(x.dtype)
-    if columns_per_channel > 1 and x.dim() == 2:
-        g = g.repeat_interleave(columns_per_channel, dim=-1)
-        n = n * columns_per_channel
-    tail = (1,) * (x.dim() - 2)
+    if unit.columns_per_channel > 1:
+        g = g.repeat_interleave(unit.columns_per_channel, dim=-1)
+    n = g.shape[-1]
+    # g's shape against one sample's dims (x without its batch dim)
+    per_sample = [1] * (x.dim() - 1)
+    per_sample[-1 if unit.channel_last else 0] = n
     if g.dim() == 1:
-        return x * g.view(1, n, *tail)
+        return x * g.view(1, *per_sample)
     k = g.shape[0]
     b = x.shape[0] // k
-    return (x.view(k, b, *x.shape[1:]) * g.view(k, 1, n, *tail)).view(x.shape)
+    return (x.view(k, b, *x.shape[1:]) * g.view(k, 1, *per_sample)).view(x.shape)
 
 
 def _scales_channels(module: nn.Module) -> bool:

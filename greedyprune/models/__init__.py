@@ -1,9 +1,10 @@
-"""Model zoo: the PQ Index paper's MLP and CNN, CIFAR VGG and ResNets, ImageNet ResNets and
-MobileNetV2, plus models from torchvision/timm when installed; `save_model`/`load_model` for
+"""Model zoo: the PQ Index paper's MLP and CNN, CIFAR VGG and ResNets, ImageNet ResNets,
+MobileNetV2 and a small ViT (DeiT-Tiny size), plus models from torchvision/timm when installed; `save_model`/`load_model` for
 (possibly pruned) models as data (models/io.py).
 
 Every zoo model traces with torch.fx.symbolic_trace and builds a torch-pruning DependencyGraph;
-each hidden-channel Conv2d/Linear is followed by its own BN and activation modules (not in place).
+each hidden-channel Conv2d/Linear of the CNNs is followed by its own BN and activation modules
+(not in place); the ViT's MLPs have their own GELU modules.
 """
 import importlib.util
 
@@ -18,8 +19,9 @@ from .mobilenet_v2 import MobileNetV2
 from .resnet import IMAGENET_RESNETS, ResNet
 from .resnet_cifar import CIFAR_RESNET_BLOCKS, CifarResNet
 from .vgg import VGG_CONFIGS, VGG
+from .vit import ViT
 
-MODEL_NAMES = ("mlp", "cnn", *VGG_CONFIGS, *CIFAR_RESNET_BLOCKS, *IMAGENET_RESNETS, "mobilenet_v2")
+MODEL_NAMES = ("mlp", "cnn", *VGG_CONFIGS, *CIFAR_RESNET_BLOCKS, *IMAGENET_RESNETS, "mobilenet_v2", "vit_tiny")
 EXTERNAL_LIBRARIES = ("torchvision", "timm")
 
 
@@ -72,9 +74,11 @@ def _build(name: str, num_classes: int, in_channels: int, image_size: int) -> nn
         return CifarResNet(name, num_classes, in_channels)
     if name in IMAGENET_RESNETS:
         return ResNet(name, num_classes, in_channels)
+    if name == "vit_tiny":
+        return ViT(num_classes, in_channels, image_size)
     return MobileNetV2(num_classes, in_channels)
 
 
 __all__ = ["build_model", "MODEL_NAMES", "save_model", "load_model", "read_state_dict", "load_weights", "load_weights_into",
            "export_program",
-           "MLP", "CNN", "VGG", "CifarResNet", "ResNet", "MobileNetV2"]
+           "MLP", "CNN", "VGG", "CifarResNet", "ResNet", "MobileNetV2", "ViT"]
