@@ -1,13 +1,11 @@
 """Greedy imitation on transformer units: (batch, tokens, channels) activations read by a Linear
 (a ViT's MLP) and the shared hidden neurons of a gated MLP (gate and up projections multiplied,
 read by the down projection), against explicit computations."""
-import importlib.util
 import math
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from greedyprune import ops
 from greedyprune.greedy import SuffixEvaluator, contribution_gram, prune_model
@@ -185,19 +183,3 @@ def test_vit_tiny_in_the_zoo_takes_cifar_and_imagenet_sizes():
     assert large.patch_embed.proj.kernel_size == (16, 16) and large.pos_embed.shape == (1, 197, 192)
     assert sum(p.numel() for p in large.parameters()) == 5_717_416  # DeiT-Tiny's count
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                    reason="transformers is not installed: the Llama-from-config test needs it")
-def test_llama_from_a_config_prunes_end_to_end():
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
-    model = LlamaForCausalLM(config).eval()
-    ids = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(1))
-    results = prune_model(model, ids, method="local", width_ratio=0.5, progress=False)
-    assert [r.width for r in results] == [16, 16]
-    for layer in model.model.layers:
-        assert layer.mlp.gate_proj.out_features == layer.mlp.up_proj.out_features == layer.mlp.down_proj.in_features == 16
-    assert model(ids).logits.shape == (4, 8, 64)

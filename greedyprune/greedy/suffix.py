@@ -14,7 +14,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .surgery import Unit, UnitGraph, apply_gates
+from .surgery import Unit, UnitGraph, apply_gates, logits_of
 
 DISCREPANCIES = ("kl", "mse", "ce")
 
@@ -38,20 +38,6 @@ def discrepancy(logits: torch.Tensor, target: torch.Tensor, kind: str, labels: t
         flat = logits.reshape(-1, logits.shape[-1])
         return F.cross_entropy(flat, labels.reshape(-1).repeat(k), reduction="none").view(k, -1).mean(-1)
     raise ValueError(f"greedyprune: argument 'discrepancy' must be one of {DISCREPANCIES}, got {kind!r}")
-
-
-def logits_of(output) -> torch.Tensor:
-    """The logits in a model's output: a tensor, or the `logits` of a Hugging Face style output
-    (attribute or key), or the first entry of a tuple/list."""
-    if isinstance(output, torch.Tensor):
-        return output
-    found = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
-    if found is None and isinstance(output, (tuple, list)) and output:
-        found = output[0]
-    if not isinstance(found, torch.Tensor):
-        raise ValueError(f"greedyprune: the model returned {type(output).__name__}; it must return a logits tensor, "
-                         "an output with .logits or a tuple starting with the logits")
-    return found
 
 
 class BatchSuffix:

@@ -70,6 +70,20 @@ _HOMOGENEOUS = re.compile(
     r"ReshapeAlias|Permute|Transpose|Clone|Squeeze\w*|Unsqueeze\w*|Expand|NativeDropout|Flatten)Backward\d*")
 
 
+def logits_of(output) -> torch.Tensor:
+    """The logits in a model's output: a tensor, or the `logits` of a Hugging Face style output
+    (attribute or key), or the first entry of a tuple/list."""
+    if isinstance(output, torch.Tensor):
+        return output
+    found = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    if found is None and isinstance(output, (tuple, list)) and output:
+        found = output[0]
+    if not isinstance(found, torch.Tensor):
+        raise ValueError(f"greedyprune: the model returned {type(output).__name__}; it must return a logits tensor, "
+                         "an output with .logits or a tuple starting with the logits")
+    return found
+
+
 def check_fold(fold: str) -> str:
     return check_choice("fold", fold, FOLDS)
 
@@ -99,7 +113,8 @@ class UnitGraph:
         was_training = model.training
         model.eval()
         try:
-            self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            self.graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False,
+                                                               output_transform=logits_of)
         except Exception as err:  # Torch-Pruning raises many kinds; say which model failed
             raise ValueError(
                 f"greedyprune: cannot trace {type(model).__name__} with Torch-Pruning ({err}); "
