@@ -74,6 +74,15 @@ def check_device(name: str, value):
     return device
 
 
+def check_file(name: str, path) -> str:
+    """`path` as a str when it names an existing file; else an error naming the argument."""
+    import os
+
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        raise arg_error(name, f"{str(path)!r} does not exist or is not a file")
+    return os.fspath(path)
+
+
 def check_callable(name: str, value):
     if not callable(value):
         raise arg_error(name, f"must be callable, got {type(value).__name__}")

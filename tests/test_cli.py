@@ -64,3 +64,47 @@ def test_arguments_and_the_output_folder_are_checked_before_any_work(tmp_path, m
     code = main(["prune", "--model", "mlp", "--width", "0.5", "--out", str(finished), "--no-progress"])
     assert code == 2 and "holds a finished run" in capsys.readouterr().err
     assert (finished / "report.json").read_text() == "{}"
+
+
+def _checkpoint_with_prefixes(arch: str, path, seed: int = 7):
+    """A DDP-style checkpoint ({"state_dict": {"module.<key>": ...}}) of a seeded zoo model for digits."""
+    import torch
+
+    from greedyprune.harness.training import seeded_model
+    model = seeded_model(arch, "digits", seed)
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    return model
+
+
+def test_weights_replace_the_training(tmp_path, monkeypatch):
+    import json
+
+    from greedyprune.greedy import pipeline
+    from greedyprune.harness.data import load_dataset, make_loader
+    from greedyprune.harness.training import evaluate
+
+    monkeypatch.setattr(pipeline, "pretrained_model", lambda *a, **k: pytest.fail("trained although --weights given"))
+    model = _checkpoint_with_prefixes("mlp", tmp_path / "ckpt.pt")
+    out = tmp_path / "out"
+    assert main(["prune", "--model", "mlp", "--weights", str(tmp_path / "ckpt.pt"), "--method", "local", "--width",
+                 "0.5", "--calib-samples", "32", "--gram-samples", "64", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    expected = evaluate(model, make_loader(load_dataset("digits", "test"), 256, shuffle=False))["accuracy"]
+    assert report["before"]["accuracy"] == expected
+
+
+@pytest.mark.parametrize("command", [
+    ["prune", "--model", "mlp"],
+    ["search", "--model", "mlp", "--epochs", "1"],
+    ["sap", "--model", "mlp", "--iterations", "1", "--epochs", "1"],
+])
+def test_weights_of_another_model_or_missing_are_one_line(command, tmp_path, capsys):
+    _checkpoint_with_prefixes("cnn", tmp_path / "cnn.pt")
+    out = tmp_path / "out"
+    assert main(command + ["--weights", str(tmp_path / "none.pt"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'--weights'" in err and "none.pt" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # checked before the output folder is made
+    assert main(command + ["--weights", str(tmp_path / "cnn.pt"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'weights'" in err and "does not fit" in err and "missing" in err and len(err.strip().splitlines()) == 1

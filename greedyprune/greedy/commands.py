@@ -38,6 +38,9 @@ def register(subparsers) -> None:
 def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_samples: int = 512,
                        overwrite: bool = False) -> None:
     p.add_argument("--model", default="cnn", help="a zoo name (trained on --data and cached) or a save_model file")
+    p.add_argument("--weights", default=None,
+                   help="weights for the --model name instead of training it: a state dict (torchvision / timm "
+                        "layout) or a checkpoint holding one; 'module.' prefixes are stripped")
     p.add_argument("--data", default="digits",
                    help="'digits' (bundled), a CIFAR-10 python-pickle folder, or an ImageFolder root (torchvision)")
     p.add_argument("--method", choices=METHODS, default="hybrid")
@@ -80,7 +83,7 @@ def _prune_command(args) -> int:
                          progress=not args.no_progress, method=args.method, tol=tol, width_ratio=args.width,
                          discrepancy=args.discrepancy, positions_per_image=args.positions,
                          exact_until=args.exact_until, taylor_top=args.taylor_top, fold=args.fold,
-                         recalibrate_bn=args.recalibrate_bn, overwrite=args.overwrite)
+                         recalibrate_bn=args.recalibrate_bn, overwrite=args.overwrite, weights=args.weights)
     print(format_report(report))
     print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt (load_model) "
           f"and pruned.pt2 (torch.export.load(path).module())")

@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 
 from ..harness.data import load_dataset, make_loader
-from ..checks import arg_error
+from ..checks import arg_error, check_file
 from ..files import prepare_output_dir, save_figure, write_json
 from ..harness.measure import count_flops, count_params, measure_latency
 from ..models import EXTERNAL_LIBRARIES, MODEL_NAMES, export_program, load_model, save_model
-from ..harness.training import evaluate, finetune, pretrained_model
+from ..harness.training import evaluate, finetune, model_with_weights, pretrained_model
 from .config import PruneConfig
 from .layerwise import prune_model
 from .plan import make_plan, save_plan
@@ -25,10 +25,13 @@ from .surgery import UnitGraph
 
 
 def trained_model(model: str, data: str, *, epochs: int = 15, lr: float = 0.05, seed: int = 0,
-                  progress: bool = True) -> nn.Module:
-    """A saved model (path written by save_model) or zoo model `model` trained on `data` and cached."""
+                  progress: bool = True, weights=None) -> nn.Module:
+    """A saved model (path written by save_model), zoo model `model` with the given `weights`
+    file, or else trained on `data` and cached."""
     if os.path.isfile(model):
         return load_model(model)[0]
+    if weights is not None:
+        return model_with_weights(model, data, weights, seed=seed)
     return pretrained_model(model, data, epochs=epochs, lr=lr, seed=seed, progress=progress)
 
 
@@ -79,9 +82,10 @@ def _stats(model: nn.Module, test_loader, example: torch.Tensor) -> dict:
 def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: str = "digits",
                 out_dir: str | os.PathLike = "greedyprune-out", target_flops: float | None = None,
                 calib_samples: int = 512, gram_samples: int = 2048, finetune_epochs: int = 0, train_epochs: int = 15,
-                seed: int = 0, overwrite: bool = False, progress: bool = True, **options) -> dict:
+                seed: int = 0, overwrite: bool = False, progress: bool = True, weights=None, **options) -> dict:
     """Prune `model` on `data` as `config` (or its fields as keyword options) says; returns the
-    report (also written to out_dir). target_flops: the uniform width ratio whose model keeps
+    report (also written to out_dir). weights: a state dict / checkpoint file for zoo model
+    `model` (instead of training it). target_flops: the uniform width ratio whose model keeps
     about that fraction of the FLOPs (bisection) replaces width_ratio. Every argument and the
     output folder are checked before any work; a folder holding a finished run (report.json) is
     refused unless overwrite."""
@@ -99,8 +103,13 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
     elif config is None:
         config = PruneConfig(**options)
     _check_model_source(model)
+    if weights is not None:
+        check_file("--weights", weights)
+        if os.path.isfile(model):
+            raise arg_error("--weights", "goes with a model name (--model resnet50, torchvision:vit_b_16, ...), "
+                                         f"not with the saved model {model!r}, which holds its own weights")
     out = prepare_output_dir(out_dir, finished="report.json", overwrite=overwrite)
-    net = trained_model(model, data, epochs=train_epochs, seed=seed, progress=progress).eval()
+    net = trained_model(model, data, epochs=train_epochs, seed=seed, progress=progress, weights=weights).eval()
     train_set, test_set = load_dataset(data, "train"), load_dataset(data, "test")
     test_loader = make_loader(test_set, 256, shuffle=False)
     calib_x, calib_y = next(iter(make_loader(train_set, calib_samples, shuffle=True, seed=seed + 1)))

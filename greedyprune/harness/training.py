@@ -196,6 +196,16 @@ def seeded_model(arch: str, data: str, seed: int) -> nn.Module:
                        image_size=info["image_size"])
 
 
+def model_with_weights(arch: str, data: str, weights, *, seed: int = 0) -> nn.Module:
+    """Model `arch` (zoo or torchvision:/timm: name) sized for dataset `data`, with the weights in
+    the file `weights`: a state dict (torchvision / timm layout) or a checkpoint holding one under
+    state_dict / model / ...; `module.` prefixes are stripped; missing, unexpected or misshapen
+    keys are one error naming a few of them."""
+    from ..models import load_weights_into
+
+    return load_weights_into(seeded_model(arch, data, seed), weights)
+
+
 def pretrained_model(arch: str, data: str, *, epochs: int, lr: float = 0.05, batch_size: int = 64, seed: int = 0,
                      device=None, progress: bool = True, cache_dir=None) -> nn.Module:
     """Zoo model `arch` trained on `data` (`train`: SGD, cosine, `epochs`), cached by its settings

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ..checks import check_device
+from ..checks import arg_error, check_device, check_file
 from ..harness.data import load_dataset
 from ..files import prepare_output_dir
 from ..models import load_model, save_model
-from ..harness.training import pretrained_model
+from ..harness.training import model_with_weights, pretrained_model
 from .demo import run_demo
 from .masked import export, wrap
 from .report import REPORT_NAME, write_search_report
@@ -29,7 +29,10 @@ def register(subparsers) -> None:
     parser.add_argument("--model", default="cnn", help="model zoo name when --pretrained is not given (default: cnn)")
     parser.add_argument("--data", default="digits", help="'digits' or a folder load_dataset understands")
     parser.add_argument("--pretrained", type=Path,
-                        help="a save_model file; without it the model is pre-trained on --data and cached")
+                        help="a save_model file; without it (or --weights) the model is pre-trained on --data and cached")
+    parser.add_argument("--weights", type=Path,
+                        help="pre-trained weights for --model: a state dict (torchvision / timm layout) or a "
+                             "checkpoint holding one; 'module.' prefixes are stripped")
     parser.add_argument("--pretrain-epochs", type=int, default=20, help="epochs of that pre-training (default: 20)")
     parser.add_argument("--sparsity", type=float, default=0.9, help="fraction of masked weights removed (0.9)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="paper",
@@ -61,6 +64,8 @@ def _pretrained_model(args) -> torch.nn.Module:
     if args.pretrained is not None:
         model, _ = load_model(args.pretrained)
         return model
+    if args.weights is not None:
+        return model_with_weights(args.model, args.data, args.weights)
     return pretrained_model(args.model, args.data, epochs=args.pretrain_epochs, lr=PRETRAIN_LR,
                             batch_size=args.batch_size, seed=args.seed, device=args.device,
                             progress=not args.no_progress)
@@ -72,6 +77,11 @@ def run_search_command(args: argparse.Namespace) -> int:
         run_demo(args.out, quick=args.quick, progress=not args.no_progress)
         return 0
     args.device = check_device("--device", args.device)
+    if args.pretrained is not None and args.weights is not None:
+        raise arg_error("--weights", "give --pretrained (a save_model file) or --weights (a state dict), not both")
+    for flag, path in (("--pretrained", args.pretrained), ("--weights", args.weights)):
+        if path is not None:
+            check_file(flag, path)
     config = SearchConfig(sparsity=args.sparsity, schedule=args.schedule, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
                           eta=args.eta, seed=args.seed)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checks import check_file
 from ..harness.data import load_dataset
 from ..files import prepare_output_dir, write_json
 from ..models import load_weights
-from ..harness.training import seeded_model
+from ..harness.training import model_with_weights, seeded_model
 from .pqi import PAPER_PAIR, format_grid, format_table, grid_pairs, pqi_report
 from .report import results_table
 from .sap import METHODS, MODEL_FILE, SAPConfig, run_sap
@@ -37,6 +38,9 @@ def register(subparsers) -> None:
         dest = flag[2:].replace("-", "_")
         default = getattr(defaults, dest)
         sap.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+    sap.add_argument("--weights", default=None,
+                     help="initial weights for --model (what SAP rewinds to) instead of --seed's initialisation: a "
+                          "state dict (torchvision / timm layout) or a checkpoint holding one")
     sap.add_argument("--stop-on-rising-pqi", action="store_true",
                      help="stop once the retrained model's global PQI_{p,q} rises (the paper's suggested extension)")
     sap.add_argument("--out", required=True, help="output folder")
@@ -69,8 +73,11 @@ def sap_command(args: argparse.Namespace) -> int:
     config = SAPConfig(method=args.method, scope=args.scope, p=args.p, q=args.q, eta=args.eta, gamma=args.gamma,
                        beta=args.beta, ratio=args.ratio, iterations=args.iterations, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, stop_on_rising_pqi=args.stop_on_rising_pqi)
+    if args.weights is not None:
+        check_file("--weights", args.weights)
     prepare_output_dir(args.out, finished=MODEL_FILE, resume=args.resume, overwrite=args.overwrite)
-    model = seeded_model(args.model, args.data, config.seed)
+    model = (model_with_weights(args.model, args.data, args.weights, seed=config.seed) if args.weights is not None
+             else seeded_model(args.model, args.data, config.seed))
     result = run_sap(model, load_dataset(args.data, "train"), load_dataset(args.data, "test"), config,
                      out_dir=args.out, resume=args.resume, progress=not args.no_progress)
     print(results_table({config.label: result.history}), end="")
