@@ -1,4 +1,4 @@
-"""Command line: `greedyprune demo | prune | rate-demo | search | sap | pqi` (each with --help).
+"""Command line: `greedyprune demo | prune | rate-demo | finetune | eval | search | sap | pqi` (each with --help).
 
 Every failure a user can cause or meet (bad arguments, unreadable or untrusted files, a full or
 read-only disk, Ctrl-C, a missing optional package) ends with one line on stderr and exit code 2;
@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from .greedy import commands as greedy_commands
+from .harness import commands as harness_commands
 from .popup import commands as popup_commands
 from .sparsity import commands as sparsity_commands
 
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="greedyprune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (greedy_commands, popup_commands, sparsity_commands):
+    for module in (greedy_commands, harness_commands, popup_commands, sparsity_commands):
         module.register(subparsers)
     return parser
 

@@ -7,7 +7,7 @@ from greedyprune.cli import build_parser, main
 
 def test_every_subcommand_is_registered():
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert {"demo", "prune", "rate-demo", "search", "sap", "pqi"} <= set(commands)
+    assert {"demo", "prune", "rate-demo", "finetune", "eval", "search", "sap", "pqi"} <= set(commands)
 
 
 def test_prune_writes_its_outputs(tmp_path, monkeypatch, capsys):
@@ -108,3 +108,30 @@ def test_weights_of_another_model_or_missing_are_one_line(command, tmp_path, cap
     assert main(command + ["--weights", str(tmp_path / "cnn.pt"), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "'weights'" in err and "does not fit" in err and "missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_finetune_and_eval_a_pruned_model(tmp_path, monkeypatch, capsys):
+    import json
+
+    from greedyprune.models import load_model
+    monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
+    pruned = tmp_path / "prune"
+    assert main(["prune", "--model", "mlp", "--method", "local", "--width", "0.25", "--calib-samples", "32",
+                 "--gram-samples", "64", "--train-epochs", "1", "--out", str(pruned), "--no-progress"]) == 0
+    out = tmp_path / "ft"
+    assert main(["finetune", str(pruned / "pruned.pt"), "--epochs", "2", "--lr", "0.05", "--out", str(out),
+                 "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["epoch_losses"]) == 2 and report["before"]["params"] == report["after"]["params"]
+    assert report["config"]["lr"] == 0.05 and report["config"]["weight_decay"] == 5e-5
+    tuned, _ = load_model(out / "finetuned.pt")
+    assert sum(p.numel() for p in tuned.parameters()) == report["after"]["params"]
+    capsys.readouterr()
+    assert main(["eval", str(out / "finetuned.pt"), "--json", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == report["after"]["accuracy"]
+    assert "test accuracy" in capsys.readouterr().out
+    # a finished run is refused; a name without --weights is one line
+    assert main(["finetune", str(pruned / "pruned.pt"), "--out", str(out), "--no-progress"]) == 2
+    assert main(["eval", "mlp"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--overwrite" in err[0] and "--weights" in err[1] and len(err) == 2

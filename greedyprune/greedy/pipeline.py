@@ -15,9 +15,9 @@ import torch.nn as nn
 from ..harness.data import load_dataset, make_loader
 from ..checks import arg_error, check_file
 from ..files import prepare_output_dir, save_figure, write_json
-from ..harness.measure import count_flops, count_params, measure_latency
+from ..harness.measure import count_flops, model_stats
 from ..models import EXTERNAL_LIBRARIES, MODEL_NAMES, export_program, load_model, save_model
-from ..harness.training import evaluate, finetune, model_with_weights, pretrained_model
+from ..harness.training import finetune, model_with_weights, pretrained_model
 from .config import PruneConfig
 from .layerwise import prune_model
 from .plan import make_plan, save_plan
@@ -70,15 +70,6 @@ def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float
     return max(lo, 1e-3)
 
 
-def _stats(model: nn.Module, test_loader, example: torch.Tensor) -> dict:
-    acc = evaluate(model, test_loader)
-    return {"params": count_params(model), "flops": count_flops(model, example[:1]),
-            "accuracy": acc["accuracy"], "test_loss": acc["loss"],
-            "latency_ms_batch1": measure_latency(model, example[:1])["median_ms"],
-            "latency_ms_batch64": measure_latency(model, example[:1].expand(64, *example.shape[1:]).contiguous(),
-                                                  repeats=10)["median_ms"]}
-
-
 def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: str = "digits",
                 out_dir: str | os.PathLike = "greedyprune-out", target_flops: float | None = None,
                 calib_samples: int = 512, gram_samples: int = 2048, finetune_epochs: int = 0, train_epochs: int = 15,
@@ -118,13 +109,13 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
         if i * x.shape[0] >= gram_samples:
             break
         gram_batches.append(x)
-    before = _stats(net, test_loader, calib_x)
+    before = model_stats(net, test_loader, calib_x)
     if target_flops is not None:
         config = replace(config, width_ratio=width_ratio_for_flops(net, calib_x[:1], target_flops))
     start = time.perf_counter()
     results = prune_model(net, calib_x, config, labels=calib_y, gram_batches=gram_batches, progress=progress)
     prune_seconds = time.perf_counter() - start
-    after = _stats(net, test_loader, calib_x)
+    after = model_stats(net, test_loader, calib_x)
     report = {
         "model": model, "data": data, "config": asdict(config), "method": config.method,
         "target_flops": target_flops, "calib_samples": int(calib_x.shape[0]),
@@ -137,7 +128,7 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
     if finetune_epochs > 0:
         loader = make_loader(train_set, 64, shuffle=True, seed=seed + 3)
         finetune(net, loader, epochs=finetune_epochs, progress=progress)
-        report["after_finetune"] = _stats(net, test_loader, calib_x)
+        report["after_finetune"] = model_stats(net, test_loader, calib_x)
     save_plan(make_plan(results, model=model, data=data, method=config.method, fold=config.fold), out / "plan.json")
     save_model(net, out / "pruned.pt", data=data, method=config.method)
     try:  # a program plain PyTorch runs: torch.export.load(path).module()

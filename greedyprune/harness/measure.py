@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..checks import arg_error, check_int, check_module
-from .training import eval_mode
+from .training import eval_mode, evaluate
 
 
 def count_params(model: nn.Module) -> int:
@@ -57,3 +57,13 @@ def _as_args(example_input) -> tuple[torch.Tensor, ...]:
                         f"got {type(example_input).__name__}")
     return tuple(args)
 
+
+def model_stats(model: nn.Module, test_loader, example: torch.Tensor) -> dict:
+    """Parameters, FLOPs, test accuracy and loss, and CPU latency at batch 1 and 64 (what the
+    drivers report before and after pruning)."""
+    acc = evaluate(model, test_loader)
+    batch64 = example[:1].expand(64, *example.shape[1:]).contiguous()
+    return {"params": count_params(model), "flops": count_flops(model, example[:1]),
+            "accuracy": acc["accuracy"], "test_loss": acc["loss"],
+            "latency_ms_batch1": measure_latency(model, example[:1])["median_ms"],
+            "latency_ms_batch64": measure_latency(model, batch64, repeats=10)["median_ms"]}
