@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 
@@ -72,6 +73,17 @@ def check_device(name: str, value):
     if device.type not in ("cpu", "cuda"):
         raise arg_error(name, f"must be 'cpu' or 'cuda[:N]', got {value!r}")
     return device
+
+
+def check_finite_weights(name: str, tensors) -> None:
+    """Every tensor in `tensors` ({layer name: tensor} or a module's parameters) finite; else an
+    error naming argument `name` and the first layer that is not."""
+    items = tensors.named_parameters() if isinstance(tensors, nn.Module) else tensors.items()
+    for layer, value in items:
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise arg_error(name, f"layer {layer!r} holds {bad} non-finite value(s) (NaN or inf) of {value.numel()}; "
+                                  "was its training diverging?")
 
 
 def check_file(name: str, path) -> str:

@@ -135,3 +135,39 @@ def test_finetune_and_eval_a_pruned_model(tmp_path, monkeypatch, capsys):
     assert main(["eval", "mlp"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "--overwrite" in err[0] and "--weights" in err[1] and len(err) == 2
+
+
+def test_non_finite_weights_name_the_layer(tmp_path, capsys):
+    import torch
+
+    from greedyprune.harness.training import seeded_model
+    model = seeded_model("mlp", "digits", 0)
+    state = model.state_dict()
+    name = [k for k in state if k.endswith("weight") and state[k].dim() > 1][1]
+    state[name][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    for command in (["prune", "--model", "mlp", "--width", "0.5"], ["search", "--model", "mlp"], ["sap", "--model", "mlp"]):
+        code = main(command + ["--weights", str(tmp_path / "nan.pt"), "--out", str(tmp_path / command[0]),
+                               "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and repr(name) in err and "non-finite" in err, (command, err)
+    assert main(["pqi", str(tmp_path / "nan.pt"), "--arch", "mlp", "--in-channels", "1", "--image-size", "8"]) == 2
+    assert repr(name) in capsys.readouterr().err
+
+
+def test_pretrain_epochs_is_named(tmp_path, capsys):
+    assert main(["search", "--pretrain-epochs", "0", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "'--pretrain-epochs'" in capsys.readouterr().err
+
+
+def test_cuda_backend_without_cuda_warns():
+    import torch
+
+    from greedyprune import ops
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    try:
+        with pytest.warns(RuntimeWarning, match="no CUDA device"):
+            ops.set_backend("cuda")
+    finally:
+        ops.set_backend("auto")

@@ -210,7 +210,8 @@ def test_count_params_and_flops():
 def test_measure_latency_and_mode():
     model = _mlp().train()
     result = measure.measure_latency(model, torch.randn(8, 1, 8, 8), warmup=2, repeats=10)
-    assert set(result) == {"median_ms", "p10_ms", "p90_ms", "repeats"} and result["repeats"] == 10
+    assert set(result) == {"median_ms", "p10_ms", "p90_ms", "repeats", "threads", "load"} and result["repeats"] == 10
+    assert result["threads"] == torch.get_num_threads() and len(result["load"]) == 2
     assert 0 < result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
     assert model.training
     measure.count_flops(model, torch.randn(1, 64))

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..checks import arg_error
+from ..checks import arg_error, check_finite_weights
 from ..harness.training import recalibrate_batchnorm
 from .config import PruneConfig
 from .evaluator import SuffixEvaluator, calibration_batches
@@ -56,6 +56,7 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
         config = PruneConfig(**options)
     elif options:
         raise ValueError(f"greedyprune: give 'config' or keyword options, not both (got {sorted(options)})")
+    check_finite_weights("model", model)
     batches = calibration_batches(calib, labels)
     if config.method == "gfs" and any(y is None for _, y in batches):
         raise arg_error("labels", "are needed by method 'gfs' (it scores cross-entropy on true labels)")

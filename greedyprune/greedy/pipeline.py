@@ -150,6 +150,9 @@ def format_report(report: dict) -> str:
             rows.append((key.replace("_", " "), f"{s['params']:,}", f"{s['flops'] / 1e6:.2f}", f"{s['accuracy']:.4f}",
                          f"{s['latency_ms_batch1']:.3f}", f"{s['latency_ms_batch64']:.3f}"))
     lines = ["  ".join(f"{c:>14}" for c in row) for row in rows]
+    s = report["before"]
+    lines.append(f"(latency: median of repeated CPU forwards, {s['latency_threads']} threads, load average "
+                 f"{s['latency_load'][0]:.1f}-{s['latency_load'][1]:.1f})")
     lines.append("")
     lines.append(f"{'unit':>28}  {'width':>11}  {'asked':>5}  {'method':>7}  {'discrepancy':>11}  {'gram s':>7}  "
                  f"{'select s':>8}  {'eval s':>7}  {'total s':>7}  stopped by")

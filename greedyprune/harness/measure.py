@@ -1,6 +1,7 @@
 """Size and speed of a model: parameter count, FLOPs of one forward, latency."""
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -30,13 +31,15 @@ def count_flops(model: nn.Module, example_input) -> int:
 
 def measure_latency(model: nn.Module, example_input, *, warmup: int = 5, repeats: int = 30) -> dict:
     """Wall time of one forward on `example_input` in ms (time.perf_counter, eval mode,
-    torch.inference_mode): median, 10th and 90th percentile over `repeats` runs after `warmup`."""
+    torch.inference_mode): median, 10th and 90th percentile over `repeats` runs after `warmup`,
+    with the thread count and the 1-minute load average before and after (the figure depends on them)."""
     check_module(model)
     args = _as_args(example_input)
     check_int("warmup", warmup, minimum=0)
     check_int("repeats", repeats, minimum=1)
     on_cuda = any(a.is_cuda for a in args)
     times_ms = []
+    load_before = os.getloadavg()[0]
     with eval_mode(model), torch.inference_mode():
         for run in range(warmup + repeats):
             start = time.perf_counter()
@@ -47,7 +50,8 @@ def measure_latency(model: nn.Module, example_input, *, warmup: int = 5, repeats
                 times_ms.append((time.perf_counter() - start) * 1e3)
     p10, median, p90 = torch.tensor(times_ms, dtype=torch.float64).quantile(
         torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
-    return dict(median_ms=median, p10_ms=p10, p90_ms=p90, repeats=repeats)
+    return dict(median_ms=median, p10_ms=p10, p90_ms=p90, repeats=repeats, threads=torch.get_num_threads(),
+                load=[load_before, os.getloadavg()[0]])
 
 
 def _as_args(example_input) -> tuple[torch.Tensor, ...]:
@@ -63,7 +67,8 @@ def model_stats(model: nn.Module, test_loader, example: torch.Tensor) -> dict:
     drivers report before and after pruning)."""
     acc = evaluate(model, test_loader)
     batch64 = example[:1].expand(64, *example.shape[1:]).contiguous()
+    one, many = measure_latency(model, example[:1]), measure_latency(model, batch64, repeats=10)
     return {"params": count_params(model), "flops": count_flops(model, example[:1]),
             "accuracy": acc["accuracy"], "test_loss": acc["loss"],
-            "latency_ms_batch1": measure_latency(model, example[:1])["median_ms"],
-            "latency_ms_batch64": measure_latency(model, batch64, repeats=10)["median_ms"]}
+            "latency_ms_batch1": one["median_ms"], "latency_ms_batch64": many["median_ms"],
+            "latency_threads": one["threads"], "latency_load": [one["load"][0], many["load"][1]]}

@@ -35,9 +35,13 @@ PYTHON_CHECKED = ("reference", "triton")
 
 
 def set_backend(name: str) -> None:
-    """Set the process-wide default backend: one of BACKENDS."""
+    """Set the process-wide default backend: one of BACKENDS. "cuda" and "triton" serve only CUDA
+    tensors, so setting them without a CUDA device warns (every op on CPU tensors would then fail)."""
     global _default_backend
     _default_backend = check_backend_name(name)
+    if name in ("cuda", "triton") and not torch.cuda.is_available():
+        warnings.warn(f"greedyprune: backend {name!r} set, but no CUDA device is available: ops on CPU tensors "
+                      "will raise; 'auto' picks the C++ kernels for them", RuntimeWarning, stacklevel=2)
 
 
 def check_backend_name(name: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..checks import arg_error, check_device, check_file
+from ..checks import arg_error, check_device, check_file, check_int
 from ..harness.data import load_dataset
 from ..files import prepare_output_dir
 from ..models import load_model, save_model
@@ -77,6 +77,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         run_demo(args.out, quick=args.quick, progress=not args.no_progress)
         return 0
     args.device = check_device("--device", args.device)
+    check_int("--pretrain-epochs", args.pretrain_epochs, minimum=1)
     if args.pretrained is not None and args.weights is not None:
         raise arg_error("--weights", "give --pretrained (a save_model file) or --weights (a state dict), not both")
     for flag, path in (("--pretrained", args.pretrained), ("--weights", args.weights)):

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import prune
 
+from ..checks import check_finite_weights
 from .. import ops
 
 WRAPPED_TYPES = (nn.Conv2d, nn.Linear)
@@ -193,6 +194,7 @@ def wrap(model: nn.Module, *, include: Iterable[str] | None = None, exclude: Ite
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"wrap: argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
+    check_finite_weights("model", model)
     names = select_layers(model, include, exclude, exclude_classifier)
     model = copy.deepcopy(model)
     for parameter in model.parameters():

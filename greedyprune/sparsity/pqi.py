@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from .. import ops
-from ..checks import arg_error
+from ..checks import arg_error, check_finite_weights
 from .weights import SCOPES, check_masks, prunable_weights
 
 PAPER_PAIR = (0.5, 1.0)  # the paper's default (p, q), used for every PQI it plots
@@ -192,6 +192,7 @@ def pqi_report(weights, pairs=(PAPER_PAIR,), *, masks=None, scopes: Sequence[str
     tensors = prunable_weights(weights)
     if not tensors:
         raise arg_error("weights", "holds no floating tensor with more than one dimension")
+    check_finite_weights("weights", tensors)
     pairs = check_pairs(pairs)
     if isinstance(scopes, str) or not scopes or any(s not in SCOPES for s in scopes):
         raise arg_error("scopes", f"must be a non-empty sequence drawn from {SCOPES}, got {scopes!r}")

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import ops
-from ..checks import arg_error, is_real
+from ..checks import arg_error, check_finite_weights, is_real
 from ..harness.data import make_loader
 from ..harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, setting_differences
 from ..files import write_json
@@ -247,6 +247,7 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
         raise arg_error("config", f"must be a SAPConfig, got {type(config).__name__}")
     if not prunable_weights(model):
         raise arg_error("model", "has no parameter with more than one dimension to prune")
+    check_finite_weights("model", model)
     out = None if out_dir is None else Path(out_dir)
     if resume and out is None:
         raise arg_error("resume", "needs 'out_dir' (where the checkpoint is)")
