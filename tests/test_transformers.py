@@ -183,3 +183,25 @@ def test_vit_tiny_in_the_zoo_takes_cifar_and_imagenet_sizes():
     assert large.patch_embed.proj.kernel_size == (16, 16) and large.pos_embed.shape == (1, 197, 192)
     assert sum(p.numel() for p in large.parameters()) == 5_717_416  # DeiT-Tiny's count
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+class DictOutput(nn.Module):
+    """The decoder returning its logits the way Hugging Face models do: a mapping, or a tuple."""
+
+    def __init__(self, inner: nn.Module, as_tuple: bool):
+        super().__init__()
+        self.inner, self.as_tuple = inner, as_tuple
+
+    def forward(self, ids):
+        logits = self.inner(ids)
+        return (logits, ids) if self.as_tuple else {"logits": logits, "hidden": ids}
+
+
+@pytest.mark.parametrize("as_tuple", [False, True], ids=["dict", "tuple"])
+def test_models_returning_a_dict_or_tuple_prune(as_tuple):
+    plain = tiny_decoder()
+    wrapped = DictOutput(tiny_decoder(), as_tuple)
+    ids = token_ids()
+    expected = prune_model(plain, ids, method="global", width_ratio=0.5, progress=False)
+    got = prune_model(wrapped, ids, method="global", width_ratio=0.5, progress=False)
+    assert [r.kept for r in got] == [r.kept for r in expected] and all(r.width == 6 for r in got)
