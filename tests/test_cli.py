@@ -171,3 +171,15 @@ def test_cuda_backend_without_cuda_warns():
             ops.set_backend("cuda")
     finally:
         ops.set_backend("auto")
+
+
+def test_step_batch_and_memory_budget_reach_the_config(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["prune", "--model", "mlp", "--method", "global", "--width", "0.5", "--calib-samples", "32",
+                 "--gram-samples", "64", "--train-epochs", "1", "--step-batch", "0", "--max-batch-memory", "64",
+                 "--out", str(out), "--no-progress"]) == 0
+    config = json.loads((out / "report.json").read_text())["config"]
+    assert config["step_batch"] is None and config["memory_budget"] == 64 * 2 ** 20

@@ -62,6 +62,11 @@ def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_s
     p.add_argument("--positions", type=int, default=None, help="subsample this many positions per image for Grams")
     p.add_argument("--exact-until", type=int, default=25, help="global imitation: exact candidates while nnz <= this")
     p.add_argument("--taylor-top", type=int, default=5, help="global imitation: candidates re-checked after Taylor")
+    p.add_argument("--step-batch", type=int, default=PruneConfig.step_batch,
+                   help="global imitation: a fresh mini-batch of this many calibration samples per step "
+                        "(Algorithm 1 line 4); 0: every step on all of them")
+    p.add_argument("--max-batch-memory", type=float, default=None, metavar="MIB",
+                   help="MiB for candidate batches and cached prefixes (default: a quarter of the free memory)")
     p.add_argument("--finetune-epochs", type=int, default=finetune_epochs)
     p.add_argument("--train-epochs", type=int, default=15, help="epochs when a zoo model must be trained first")
     p.add_argument("--seed", type=int, default=0)
@@ -83,7 +88,9 @@ def _prune_command(args) -> int:
                          progress=not args.no_progress, method=args.method, tol=tol, width_ratio=args.width,
                          discrepancy=args.discrepancy, positions_per_image=args.positions,
                          exact_until=args.exact_until, taylor_top=args.taylor_top, fold=args.fold,
-                         recalibrate_bn=args.recalibrate_bn, overwrite=args.overwrite, weights=args.weights)
+                         recalibrate_bn=args.recalibrate_bn, overwrite=args.overwrite, weights=args.weights,
+                         step_batch=args.step_batch or None,
+                         memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20))
     print(format_report(report))
     print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt (load_model) "
           f"and pruned.pt2 (torch.export.load(path).module())")
