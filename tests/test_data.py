@@ -179,3 +179,20 @@ def test_make_loader_bad_arguments(kwargs, name, error):
         data.make_loader(dataset, **({"batch_size": 8, "shuffle": True} | kwargs))
     with pytest.raises(TypeError, match="'dataset'"):
         data.make_loader([1, 2, 3], 2, shuffle=False)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello\n1 2 3\n", b"\x80\x04K\x01."])  # empty, text, a pickled int
+def test_garbage_cifar_batches_say_what_is_wrong(tmp_path, content):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(content)
+    with pytest.raises(ValueError, match="'source'.*is not a CIFAR-10 python batch"):
+        data.load_dataset(str(folder), "test")
+
+
+def test_an_empty_image_folder_says_what_is_wrong(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(ValueError, match="'source'.*no class subfolders"):
+        data.dataset_info(str(tmp_path))

@@ -57,6 +57,9 @@ def dataset_info(source: str) -> dict:
     if kind == "cifar10":
         return dict(in_channels=3, image_size=32, num_classes=10)
     classes = [d for d in os.scandir(root / "train") if d.is_dir()]
+    if not classes:
+        raise arg_error("source", f"ImageFolder root {str(root)!r}: train/ holds no class subfolders "
+                                  "(expected train/<class>/<image> and val/<class>/<image>)")
     return dict(in_channels=3, image_size=224, num_classes=len(classes))
 
 
@@ -179,10 +182,16 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [n, 3, 32, 32], int64 [n]) from one pickle batch (rows are R, G, B planes of 32x32)."""
     if not path.is_file():
         raise ValueError(f"greedyprune: argument 'source': CIFAR-10 batch file {str(path)!r} is missing")
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # the format is a pickle: the folder must be trusted
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except OSError:
+        raise
+    except Exception as err:  # unpickling garbage raises many kinds
+        raise arg_error("source", f"{str(path)!r} is not a CIFAR-10 python batch (a pickled dict with b'data' and "
+                                  f"b'labels'; {type(err).__name__}); is the folder cifar-10-batches-py?") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise ValueError(f"greedyprune: argument 'source': {str(path)!r} is not a CIFAR-10 batch "
                          f"(data {data.shape}, {len(labels)} labels)")
@@ -203,7 +212,11 @@ def _image_folder(root: Path, split: str, image_size: int) -> Dataset:
         steps = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
         folder = _eval_folder(root)
     steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+    try:
+        return datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+    except FileNotFoundError as err:  # no class subfolders, or no image files in them
+        raise arg_error("source", f"ImageFolder {str(folder)!r} holds no images in class subfolders "
+                                  f"(<class>/<image>): {err}") from None
 
 
 def _augmented_base(dataset: Dataset):
