@@ -391,3 +391,17 @@ def test_fixed_step_moves_use_the_consumer_linearity_exactly(kind, cache_contrib
     gamma = 0.25
     gates = ((1 - gamma) * a + gamma * torch.eye(n, dtype=torch.float64)[candidates]) * n
     torch.testing.assert_close(ev.evaluate_steps(a, gamma, candidates), ev.evaluate(gates), rtol=1e-9, atol=1e-12)
+
+
+def test_a_scalar_add_is_not_a_residual():
+    class ScalarAdd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.fc = nn.Conv2d(2, 6, 3, padding=1), nn.Conv2d(6, 4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = torch.relu(self.conv1(x)) + 1.0
+            return self.fc(self.conv2(x).mean((2, 3)))
+
+    graph = UnitGraph(ScalarAdd().eval(), torch.randn(2, 2, 6, 6))
+    assert [u.name for u in graph.units] == ["conv1->conv2", "conv2->fc"]

@@ -136,7 +136,8 @@ class UnitGraph:
             module = dep.target.module
             name = self._names.get(module)
             if name is None:  # Torch-Pruning's own nodes: flatten, elementwise ops, adds
-                residual |= "AddBackward" in str(dep.target.name)
+                # an add of two tensors (a residual); x + 1 has one input and keeps channels apart
+                residual |= "AddBackward" in str(dep.target.name) and len(dep.target.inputs) > 1
                 gated |= "MulBackward" in str(dep.target.name)
                 continue
             if self.graph.is_out_channel_pruning_fn(dep.handler):
