@@ -119,9 +119,14 @@ def test_search_rejects_bad_arguments_and_stops_on_a_non_finite_loss(digits, tmp
         search(wrap(tiny_cnn()), Subset(train, []), test, config)
     broken = tiny_cnn()
     with torch.no_grad():
-        broken[0].weight.fill_(float("inf"))  # the largest magnitudes: kept by the init
+        broken[0].weight.fill_(float("inf"))
+    with pytest.raises(ValueError, match="'model' layer '0.weight' holds 72 non-finite"):
+        wrap(broken)
+    masked = wrap(tiny_cnn())
+    with torch.no_grad():
+        masked.model[0].weight.fill_(float("inf"))  # the largest magnitudes: kept by the init
     with pytest.raises(FloatingPointError, match="step 1 "):
-        search(wrap(broken), train, test, config, progress=False)
+        search(masked, train, test, config, progress=False)
 
 
 @pytest.mark.parametrize("schedule", ["paper", "constant", "inverse"])
