@@ -405,3 +405,27 @@ def test_a_scalar_add_is_not_a_residual():
 
     graph = UnitGraph(ScalarAdd().eval(), torch.randn(2, 2, 6, 6))
     assert [u.name for u in graph.units] == ["conv1->conv2", "conv2->fc"]
+
+
+class _NoisyMiniBatches:
+    """A per-step evaluator whose mini-batch losses always look good (0.01) while the loss over all
+    calibration images is 0.3 / (kept channels): tol 0.1 is truly met at 3 channels."""
+
+    channels, device, per_step = 6, torch.device("cpu"), True
+
+    def advance(self):
+        pass
+
+    def evaluate_steps(self, a, gamma, candidates):
+        unkept = (a[candidates] == 0).double()
+        return 0.01 - 0.005 * unkept - 1e-4 * candidates.double()  # the best: the highest unkept index
+
+    def evaluate(self, gates):
+        return torch.tensor([0.3 / int((gates.reshape(-1) > 0).sum())], dtype=torch.float64)
+
+
+def test_per_step_tol_is_met_over_all_calibration_images():
+    """A step's loss on one mini-batch meeting tol does not end the path; the loss over all
+    calibration images must meet it too."""
+    sel = global_imitation(_NoisyMiniBatches(), max_neurons=6, tol=0.1, exact_until=6)
+    assert sel.stop == "tol" and sel.width == 3 and sel.loss == pytest.approx(0.1)

@@ -25,7 +25,9 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
     fill: max_neurons is a width to reach, not a cap: when max_steps ends the path short of it,
     every further step adds the best channel not yet kept, until nnz(a) = max_neurons (or tol
     is met). The result's `stop` says which rule ended the path; `filled` counts the forced
-    additions. `progress` (a tqdm bar or None) is advanced per step."""
+    additions. `progress` (a tqdm bar or None) is advanced per step.
+    With a per-step evaluator a step's loss is on one mini-batch; tol counts as met only when
+    the loss over all calibration images meets it too (a lucky mini-batch does not end the path)."""
     n = evaluator.channels
     if not 1 <= max_neurons <= n:
         raise ValueError(f"greedyprune: argument 'max_neurons' must be in [1, {n}], got {max_neurons}")
@@ -47,6 +49,16 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
         timing["evaluate"] += time.perf_counter() - t
         return out
 
+    def meets_tol(step_loss: float) -> bool:
+        if tol is None or step_loss > tol:
+            return False
+        if not evaluator.per_step:
+            return True
+        t = time.perf_counter()
+        whole = float(evaluator.evaluate(counts / steps * n)[0])
+        timing["evaluate"] += time.perf_counter() - t
+        return whole <= tol
+
     # Step 0: the best single channel (gates N e_i).
     evaluator.advance()
     losses = evaluate(torch.zeros(n, dtype=torch.float64, device=device), 1.0, everyone)
@@ -56,7 +68,7 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
     loss = float(losses[best])
     path = [loss]
     steps, filled = 1, 0
-    while not (tol is not None and loss <= tol) and int((counts > 0).sum()) < max_neurons:
+    while not meets_tol(loss) and int((counts > 0).sum()) < max_neurons:
         forced = steps >= max_steps
         if forced and not fill:
             break
