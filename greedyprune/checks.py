@@ -7,6 +7,7 @@ The op layer (greedyprune.ops) has its own checks of tensors.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -60,8 +61,6 @@ def check_module(model, name: str = "model") -> nn.Module:
 
 def check_device(name: str, value):
     """A torch.device that exists here: 'cpu', 'cuda' or 'cuda:N' with CUDA available."""
-    import torch
-
     try:
         device = torch.device(value)
     except (RuntimeError, TypeError):
@@ -88,8 +87,6 @@ def check_finite_weights(name: str, tensors) -> None:
 
 def check_file(name: str, path) -> str:
     """`path` as a str when it names an existing file; else an error naming the argument."""
-    import os
-
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         raise arg_error(name, f"{str(path)!r} does not exist or is not a file")
     return os.fspath(path)

@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 
 from ..harness.data import load_dataset, make_loader
-from ..checks import arg_error, check_file
+from ..checks import arg_error
 from ..files import prepare_output_dir, save_figure, write_json
 from ..harness.measure import count_flops, model_stats
 from ..models import EXTERNAL_LIBRARIES, MODEL_NAMES, export_program, load_model, save_model
-from ..harness.training import finetune, model_with_weights, pretrained_model
+from ..harness.training import check_weights_source, finetune, model_with_weights, pretrained_model
 from .config import PruneConfig
 from .layerwise import prune_model
 from .plan import make_plan, save_plan
@@ -95,10 +95,7 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
         config = PruneConfig(**options)
     _check_model_source(model)
     if weights is not None:
-        check_file("--weights", weights)
-        if os.path.isfile(model):
-            raise arg_error("--weights", "goes with a model name (--model resnet50, torchvision:vit_b_16, ...), "
-                                         f"not with the saved model {model!r}, which holds its own weights")
+        check_weights_source(model, weights)
     out = prepare_output_dir(out_dir, finished="report.json", overwrite=overwrite)
     net = trained_model(model, data, epochs=train_epochs, seed=seed, progress=progress, weights=weights).eval()
     train_set, test_set = load_dataset(data, "train"), load_dataset(data, "test")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from ..checks import arg_error, check_device, check_file, check_int
+from ..checks import arg_error, check_device, check_int
 from ..files import prepare_output_dir, write_json
 from ..models import load_model, save_model
 from .data import load_dataset, make_loader
 from .measure import model_stats
-from .training import finetune, model_with_weights
+from .training import check_weights_source, finetune, model_with_weights
 
 REPORT_NAME = "report.json"
 MODEL_NAME = "finetuned.pt"
@@ -56,9 +56,7 @@ def _model_arguments(p) -> None:
 def _load(args) -> torch.nn.Module:
     """The model the arguments name (checked before any work)."""
     if args.weights is not None:
-        check_file("--weights", args.weights)
-        if os.path.isfile(args.model):
-            raise arg_error("--weights", f"goes with a model name, not with the saved model {args.model!r}")
+        check_weights_source(args.model, args.weights)
         return model_with_weights(args.model, args.data, args.weights)
     if not os.path.isfile(args.model):
         raise arg_error("model", f"{args.model!r} is not a file; give a save_model file, or a model name with --weights")

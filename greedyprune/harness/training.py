@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..checks import arg_error, check_callable, check_int, check_module, check_real
+from ..checks import arg_error, check_callable, check_file, check_int, check_module, check_real
 from ..files import torch_save_atomically
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -194,6 +194,15 @@ def seeded_model(arch: str, data: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return build_model(arch, num_classes=info["num_classes"], in_channels=info["in_channels"],
                        image_size=info["image_size"])
+
+
+def check_weights_source(model: str, weights) -> None:
+    """`--weights` names an existing file and goes with a model name, not with a saved model
+    file (which holds its own weights); checked before any work."""
+    check_file("--weights", weights)
+    if os.path.isfile(model):
+        raise arg_error("--weights", "goes with a model name (resnet50, torchvision:vit_b_16, ...), not with the "
+                                     f"saved model {model!r}, which holds its own weights")
 
 
 def model_with_weights(arch: str, data: str, weights, *, seed: int = 0) -> nn.Module:
