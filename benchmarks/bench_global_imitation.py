@@ -17,7 +17,7 @@ from greedyprune.greedy import SuffixEvaluator, global_imitation
 from greedyprune.greedy.suffix import discrepancy
 from greedyprune.greedy.surgery import UnitGraph
 from greedyprune.models import build_model
-from harness import Benchmark, Case
+from harness import Benchmark, Case, quiet_medians
 
 KIND = "kl"
 # (unit of the digits CNN, width, calibration samples, exact_until), keyed by quick. Unit 2 is
@@ -103,7 +103,7 @@ def notes(section: dict) -> list[str]:
     record = section["cases"].get("global_imitation")
     if record is None:
         return []
-    ms = {name: p["quiet"]["median_ms"] for name, p in record["providers"].items()}
+    ms = quiet_medians(record)
     same = "keeps" if record["facts"]["exact_same_channels_as_authors_loop"] else "does NOT keep"
     return [f"Speed-up over the authors' loop: exact {ms['authors_loop'] / ms['greedyprune_exact']:.0f}x, Taylor "
             f"{ms['authors_loop'] / ms['greedyprune_taylor']:.0f}x. The exact driver {same} the same channels as the "

@@ -24,7 +24,7 @@ from greedyprune import ops
 from greedyprune.models import build_model
 from greedyprune.models.demo_nets import small_cnn
 from greedyprune.popup import initialize, popup_step, wrap
-from harness import Benchmark, Case
+from harness import Benchmark, Case, quiet_medians
 
 SPARSITY = 0.9
 SCORE_NOISE = 0.02  # relative perturbation of the simulated search state's scores
@@ -204,7 +204,7 @@ def notes(section: dict) -> list[str]:
         record = section["cases"].get(case.name)
         if record is None:
             continue
-        ms = {name: p["quiet"]["median_ms"] for name, p in record["providers"].items()}
+        ms = quiet_medians(record)
         rows.append(f"| {record['sizes']} | {record['facts']['distinct_scores']:,} | {ms['plain_step']:.1f} "
                     f"| {ms['search_step']:.1f} | {ms['swap']:.1f} | {ms['search_step'] / ms['plain_step'] - 1:+.0%} |")
     if not rows:

@@ -13,7 +13,7 @@ import torch
 
 from greedyprune.models import build_model
 from greedyprune.sparsity import PAPER_P, PAPER_Q, SCOPES, grid_pairs, pqi_report, prunable_weights
-from harness import Benchmark, Case
+from harness import Benchmark, Case, quiet_medians
 
 # greedyprune's report against float64 power sums; its log-sum accumulation is far inside this.
 MAX_ABS_ERROR = 1e-5
@@ -113,7 +113,7 @@ def notes(section: dict) -> list[str]:
     if record is None:
         return []
     facts = record["facts"]
-    ms = {name: p["quiet"]["median_ms"] for name, p in record["providers"].items()}
+    ms = quiet_medians(record)
     overflow = "; ".join(
         f"{scope}: {o['values']:,} of {o['of']:,} values in {o['pairs']} of {facts['pairs']} pairs"
         + (f" (p = {', '.join(f'{p:g}' for p in o['p'])})" if o["p"] else "")

@@ -135,6 +135,11 @@ def ratio_text(ratio: float) -> str:
     return f"{ratio:.0f}" if ratio >= 10 else f"{ratio:.2g}"
 
 
+def quiet_medians(record: dict) -> dict[str, float]:
+    """provider -> its quiet median in ms, from a stored case record (what notes compute with)."""
+    return {name: p["quiet"]["median_ms"] for name, p in record["providers"].items()}
+
+
 def when_text(date: str, loads: list[float]) -> str:
     """"2026-12-01, load 1.9-2.3": the day and the range of the load averages read."""
     low, high = f"{min(loads):.1f}", f"{max(loads):.1f}"
