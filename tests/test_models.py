@@ -1,7 +1,9 @@
 """The model zoo: shapes, parameter counts against published figures, fx tracing, torch-pruning
 dependency graphs, the conv -> BN -> activation structure, save/load and errors."""
 import importlib.util
+import json
 import operator
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.fx
 import torch_pruning as tp
 from torch import nn
 
-from greedyprune.models import MODEL_NAMES, build_model, load_model, save_model
+from greedyprune.models import MODEL_NAMES, build_model, load_model, load_weights_into, save_model
 
 # (in_channels, image_size): CIFAR-like RGB, and scikit-learn's 8x8 grey digits.
 INPUT_SHAPES = [(3, 32), (1, 8)]
@@ -106,6 +108,26 @@ def test_state_dict_layout_equals_torchvision(name):
     ours = build_model(name, num_classes=1000).state_dict()
     theirs = build_model(f"torchvision:{name}", num_classes=1000).state_dict()
     assert {key: value.shape for key, value in ours.items()} == {key: value.shape for key, value in theirs.items()}
+
+
+TORCHVISION_LAYOUTS = json.loads((Path(__file__).parent / "data" / "torchvision_layouts.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "mobilenet_v2"])
+def test_torchvision_layout_state_dict_loads_key_for_key(name, tmp_path):
+    """A state dict built to torchvision's layout (keys and shapes recorded from torchvision itself,
+    tests/data/torchvision_layouts.json), saved as a DDP checkpoint, loads into the zoo model through
+    --weights' path and every tensor lands under its own key."""
+    generator = torch.Generator().manual_seed(0)
+    theirs = {key: (torch.randint(0, 100, shape, generator=generator) if key.endswith("num_batches_tracked")
+                    else torch.randn(shape, generator=generator)) for key, shape in TORCHVISION_LAYOUTS[name]}
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"epoch": 90, "model": {f"module.{k}": v for k, v in theirs.items()}}, path)
+    model = load_weights_into(build_model(name, num_classes=1000), path)
+    ours = model.state_dict()
+    assert list(ours) == list(theirs)  # same keys in the same order
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value.to(ours[key].dtype)), key
 
 
 @pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n != "vit_tiny"])  # the ViT: test_transformers.py
