@@ -1,5 +1,5 @@
 """Files written whole or not at all: a crash mid-write never leaves a truncated file under
-the final name (temp file in the same folder, fsync, then os.replace)."""
+the final name (temp file in the same folder, fsync, then os.replace); under torchrun, by rank 0 only."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,12 @@ import torch
 
 
 def replace_atomically(path, write: Callable[[BinaryIO], object]) -> None:
-    """Call write(f) on a temp file beside `path`, then move it over `path`."""
+    """Call write(f) on a temp file beside `path`, then move it over `path`. In a torchrun job only
+    rank 0 writes (every process holds the same results; see distributed.py)."""
+    from .distributed import is_main
+
+    if not is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

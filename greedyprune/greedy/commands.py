@@ -1,6 +1,8 @@
 """The `greedyprune prune`, `greedyprune demo` and `greedyprune rate-demo` subcommands."""
 from __future__ import annotations
 
+import torch
+
 from ..files import prepare_output_dir
 from .config import METHODS, PruneConfig
 from .suffix import DISCREPANCIES
@@ -67,6 +69,8 @@ def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_s
                         "(Algorithm 1 line 4); 0: every step on all of them")
     p.add_argument("--max-batch-memory", type=float, default=None, metavar="MIB",
                    help="MiB for candidate batches and cached prefixes (default: a quarter of the free memory)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model runs (under torchrun with CUDA: each process on its own GPU)")
     p.add_argument("--finetune-epochs", type=int, default=finetune_epochs)
     p.add_argument("--train-epochs", type=int, default=15, help="epochs when a zoo model must be trained first")
     p.add_argument("--seed", type=int, default=0)
@@ -89,6 +93,7 @@ def _prune_command(args) -> int:
                          discrepancy=args.discrepancy, positions_per_image=args.positions,
                          exact_until=args.exact_until, taylor_top=args.taylor_top, fold=args.fold,
                          recalibrate_bn=args.recalibrate_bn, overwrite=args.overwrite, weights=args.weights,
+                         device=args.device,
                          step_batch=args.step_batch or None,
                          memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20))
     print(format_report(report))

@@ -25,7 +25,8 @@ class PruneConfig:
         most exact_until channels, then only the taylor_top best by Taylor score.
     step_batch: global imitation and its Taylor scores draw a fresh mini-batch of this many
         calibration images at every step (Algorithm 1, line 4; the paper uses 64); None: every
-        step scores on all calibration images (one fixed batch).
+        step scores on all calibration images (one fixed batch). Under torchrun prune_model takes
+        it per process; run_pruning (the CLI's --step-batch) as the global mini-batch.
     memory_budget: bytes for candidate chunks and cached prefixes (None: a quarter of the free
         memory, at most 8 GiB).
     fold: where the kept channels' gates N a_i go (surgery.FOLDS); "none" removes the others

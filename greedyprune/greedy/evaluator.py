@@ -7,6 +7,8 @@ one batch), so memory does not grow with the number of calibration images:
 - each batch's cached prefix is kept while the caches fit the other half, else recomputed;
 - with `per_step=True` (Algorithm 1, line 4 of seed 000) each greedy step draws the next
   mini-batch (`advance`), so a step costs one batch whatever the calibration set's size.
+Under torchrun every sum is also taken over the processes (each holding its share of the
+calibration images), so all of them choose the same channels.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Iterable
 
 import torch
 
-from .. import ops
+from .. import distributed, ops
 from ..checks import arg_error
 from .suffix import DISCREPANCIES, BatchSuffix, discrepancy, logits_of
 from .surgery import Unit, UnitGraph
@@ -148,7 +150,8 @@ class SuffixEvaluator:
             value = per_batch(engine).to(torch.float64) * engine.batch
             total = value if total is None else total + value
             images += engine.batch
-        return total / images
+        distributed.all_reduce_sum(total)
+        return total / distributed.sum_numbers(images)[0]
 
     # --------------------------------------------------------------- discrepancy
 
@@ -166,15 +169,23 @@ class SuffixEvaluator:
         over the step batches."""
         return self._mean(self._step_indices(), lambda e: e.evaluate_steps(a, gamma, candidates))
 
+    def taylor_r(self, a: torch.Tensor) -> torch.Tensor:
+        """r [N] (float64) of ops.taylor_scores at gates N a for the mean discrepancy over the step
+        batches (and the processes under torchrun): each batch's r weighted by its images."""
+        a32 = a.to(self.device, torch.float32)
+        r, images = None, 0
+        for i in self._step_indices():
+            engine = self._engine(i)
+            act, grad = engine.taylor_inputs(a32 * self.channels)
+            part = ops.taylor_scores(act, grad, a32.to(act.dtype), 0).r.to(torch.float64) * engine.batch
+            r = part if r is None else r + part
+            images += engine.batch
+        return distributed.all_reduce_sum(r) / distributed.sum_numbers(images)[0]
+
     def taylor_candidates(self, a: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """The k channels with the most negative Taylor score gr at gates N a over the step batches
-        (ties: lowest index), leaving out `exclude` (bool [N]). r sums over batches, so gr does."""
-        a32 = a.to(self.device, torch.float32)
-        r = None
-        for i in self._step_indices():
-            act, grad = self._engine(i).taylor_inputs(a32 * self.channels)
-            part = ops.taylor_scores(act, grad, a32.to(act.dtype), 0).r.to(torch.float64)
-            r = part if r is None else r + part
+        (ties: lowest index), leaving out `exclude` (bool [N])."""
+        r = self.taylor_r(a)
         gr = r - (a.to(r) * r).sum()
         if exclude is not None:
             gr = gr.masked_fill(exclude.to(gr.device), float("inf"))
@@ -193,4 +204,5 @@ class SuffixEvaluator:
                 y = None if y is None else y.to(self.device)
                 total += float(discrepancy(logits, target, self.kind, y)[0]) * x.shape[0]
                 images += x.shape[0]
+        total, images = distributed.sum_numbers(total, images)
         return total / images

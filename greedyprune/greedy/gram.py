@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from .surgery import Unit, UnitGraph
 
 
@@ -84,17 +85,14 @@ def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tens
         with torch.no_grad():
             for x in batches:
                 try:
-                    model(x)
+                    model(x.to(consumer.weight.device, non_blocking=True))
                 except _StopForward:
                     pass
     finally:
         handle.remove()
         model.train(was_training)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        total = torch.tensor([float(rows)], dtype=torch.float64, device=xtx.device)
-        torch.distributed.all_reduce(xtx)
-        torch.distributed.all_reduce(total)
-        rows = int(total.item())
+    distributed.all_reduce_sum(xtx)
+    rows = int(distributed.sum_numbers(rows)[0])
     if rows == 0:
         raise ValueError("greedyprune: argument 'batches' gave no data")
     return gram_from_columns(xtx, rows, consumer.weight, unit.channels)

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from ..harness.data import load_dataset, make_loader
-from ..checks import arg_error
+from .. import distributed
+from ..checks import arg_error, check_device
 from ..files import prepare_output_dir, save_figure, write_json
 from ..harness.measure import count_flops, model_stats
 from ..models import EXTERNAL_LIBRARIES, MODEL_NAMES, export_program, load_model, save_model
@@ -73,13 +74,17 @@ def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float
 def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: str = "digits",
                 out_dir: str | os.PathLike = "greedyprune-out", target_flops: float | None = None,
                 calib_samples: int = 512, gram_samples: int = 2048, finetune_epochs: int = 0, train_epochs: int = 15,
-                seed: int = 0, overwrite: bool = False, progress: bool = True, weights=None, **options) -> dict:
+                seed: int = 0, overwrite: bool = False, progress: bool = True, weights=None, device=None,
+                **options) -> dict:
     """Prune `model` on `data` as `config` (or its fields as keyword options) says; returns the
     report (also written to out_dir). weights: a state dict / checkpoint file for zoo model
     `model` (instead of training it). target_flops: the uniform width ratio whose model keeps
     about that fraction of the FLOPs (bisection) replaces width_ratio. Every argument and the
     output folder are checked before any work; a folder holding a finished run (report.json) is
-    refused unless overwrite."""
+    refused unless overwrite. device: where the model runs (default: its own, the CPU).
+    Under torchrun each process takes calib_samples / world_size calibration images (and its share
+    of gram_samples); every statistic is summed over the processes, so all of them prune the same
+    channels, and rank 0 writes the files."""
     for name, value in (("calib_samples", calib_samples), ("gram_samples", gram_samples)):
         if value < 1:
             raise ValueError(f"greedyprune: argument '{name}' must be >= 1, got {value}")
@@ -93,29 +98,43 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
         config = replace(config, width_ratio=1.0) if config is not None else PruneConfig(**options, width_ratio=1.0)
     elif config is None:
         config = PruneConfig(**options)
+    for name, value in (("calib_samples", calib_samples), ("gram_samples", min(256, gram_samples)),
+                        ("step_batch", config.step_batch or 1),
+                        ("the fine-tuning batch", 64 if finetune_epochs > 0 else 1)):
+        distributed.per_rank(value, name)  # under torchrun each process takes an equal share
+    device = None if device is None else check_device("device", device)
     _check_model_source(model)
     if weights is not None:
         check_weights_source(model, weights)
     out = prepare_output_dir(out_dir, finished="report.json", overwrite=overwrite)
     net = trained_model(model, data, epochs=train_epochs, seed=seed, progress=progress, weights=weights).eval()
+    if device is not None:
+        net.to(device)
     train_set, test_set = load_dataset(data, "train"), load_dataset(data, "test")
     test_loader = make_loader(test_set, 256, shuffle=False)
     calib_x, calib_y = next(iter(make_loader(train_set, calib_samples, shuffle=True, seed=seed + 1)))
-    gram_batches = []
-    for i, (x, _) in enumerate(make_loader(train_set, min(256, gram_samples), shuffle=True, seed=seed + 2)):
-        if i * x.shape[0] >= gram_samples:
+    gram_batches, streamed = [], 0
+    for x, _ in make_loader(train_set, min(256, gram_samples), shuffle=True, seed=seed + 2):
+        if streamed >= gram_samples:
             break
         gram_batches.append(x)
+        streamed += x.shape[0] * distributed.world_size()
+    if device is not None:
+        calib_x = calib_x.to(device)
     before = model_stats(net, test_loader, calib_x)
     if target_flops is not None:
         config = replace(config, width_ratio=width_ratio_for_flops(net, calib_x[:1], target_flops))
+    per_process = config  # --step-batch is a global mini-batch, shared out over the processes
+    if config.step_batch is not None:
+        per_process = replace(config, step_batch=config.step_batch // distributed.world_size())
     start = time.perf_counter()
-    results = prune_model(net, calib_x, config, labels=calib_y, gram_batches=gram_batches, progress=progress)
+    results = prune_model(net, calib_x, per_process, labels=calib_y, gram_batches=gram_batches, progress=progress)
     prune_seconds = time.perf_counter() - start
     after = model_stats(net, test_loader, calib_x)
     report = {
         "model": model, "data": data, "config": asdict(config), "method": config.method,
-        "target_flops": target_flops, "calib_samples": int(calib_x.shape[0]),
+        "target_flops": target_flops, "calib_samples": int(calib_x.shape[0]) * distributed.world_size(),
+        "processes": distributed.world_size(),
         "before": before, "after_prune": after, "prune_seconds": prune_seconds,
         "units": [{"unit": r.unit, "channels": r.channels, "asked": r.asked, "kept": r.width, "stop": r.stop,
                    "method": r.method, "fold": r.fold, "discrepancy": r.loss,

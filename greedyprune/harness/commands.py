@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..checks import arg_error, check_device, check_int
 from ..files import prepare_output_dir, write_json
 from ..models import load_model, save_model
@@ -67,6 +68,7 @@ def _finetune_command(args: argparse.Namespace) -> int:
     device = check_device("--device", args.device)
     check_int("--epochs", args.epochs, minimum=1)
     check_int("--batch-size", args.batch_size, minimum=1)
+    distributed.per_rank(args.batch_size, "--batch-size")  # a global batch under torchrun
     model = _load(args)
     out = prepare_output_dir(args.out, finished=REPORT_NAME, overwrite=args.overwrite)
     train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")

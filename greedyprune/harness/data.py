@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
+from .. import distributed
 from ..checks import arg_error, check_int
 from ..extras import require
 
@@ -64,11 +65,17 @@ def dataset_info(source: str) -> dict:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                drop_last: bool = False) -> DataLoader:
+                drop_last: bool = False, shard: bool | None = None) -> DataLoader:
     """A DataLoader whose shuffling (and the dataset's augmentation, if any) is drawn from `seed`.
 
     Equal seeds give equal batches. Every epoch the augmentation is reseeded from the
     loader's generator: in the main process, or in each worker with its own seed.
+
+    shard (default: when torchrun started several processes): each process reads its share and
+    `batch_size` is the global batch. Shuffled loaders use DistributedSampler (seeded by `seed`,
+    its epoch advanced at every pass; the world size must divide batch_size); unshuffled ones read
+    every world_size-th sample without padding, for measurements summed over the processes
+    (`evaluate`). The loader's `sharded` attribute says which it is.
     """
     if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
         raise arg_error("dataset", f"must be a map-style Dataset, got {type(dataset).__name__}")
@@ -80,10 +87,25 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
     if drop_last and batch_size > len(dataset):
         raise ValueError(f"greedyprune: argument 'batch_size' ({batch_size}) exceeds the dataset's "
                          f"{len(dataset)} samples with drop_last=True: the loader would be empty")
-    generator = torch.Generator().manual_seed(seed)
-    return _SeededLoader(dataset, batch_size=batch_size, shuffle=bool(shuffle), generator=generator,
-                         num_workers=num_workers, drop_last=drop_last,
-                         worker_init_fn=_reseed_worker if num_workers > 0 else None)
+    if shard is None:
+        shard = distributed.active()
+    world, rank = (distributed.world_size(), distributed.rank()) if shard else (1, 0)
+    sampler = None
+    if world > 1 and shuffle:
+        batch_size = distributed.per_rank(batch_size, "batch_size")
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=drop_last)
+        shuffle = False
+    elif world > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), world))
+        batch_size = -(-batch_size // world)
+    # each process draws its own augmentation
+    generator = torch.Generator().manual_seed(seed * world + rank)
+    loader = _SeededLoader(dataset, batch_size=batch_size, shuffle=bool(shuffle), sampler=sampler,
+                           generator=generator, num_workers=num_workers, drop_last=drop_last,
+                           worker_init_fn=_reseed_worker if num_workers > 0 else None)
+    loader.sharded = world > 1
+    return loader
 
 
 class CIFAR10(Dataset):
@@ -227,9 +249,16 @@ def _augmented_base(dataset: Dataset):
 
 
 class _SeededLoader(DataLoader):
-    """A DataLoader that reseeds its dataset's augmentation from its generator every epoch."""
+    """A DataLoader that reseeds its dataset's augmentation from its generator every epoch (and
+    moves a DistributedSampler to the next epoch)."""
+
+    sharded = False
+    _epoch = 0
 
     def __iter__(self):
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(self._epoch)
+            self._epoch += 1
         augmented = _augmented_base(self.dataset)
         if augmented is not None and self.num_workers == 0:
             # drawn at iteration, not construction, so loaders sharing one dataset stay independent

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .. import distributed
 from ..checks import arg_error, check_callable, check_file, check_int, check_module, check_real
 from ..files import torch_save_atomically
 
@@ -35,6 +36,8 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
     optimizer step (step = 0 .. epochs*len(loader)-1) while the optimizer's lr is still the
     one that step used. `device`: where the model and batches go (default: the model's).
     Returns the mean training loss of each epoch; the model's train/eval mode is restored.
+    Under torchrun the model trains wrapped in DDP on a sharded loader (make_loader), the losses
+    are means over every process, and BatchNorm statistics are averaged over them at the end.
     """
     check_module(model)
     check_int("epochs", epochs, minimum=1)
@@ -56,6 +59,7 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
 
     was_training = model.training
     model.train()
+    net = distributed.ddp(model)
     epoch_losses, step = [], 0
     try:
         for epoch in range(epochs):
@@ -63,7 +67,7 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
             batches = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False)
             for batch in batches:
                 inputs, targets = _unpack(batch, device)
-                loss = F.cross_entropy(model(inputs), targets, label_smoothing=label_smoothing)
+                loss = F.cross_entropy(net(inputs), targets, label_smoothing=label_smoothing)
                 batch_loss, step_lr = loss.item(), optimizer.param_groups[0]["lr"]
                 if not math.isfinite(batch_loss):  # stop before a NaN step spoils the weights
                     raise FloatingPointError(f"greedyprune: training loss became {batch_loss} at epoch {epoch + 1}, "
@@ -78,9 +82,11 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
                 loss_sum += batch_loss * len(targets)
                 samples += len(targets)
                 batches.set_postfix(loss=f"{batch_loss:.4f}", lr=f"{step_lr:.3g}", refresh=False)
+            loss_sum, samples = distributed.sum_numbers(loss_sum, samples)
             epoch_losses.append(loss_sum / samples)
     finally:
         model.train(was_training)
+    distributed.average_buffers(model)
     return epoch_losses
 
 
@@ -101,7 +107,8 @@ def finetune(model: nn.Module, loader, *, epochs: int, lr: float = 0.01, weight_
 
 def evaluate(model: nn.Module, loader, *, device=None) -> dict:
     """Mean cross-entropy `loss`, `accuracy` (fraction correct) and `samples` over `loader`,
-    in eval mode without grad; the model's previous mode is restored."""
+    in eval mode without grad; the model's previous mode is restored. A sharded loader's sums
+    are taken over every process (make_loader)."""
     check_module(model)
     _check_loader(loader)
     device = _place(model, device)
@@ -113,6 +120,9 @@ def evaluate(model: nn.Module, loader, *, device=None) -> dict:
             loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
             correct += (logits.argmax(dim=1) == targets).sum().item()
             samples += len(targets)
+    if getattr(loader, "sharded", False):
+        loss_sum, correct, samples = distributed.sum_numbers(loss_sum, correct, samples)
+        correct, samples = int(correct), int(samples)
     if samples == 0:
         raise ValueError("greedyprune: argument 'loader' yielded no samples")
     return dict(loss=loss_sum / samples, accuracy=correct / samples, samples=samples)
@@ -122,7 +132,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device=None) -
     """Re-estimate every BatchNorm's running mean and variance from `batches` (input tensors or
     (inputs, targets) pairs): the statistics are reset and averaged over all batches with equal
     weight, in train mode for the BN layers only (dropout stays off), without grad.
-    Returns the number of BN layers; the model's modes and BN momenta are restored."""
+    Returns the number of BN layers; the model's modes and BN momenta are restored. Under torchrun
+    the statistics are averaged over the processes, weighted by their batch counts."""
     check_module(model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
@@ -150,6 +161,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device=None) -
         finally:
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum
+    distributed.average_buffers(nn.ModuleList(norms), weight=seen)
     return len(norms)
 
 

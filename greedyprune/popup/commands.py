@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..checks import arg_error, check_device, check_file, check_int
 from ..harness.data import load_dataset
 from ..files import prepare_output_dir
@@ -86,6 +87,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     config = SearchConfig(sparsity=args.sparsity, schedule=args.schedule, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
                           eta=args.eta, seed=args.seed)
+    distributed.per_rank(config.batch_size, "--batch-size")  # a global batch under torchrun
     prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")
     model = _pretrained_model(args)

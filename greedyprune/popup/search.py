@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import ops
+from .. import distributed, ops
 from ..checks import arg_error, check_choice, check_int, check_real
 from ..harness.data import make_loader
 from ..harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, setting_differences
@@ -195,6 +195,8 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
     Every iteration: cross-entropy on a batch, SGD (momentum, weight decay, cosine lr per
     iteration) on the flat scores, then one `popup_swap` over all layers at the schedule's rate.
     Batches of epoch e come from make_loader(train_set, shuffle, seed = seed * 1_000_003 + e).
+    Under torchrun the scores train in DDP on each process's share of every batch, so every
+    process holds the same scores and makes the same swaps; rank 0 writes the checkpoint.
     With `out_dir`, a checkpoint (scores, keep, BN statistics, optimizer, step, RNG state,
     history) is written atomically after every epoch and when Ctrl-C stops the run (between
     steps, then KeyboardInterrupt is raised); resuming continues bit-for-bit, mid-epoch included.
@@ -211,7 +213,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
         raise arg_error("on_step", f"must be callable, got {type(on_step).__name__}")
     if len(train_set) == 0:
         raise arg_error("train_set", "is empty")
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = len(make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed))
     total_steps = config.epochs * steps_per_epoch
     device = masked.scores.device
     test_loader = make_loader(test_set, config.batch_size, shuffle=False)
@@ -254,6 +256,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
         save()
 
     was_training = masked.training
+    net = distributed.ddp(masked)
     bar = tqdm(total=total_steps, initial=step, desc=f"search ({config.schedule})", disable=not progress)
     try:
         with _deferred_interrupt() as interrupt:
@@ -272,7 +275,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                     rate = swap_rate(config.schedule, step + 1, total_steps)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    logits = masked(inputs)
+                    logits = net(inputs)
                     loss = F.cross_entropy(logits, targets)
                     batch_loss = loss.item()
                     if not math.isfinite(batch_loss):  # stop before NaN scores reach the swap
@@ -294,6 +297,10 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                     if interrupt["requested"]:
                         save()
                         stop()
+                distributed.average_buffers(masked)
+                shared = ("loss_sum", "correct", "samples")  # the swaps are the same on every process
+                for key, value in zip(shared, distributed.sum_numbers(*(totals[k] for k in shared))):
+                    totals[key] = value
                 test = evaluate(masked, test_loader)
                 history.append(dict(epoch=epoch + 1, step=step, lr=config.lr * cosine_factor(step - 1, total_steps),
                                     rate=swap_rate(config.schedule, step, total_steps), swaps=totals["swaps"],

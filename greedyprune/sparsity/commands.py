@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import distributed
 from ..checks import check_file
 from ..harness.data import load_dataset
 from ..files import prepare_output_dir, write_json
@@ -73,6 +74,7 @@ def sap_command(args: argparse.Namespace) -> int:
     config = SAPConfig(method=args.method, scope=args.scope, p=args.p, q=args.q, eta=args.eta, gamma=args.gamma,
                        beta=args.beta, ratio=args.ratio, iterations=args.iterations, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, stop_on_rising_pqi=args.stop_on_rising_pqi)
+    distributed.per_rank(config.batch_size, "--batch-size")  # a global batch under torchrun
     if args.weights is not None:
         check_file("--weights", args.weights)
     prepare_output_dir(args.out, finished=MODEL_FILE, resume=args.resume, overwrite=args.overwrite)

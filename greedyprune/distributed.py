@@ -1,0 +1,135 @@
+"""torch.distributed for every driver, started by torchrun (docs/DESIGN.md §7).
+
+Under `torchrun --nproc_per_node N -m greedyprune.cli ...` each process runs the same command on
+its shard of the data: training loaders shard with DistributedSampler, training wraps the model
+in DDP, and every statistic a decision rests on (Grams, Taylor sums, discrepancies, accuracy,
+BatchNorm statistics) is summed over the processes, so all of them make the same decisions and
+hold the same model. Only rank 0 writes files (files.replace_atomically). NCCL on GPUs (process
+i on cuda:LOCAL_RANK), gloo on CPUs. Without a process group every function here is a no-op.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def init_from_env() -> bool:
+    """Join the process group torchrun describes when WORLD_SIZE > 1 (NCCL with CUDA, each process
+    on cuda:LOCAL_RANK; else gloo). Returns whether this process is one of several."""
+    if active():
+        return True
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world <= 1:
+        return False
+    if not dist.is_available():
+        raise RuntimeError("greedyprune: WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK") or 0))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def finish(*, wait: bool = True) -> None:
+    """Leave the process group; with `wait`, first wait for every process (rank 0 may still be
+    writing). A failed process leaves without waiting: the others may never get there."""
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    """Whether this process is one of several in an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    """Whether this process writes files and prints (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def _collective_device(tensor: torch.Tensor) -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the processes (in place where the collective can work on it); every
+    process gets the same bits. Returned unchanged without a process group."""
+    if not active():
+        return tensor
+    device = _collective_device(tensor)
+    if tensor.device == device:
+        dist.all_reduce(tensor)
+        return tensor
+    moved = tensor.to(device)
+    dist.all_reduce(moved)
+    tensor.copy_(moved)
+    return tensor
+
+
+def sum_numbers(*values: float) -> list[float]:
+    """The float64 sums over the processes of each value."""
+    if not active():
+        return [float(v) for v in values]
+    return all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
+
+
+def average_buffers(model: nn.Module, weight: float = 1.0) -> None:
+    """Floating buffers (BatchNorm running statistics) set to their `weight`-weighted mean over
+    the processes, so every process holds the same model after training or re-estimation."""
+    if not active():
+        return
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    total = sum_numbers(weight)[0]
+    flat = torch.cat([b.detach().reshape(-1).to(torch.float64) for b in buffers]) * weight
+    all_reduce_sum(flat)
+    flat /= total
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def per_rank(count: int, name: str) -> int:
+    """`count` (a global batch or sample count) split evenly over the processes; an error naming
+    `name` when the world size does not divide it."""
+    world = world_size()
+    if count % world:
+        from .checks import arg_error
+
+        raise arg_error(name, f"({count}) must be divisible by the number of processes ({world}) so each "
+                              "process takes an equal share")
+    return count // world
+
+
+def ddp(model: nn.Module) -> nn.Module:
+    """`model` wrapped in DistributedDataParallel (gradients averaged over the processes;
+    parameters and buffers copied from rank 0 first), or `model` itself without a process group.
+    Buffers are not broadcast every step: `average_buffers` reconciles them after training."""
+    if not active():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    # torch >= 2.13 names the switch forward_sync_buffers (and still syncs buffers at init)
+    names = inspect.signature(DistributedDataParallel).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in names else {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **no_sync)

@@ -1,0 +1,112 @@
+"""torchrun with 2 gloo processes on CPU: every driver decides the same on every process, and the
+statistics summed over the processes' shards equal the single-process ones over all the images."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import distributed_worker as worker
+from greedyprune.harness.training import pretrained_model, seeded_model
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("weights")
+    model = pretrained_model("cnn", "digits", epochs=2, progress=False, cache_dir=folder)
+    torch.save(model.state_dict(), folder / "cnn.pt")
+    return folder / "cnn.pt"
+
+
+@pytest.fixture(scope="module")
+def ranks(weights, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ranks")
+    run = torchrun(str(ROOT / "tests" / "distributed_worker.py"), str(weights), str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def single(weights) -> dict:
+    """The same quantities in this one process over all the calibration images."""
+    model = seeded_model("cnn", "digits", 0)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    x, y = worker.calibration(0, 1)
+    return {**worker.first_unit_statistics(model, x, y), "plan": worker.plan(model, x, y)}
+
+
+def test_two_processes_ran(ranks):
+    assert [r["world"] for r in ranks] == [2, 2]
+
+
+@pytest.mark.parametrize("key", ["gram", "taylor", "discrepancy", "popup_keep", "popup_scores"])
+def test_every_process_holds_the_same(ranks, key):
+    assert torch.equal(ranks[0][key], ranks[1][key])
+
+
+def test_plan_and_sap_masks_are_the_same_on_every_process(ranks):
+    assert ranks[0]["plan"] == ranks[1]["plan"]
+    masks = [r["sap_masks"] for r in ranks]
+    assert masks[0].keys() == masks[1].keys()
+    assert all(torch.equal(masks[0][name], masks[1][name]) for name in masks[0])
+    assert 0 < sum(int(m.sum()) for m in masks[0].values()) < sum(m.numel() for m in masks[0].values())
+
+
+def test_popup_search_swapped_weights(ranks):
+    keep = ranks[0]["popup_keep"]
+    assert 0 < int(keep.sum()) < keep.numel()
+
+
+@pytest.mark.parametrize("key", ["gram", "taylor", "discrepancy"])
+def test_statistics_over_shards_equal_single_process(ranks, single, key):
+    # the same images, summed in another order: equal up to float32 rounding (relative to the largest entry)
+    expected = single[key]
+    torch.testing.assert_close(ranks[0][key], expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_first_unit_plan_equals_single_process(ranks, single):
+    # Later units follow BatchNorm statistics re-estimated on each process's share and averaged,
+    # which are not those of all the images at once, so only the first unit must match.
+    ours, theirs = ranks[0]["plan"]["units"][0], single["plan"]["units"][0]
+    assert (ours["keep"], ours["method"]) == (theirs["keep"], theirs["method"])
+
+
+def test_prune_command_under_torchrun_writes_once(weights, tmp_path):
+    out = tmp_path / "prune"
+    run = torchrun("-m", "greedyprune.cli", "prune", "--model", "cnn", "--weights", str(weights), "--method", "local",
+                   "--width", "0.5", "--calib-samples", "64", "--gram-samples", "128", "--finetune-epochs", "1",
+                   "--no-progress", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["processes"] == 2 and report["calib_samples"] == 64
+    assert [(u["channels"], u["kept"]) for u in report["units"]] == [(64, 32), (128, 64), (256, 128), (512, 256)]
+    assert report["after_finetune"]["accuracy"] > 0.5
+    assert run.stdout.count("wrote ") == 1  # rank 0 prints, rank 1 does not
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_world_size_that_does_not_divide_the_calibration_set_is_one_line(weights, tmp_path):
+    out = tmp_path / "prune"
+    run = torchrun("-m", "greedyprune.cli", "prune", "--model", "cnn", "--weights", str(weights), "--method", "local",
+                   "--width", "0.5", "--calib-samples", "63", "--no-progress", "--out", str(out))
+    assert run.returncode != 0
+    line = ("greedyprune prune: argument 'calib_samples' (63) must be divisible by the number of processes (2) "
+            "so each process takes an equal share")
+    assert run.stderr.count(line) == 2  # one line from each process, no traceback from greedyprune
+    assert str(ROOT / "greedyprune") not in run.stderr  # torchrun reports the failed processes; no frame of ours
+    assert not (out / "report.json").exists()
