@@ -429,3 +429,40 @@ def test_per_step_tol_is_met_over_all_calibration_images():
     calibration images must meet it too."""
     sel = global_imitation(_NoisyMiniBatches(), max_neurons=6, tol=0.1, exact_until=6)
     assert sel.stop == "tol" and sel.width == 3 and sel.loss == pytest.approx(0.1)
+
+
+class _GeneratedBatches:
+    """A sequence of calibration batches made when asked for (as a dataset on disk would load
+    them); counts the loads and the batches alive at once."""
+
+    def __init__(self, batches: int, size: int):
+        self.batches, self.size, self.loads = batches, size, 0
+
+    def __len__(self):
+        return self.batches
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.batches:
+            raise IndexError(i)
+        self.loads += 1
+        return torch.randn(self.size, 3, 8, 8, generator=torch.Generator().manual_seed(i))
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1),
+                         nn.BatchNorm2d(12), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5)).eval()
+
+
+@pytest.mark.parametrize("method, step_batch", [("local", None), ("hybrid", 16)])
+def test_a_sequence_of_batches_is_read_on_demand_and_prunes_as_the_list(method, step_batch):
+    """Calibration given as a sequence is loaded batch by batch whenever needed (never held whole)
+    and gives the same channels as the same batches in a list."""
+    lazy = _GeneratedBatches(batches=4, size=32)
+    eager = [lazy[i] for i in range(4)]
+    lazy.loads = 0
+    options = dict(method=method, width_ratio=0.5, step_batch=step_batch, exact_until=4, taylor_top=2, progress=False)
+    from_lazy = prune_model(_small_cnn(), lazy, **options)
+    from_list = prune_model(_small_cnn(), eager, **options)
+    assert [r.kept for r in from_lazy] == [r.kept for r in from_list]
+    assert lazy.loads > len(lazy)  # read again for every unit, not once and kept

@@ -13,7 +13,7 @@ calibration images), so all of them choose the same channels.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -46,9 +46,10 @@ def _available_host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def calibration_batches(data, labels: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(inputs, labels or None) batches from a tensor (one batch, with `labels`), or an iterable
-    of input tensors or (inputs, labels, ...) batches (e.g. a DataLoader)."""
+def calibration_batches(data, labels: torch.Tensor | None = None) -> Sequence[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(inputs, labels or None) batches from a tensor (one batch, with `labels`), a sequence of
+    batches (read on demand, see `CalibrationBatches`), or another iterable of input tensors or
+    (inputs, labels, ...) batches (e.g. a DataLoader: read once and kept)."""
     if isinstance(data, torch.Tensor):
         if data.dim() == 0 or data.shape[0] == 0:
             raise arg_error("calib", f"must hold at least one sample, got shape {tuple(data.shape)}")
@@ -57,20 +58,71 @@ def calibration_batches(data, labels: torch.Tensor | None = None) -> list[tuple[
         return [(data, labels)]
     if labels is not None:
         raise arg_error("labels", "goes with a tensor of inputs; batches carry their own labels")
+    if is_sequence(data):
+        if len(data) == 0:
+            raise arg_error("calib", "yielded no batch")
+        return CalibrationBatches(data)
     if not isinstance(data, Iterable):
         raise arg_error("calib", f"must be a tensor or an iterable of batches, got {type(data).__name__}")
-    batches = []
-    for batch in data:
-        if isinstance(batch, torch.Tensor):
-            batches.append((batch, None))
-        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-            y = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
-            batches.append((batch[0], y))
-        else:
-            raise arg_error("calib", f"must yield tensors or (inputs, labels) batches, got {type(batch).__name__}")
+    batches = [_pair(batch) for batch in data]
     if not batches:
         raise arg_error("calib", "yielded no batch")
     return batches
+
+
+def is_sequence(data) -> bool:
+    """Whether `data` can be read again by index: a list, tuple or any object with len() and [i]."""
+    return isinstance(data, Sequence) or (hasattr(data, "__len__") and hasattr(data, "__getitem__")
+                                          and not isinstance(data, (Mapping, str, bytes, torch.Tensor)))
+
+
+def _pair(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0], batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
+    raise arg_error("calib", f"must yield tensors or (inputs, labels) batches, got {type(batch).__name__}")
+
+
+class CalibrationBatches(Sequence):
+    """(inputs, labels or None) batches read from `source` (a sequence of batches) when asked for
+    and not kept, so memory does not grow with the calibration set; with `step`, every source
+    batch is cut into mini-batches of that many images (the sizes are read once, up front)."""
+
+    def __init__(self, source: Sequence, step: int | None = None):
+        self.source = source
+        if step is None:
+            self.index = [(i, 0, None) for i in range(len(source))]
+        else:
+            sizes = [_pair(source[i])[0].shape[0] for i in range(len(source))]
+            self.index = [(i, start, step) for i, size in enumerate(sizes) for start in range(0, size, step)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        which, start, step = self.index[i]
+        x, y = _pair(self.source[which])
+        if step is None:
+            return x, y
+        return x[start:start + step], None if y is None else y[start:start + step]
+
+
+class InputsOf(Sequence):
+    """The inputs of each (inputs, labels) batch of a sequence, read on demand."""
+
+    def __init__(self, batches: Sequence):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.batches[i][0]
 
 
 class SuffixEvaluator:
@@ -111,7 +163,6 @@ class SuffixEvaluator:
         self._targets: dict[int, torch.Tensor] = {}  # logits before the gates, per batch (small)
         self._engines: dict[int, BatchSuffix] = {}
         self.current = 0
-        self.images = sum(x.shape[0] for x, _ in self.batches)
 
     # ------------------------------------------------------------------ batches
 

@@ -10,7 +10,7 @@ each unit adds.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..checks import arg_error, check_finite_weights
 from ..harness.training import recalibrate_batchnorm
 from .config import PruneConfig
-from .evaluator import SuffixEvaluator, calibration_batches
+from .evaluator import CalibrationBatches, InputsOf, SuffixEvaluator, calibration_batches, is_sequence
 from .global_imitation import forward_selection, global_imitation
 from .gram import contribution_gram
 from .local import local_imitation
@@ -47,6 +47,9 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     (tensors or (inputs, labels) pairs, e.g. a DataLoader); with config.step_batch they are cut
     into mini-batches of that size, one per global-imitation step. gram_batches: the inputs the
     Grams and BN re-estimation stream (default: the calibration inputs).
+    Memory: a sequence of batches (a list, or any object with len() and [i] that loads batch i,
+    e.g. from disk) is read batch by batch whenever needed and never held whole, so memory does
+    not grow with the calibration set; other iterables (a DataLoader) are read once and kept.
     units: only these (names as "producer->consumer"); default all.
     The channels are chosen with the gates N a_i in place (exact imitation); `config.fold` says
     where they end: with fold "none" and recalibrate_bn they are dropped right after each unit,
@@ -61,9 +64,11 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     if config.method == "gfs" and any(y is None for _, y in batches):
         raise arg_error("labels", "are needed by method 'gfs' (it scores cross-entropy on true labels)")
     if config.step_batch is not None:
-        batches = [(x[i:i + config.step_batch], None if y is None else y[i:i + config.step_batch])
-                   for x, y in batches for i in range(0, x.shape[0], config.step_batch)]
-    gram_batches = [x for x, _ in batches] if gram_batches is None else list(gram_batches)
+        batches = CalibrationBatches(batches, step=config.step_batch)
+    if gram_batches is None:
+        gram_batches = InputsOf(batches)
+    elif not is_sequence(gram_batches):  # streamed once per unit, so it must be re-readable
+        gram_batches = list(gram_batches)
     was_training = model.training
     model.eval()
     graph = UnitGraph(model, batches[0][0][:2])
