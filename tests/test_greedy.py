@@ -448,7 +448,7 @@ class _GeneratedBatches:
         return torch.randn(self.size, 3, 8, 8, generator=torch.Generator().manual_seed(i))
 
 
-def _small_cnn() -> nn.Module:
+def _bn_cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1),
                          nn.BatchNorm2d(12), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5)).eval()
@@ -462,7 +462,7 @@ def test_a_sequence_of_batches_is_read_on_demand_and_prunes_as_the_list(method, 
     eager = [lazy[i] for i in range(4)]
     lazy.loads = 0
     options = dict(method=method, width_ratio=0.5, step_batch=step_batch, exact_until=4, taylor_top=2, progress=False)
-    from_lazy = prune_model(_small_cnn(), lazy, **options)
-    from_list = prune_model(_small_cnn(), eager, **options)
+    from_lazy = prune_model(_bn_cnn(), lazy, **options)
+    from_list = prune_model(_bn_cnn(), eager, **options)
     assert [r.kept for r in from_lazy] == [r.kept for r in from_list]
     assert lazy.loads > len(lazy)  # read again for every unit, not once and kept
