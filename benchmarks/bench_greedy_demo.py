@@ -37,6 +37,7 @@ def notes(section: dict) -> list[str]:
         rows.append(f"| {u['unit']} | {u['channels']} -> {u['kept']} "
                     f"| {' / '.join(str(widths[m]['width']) for m in ('local', 'global') if m in widths)} "
                     f"| {u['method']} | {t['gram']:.2f} | {t['select']:.2f} | {t['evaluate']:.1f} | {t['taylor']:.1f} "
+                    f"| {t.get('export', 0.0):.1f} "
                     f"| {t['total']:.1f} |")
     b, a = r["before"], r["after_prune"]
     tuned = f" ({r['after_finetune']['accuracy']:.4f} after fine-tuning)" if "after_finetune" in r else ""
@@ -46,8 +47,8 @@ def notes(section: dict) -> list[str]:
         f"Pruning took {r['prune_seconds']:.1f} s; the whole demo {r['demo_seconds']:.0f} s.",
         "",
         "| unit | channels | local / global width | chosen | Gram s | greedy_local s | candidate evaluation s "
-        "| Taylor s | total s |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| Taylor s | BN re-estimation + exported discrepancy s | total s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         f"Result: {b['params']:,} -> {a['params']:,} parameters, {b['flops'] / 1e6:.2f} -> {a['flops'] / 1e6:.2f} "

@@ -13,6 +13,7 @@ import re
 import sys
 
 from . import distributed
+from .host_memory import keep_freed_memory
 from .greedy import commands as greedy_commands
 from .harness import commands as harness_commands
 from .popup import commands as popup_commands
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         if distributed.init_from_env() and not distributed.is_main():
             args.no_progress = True  # one progress bar and one report: rank 0's

@@ -57,6 +57,23 @@ def test_train_reaches_high_accuracy_and_loss_decreases(digits_loaders):
     assert 0 < result["loss"] < losses[0]
 
 
+def test_bf16_autocast_and_channels_last_train_a_cnn(digits_loaders):
+    """precision='bf16' (autocast) and channels_last run on the CPU too: the conv really computes in
+    bfloat16 on NHWC tensors, the CNN learns, and its weights end float32 and contiguous."""
+    train_loader, test_loader = digits_loaders
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
+    seen = []
+    model[0].register_forward_hook(
+        lambda m, i, out: seen.append((out.dtype, out.is_contiguous(memory_format=torch.channels_last))))
+    losses = training.train(model, train_loader, epochs=2, lr=0.05, precision="bf16", channels_last=True,
+                            progress=False)
+    assert seen[0] == (torch.bfloat16, True)
+    assert losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+    assert training.evaluate(model, test_loader)["accuracy"] > 0.8
+
+
 def test_cosine_schedule_per_step_and_after_step_once_per_step(digits_loaders):
     train_loader, _ = digits_loaders
     model, lr, epochs = Float64Probe(), 0.05, 2
@@ -137,6 +154,7 @@ def test_non_finite_loss_stops_before_the_step(digits_loaders):
     (dict(params=[]), "params", ValueError),
     (dict(params=[torch.zeros(3)]), "params", ValueError),
     (dict(after_step=3), "after_step", TypeError),
+    (dict(precision="fp16"), "precision", ValueError),
 ])
 def test_train_bad_arguments_name_the_argument(digits_loaders, kwargs, name, error):
     train_loader, _ = digits_loaders

@@ -85,11 +85,14 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
             results.append(result)
             bar.set_postfix_str(f"{unit.name}: {unit.channels}->{result.width}")
             if config.recalibrate_bn:
+                start = time.perf_counter()
                 if config.fold == "none":
                     _drop_gates(graph, unit, result)
                 recalibrate_batchnorm(model, gram_batches)
                 # what the unit adds as exported (without gates, BN re-estimated)
                 result.exported_loss = evaluator.discrepancy_now()
+                result.seconds["export"] = time.perf_counter() - start
+                result.seconds["total"] += result.seconds["export"]
         if config.fold == "none" and not config.recalibrate_bn:
             for unit, result in zip(todo, results):
                 _drop_gates(graph, unit, result)
@@ -112,7 +115,8 @@ def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: Pru
     kind = "ce" if method == "gfs" else config.discrepancy
     evaluator = SuffixEvaluator(graph, unit, batches, kind=kind, per_step=config.step_batch is not None,
                                 memory_budget=config.memory_budget)
-    seconds = {"gram": 0.0, "select": 0.0, "evaluate": 0.0, "taylor": 0.0}
+    # "export": BN re-estimation and the exported discrepancy after the choice (prune_model)
+    seconds = {"gram": 0.0, "select": 0.0, "evaluate": 0.0, "taylor": 0.0, "export": 0.0}
     selections = []
     if method in ("local", "hybrid"):
         t = time.perf_counter()

@@ -171,13 +171,13 @@ def format_report(report: dict) -> str:
                  f"{s['latency_load'][0]:.1f}-{s['latency_load'][1]:.1f})")
     lines.append("")
     lines.append(f"{'unit':>28}  {'width':>11}  {'asked':>5}  {'method':>7}  {'discrepancy':>11}  {'gram s':>7}  "
-                 f"{'select s':>8}  {'eval s':>7}  {'total s':>7}  stopped by")
+                 f"{'select s':>8}  {'eval s':>7}  {'export s':>8}  {'total s':>7}  stopped by")
     for u in report["units"]:
         t = u["seconds"]
         asked = "-" if u["asked"] is None else u["asked"]
         lines.append(f"{u['unit']:>28}  {u['channels']:>5}->{u['kept']:<5}  {asked:>5}  {u['method']:>7}  "
                      f"{u['discrepancy']:>11.5f}  {t['gram']:>7.3f}  {t['select']:>8.3f}  "
-                     f"{t['evaluate'] + t['taylor']:>7.3f}  {t['total']:>7.3f}  {u['stop']}")
+                     f"{t['evaluate'] + t['taylor']:>7.3f}  {t['export']:>8.3f}  {t['total']:>7.3f}  {u['stop']}")
     return "\n".join(lines)
 
 
@@ -198,7 +198,8 @@ def plot_report(report: dict, path) -> None:
                    f"acc {b['accuracy']:.3f} -> {a['accuracy']:.3f}")
     ax_w.legend()
     bottom = [0.0] * len(units)
-    for part, color in (("gram", "#e3a33b"), ("select", "#3b75af"), ("evaluate", "#59a14f"), ("taylor", "#b07aa1")):
+    for part, color in (("gram", "#e3a33b"), ("select", "#3b75af"), ("evaluate", "#59a14f"), ("taylor", "#b07aa1"),
+                        ("export", "#9c755f")):
         vals = [u["seconds"][part] for u in units]
         ax_t.bar(idx, vals, bottom=bottom, color=color, label=part)
         bottom = [x + y for x, y in zip(bottom, vals)]

@@ -15,7 +15,7 @@ from ..files import prepare_output_dir, write_json
 from ..models import load_model, save_model
 from .data import load_dataset, make_loader
 from .measure import model_stats
-from .training import check_weights_source, finetune, model_with_weights
+from .training import PRECISIONS, check_weights_source, finetune, model_with_weights
 
 REPORT_NAME = "report.json"
 MODEL_NAME = "finetuned.pt"
@@ -35,6 +35,10 @@ def register(subparsers) -> None:
     ft.add_argument("--batch-size", type=int, default=64)
     ft.add_argument("--seed", type=int, default=0, help="data-order seed")
     ft.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ft.add_argument("--precision", choices=PRECISIONS, default="auto",
+                    help="bf16: forward and loss under bfloat16 autocast (float32 weights); auto: bf16 on CUDA")
+    ft.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                    help="NHWC layout for convs while training (auto: on CUDA)")
     ft.add_argument("--out", default="greedyprune-out/finetune")
     ft.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     ft.add_argument("--no-progress", action="store_true")
@@ -77,7 +81,9 @@ def _finetune_command(args: argparse.Namespace) -> int:
     before = model_stats(model, test_loader, example)
     losses = finetune(model, make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed), epochs=args.epochs,
                       lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                      label_smoothing=args.label_smoothing, device=device, progress=not args.no_progress)
+                      label_smoothing=args.label_smoothing, device=device, progress=not args.no_progress,
+                      precision=args.precision,
+                      channels_last=None if args.channels_last == "auto" else args.channels_last == "on")
     model.cpu()
     after = model_stats(model, test_loader, example)
     config = {k: v for k, v in vars(args).items() if k != "func"}

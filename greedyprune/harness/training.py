@@ -18,9 +18,10 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import distributed
-from ..checks import arg_error, check_callable, check_file, check_int, check_module, check_real
+from ..checks import arg_error, check_callable, check_choice, check_file, check_int, check_module, check_real
 from ..files import torch_save_atomically
 
+PRECISIONS = ("auto", "fp32", "bf16")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
@@ -28,7 +29,8 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
           label_smoothing: float = 0.0, nesterov: bool = False, device=None,
           params: Iterable[torch.Tensor] | None = None,
           after_step: Callable[[nn.Module, int], None] | None = None,
-          progress: bool = True, desc: str = "train") -> list[float]:
+          progress: bool = True, desc: str = "train", precision: str = "auto",
+          channels_last: bool | None = None) -> list[float]:
     """SGD with cosine learning-rate decay per iteration (lr at step 0, 0 after the last step).
 
     Optimizes `params` if given, else every parameter of `model` that requires grad, on
@@ -38,8 +40,13 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
     Returns the mean training loss of each epoch; the model's train/eval mode is restored.
     Under torchrun the model trains wrapped in DDP on a sharded loader (make_loader), the losses
     are means over every process, and BatchNorm statistics are averaged over them at the end.
+    precision: "bf16" runs the forward and the loss under torch.autocast(bfloat16) (weights,
+    gradients and optimizer state stay float32); "fp32" does not; "auto": bf16 on a CUDA device
+    that supports it. channels_last: conv weights and 4-D inputs in NHWC layout while training
+    (default: on CUDA); the weights are contiguous again afterwards.
     """
     check_module(model)
+    check_choice("precision", precision, PRECISIONS)
     check_int("epochs", epochs, minimum=1)
     check_real("lr", lr, low=0.0, low_open=True)
     check_real("momentum", momentum, low=0.0, high=1.0, high_open=True)
@@ -52,6 +59,8 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
     steps_per_epoch = _check_loader(loader)
     device = _place(model, device)
     trained = _check_params(model, params)
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    nhwc = device.type == "cuda" if channels_last is None else bool(channels_last)
 
     optimizer = torch.optim.SGD(trained, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     total_steps = epochs * steps_per_epoch
@@ -59,6 +68,8 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
 
     was_training = model.training
     model.train()
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
     net = distributed.ddp(model)
     epoch_losses, step = [], 0
     try:
@@ -67,7 +78,10 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
             batches = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False)
             for batch in batches:
                 inputs, targets = _unpack(batch, device)
-                loss = F.cross_entropy(net(inputs), targets, label_smoothing=label_smoothing)
+                if nhwc and inputs.dim() == 4:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = F.cross_entropy(net(inputs), targets, label_smoothing=label_smoothing)
                 batch_loss, step_lr = loss.item(), optimizer.param_groups[0]["lr"]
                 if not math.isfinite(batch_loss):  # stop before a NaN step spoils the weights
                     raise FloatingPointError(f"greedyprune: training loss became {batch_loss} at epoch {epoch + 1}, "
@@ -86,6 +100,8 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
             epoch_losses.append(loss_sum / samples)
     finally:
         model.train(was_training)
+        if nhwc:
+            model.to(memory_format=torch.contiguous_format)
     distributed.average_buffers(model)
     return epoch_losses
 
