@@ -18,6 +18,17 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
+// Entries of G one thread reads before a pass over G is split across threads. A smaller
+// G is read on the calling thread: waking the pool costs more than the pass, and on a busy
+// machine every parallel region waits for a descheduled thread (benchmarks/RESULTS.md,
+// greedy_local quiet vs loaded).
+constexpr int64_t kEntriesPerThread = int64_t{1} << 21;
+
+// Rows (or columns) of an n x n pass per parallel chunk.
+int64_t lines_per_chunk(int64_t n, int64_t at_least) {
+  return std::max<int64_t>(at_least, kEntriesPerThread / std::max<int64_t>(n, 1));
+}
+
 struct Scalars {
   double aGa, aGw, wGw;
   bool empty;  // a == 0: the first step takes the whole simplex (gamma = 1)
@@ -90,7 +101,7 @@ int64_t evaluate_all(const double* __restrict diag, const double* __restrict u, 
 // gx = G x (and gy = G y when kTwo) in float64, one read of G; rows in parallel.
 template <typename T, bool kTwo>
 void gram_matvec(const T* G, int64_t n, const double* x, double* gx, const double* y, double* gy) {
-  at::parallel_for(0, n, 64, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, n, lines_per_chunk(n, 64), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const T* __restrict row = G + i * n;
       double sx = 0, sy = 0;
@@ -116,7 +127,7 @@ template <typename T>
 void check_symmetric(const T* G, int64_t n, double tol) {
   std::vector<double> x(n), gx(n), mag(n), gtx(n, 0.0);
   for (int64_t j = 0; j < n; ++j) x[j] = static_cast<double>((static_cast<uint64_t>(j) * 2654435761u) & 0xffffffffu) / 4294967296.0 - 0.5;
-  at::parallel_for(0, n, 64, [&](int64_t r0, int64_t r1) {
+  at::parallel_for(0, n, lines_per_chunk(n, 64), [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; ++i) {
       const T* __restrict row = G + i * n;
       double dot = 0, abs_dot = 0;
@@ -131,7 +142,7 @@ void check_symmetric(const T* G, int64_t n, double tol) {
     }
   });
   // G^T x by column blocks: each block accumulates over all rows, contiguously.
-  at::parallel_for(0, n, 256, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, n, lines_per_chunk(n, 256), [&](int64_t c0, int64_t c1) {
     for (int64_t i = 0; i < n; ++i) {
       const T* row = G + i * n;
       for (int64_t j = c0; j < c1; ++j) gtx[j] += static_cast<double>(row[j]) * x[i];

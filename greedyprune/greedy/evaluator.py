@@ -243,17 +243,30 @@ class SuffixEvaluator:
             k = min(k, int((~exclude).sum()))
         return torch.sort(gr, stable=True).indices[:k]
 
+    def record_targets(self, targets: dict[int, torch.Tensor] | None = None) -> None:
+        """Record the logits to imitate for every batch without evaluating any gates: `targets`
+        (batch index -> logits of the model as it is now, e.g. the previous unit's `logits_now`),
+        or one forward of the model over every batch."""
+        if targets is not None:
+            self._targets.update(targets)
+            return
+        with torch.no_grad():
+            for i in range(len(self.batches)):
+                self._targets[i] = logits_of(self.graph.model(self.batches[i][0].to(self.device)))
+
     def discrepancy_now(self) -> float:
         """The discrepancy of the model as it is now (no gates) from the logits recorded before
-        the unit was touched, over every batch visited so far."""
+        the unit was touched, over every batch visited so far. Its logits stay in `logits_now`."""
         model = self.graph.model
         total, images = 0.0, 0
+        self.logits_now = {}
         with torch.no_grad():
             for i, target in self._targets.items():
                 x, y = self.batches[i]
-                logits = logits_of(model(x.to(self.device))).unsqueeze(0)
+                logits = logits_of(model(x.to(self.device)))
+                self.logits_now[i] = logits
                 y = None if y is None else y.to(self.device)
-                total += float(discrepancy(logits, target, self.kind, y)[0]) * x.shape[0]
+                total += float(discrepancy(logits.unsqueeze(0), target, self.kind, y)[0]) * x.shape[0]
                 images += x.shape[0]
         total, images = distributed.sum_numbers(total, images)
         return total / images

@@ -77,11 +77,12 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
         raise ValueError(f"greedyprune: {type(model).__name__} has no prunable unit (channel groups: {skipped})")
     todo = graph.units if units is None else [graph.unit(name) for name in units]
     results = []
+    logits_now = None  # per calibration batch, after the last unit's export: the next unit's targets
     bar = tqdm(todo, desc=f"prune ({config.method})", unit="unit", disable=not progress)
     try:
         for unit in bar:
             bar.set_postfix_str(unit.name)
-            result, evaluator = _prune_unit(graph, unit, batches, gram_batches, config, progress)
+            result, evaluator = _prune_unit(graph, unit, batches, gram_batches, config, progress, logits_now)
             results.append(result)
             bar.set_postfix_str(f"{unit.name}: {unit.channels}->{result.width}")
             if config.recalibrate_bn:
@@ -91,6 +92,9 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
                 recalibrate_batchnorm(model, gram_batches)
                 # what the unit adds as exported (without gates, BN re-estimated)
                 result.exported_loss = evaluator.discrepancy_now()
+                if result.loss is None:  # not measured before the export (local imitation to a width)
+                    result.loss = result.exported_loss
+                logits_now = evaluator.logits_now
                 result.seconds["export"] = time.perf_counter() - start
                 result.seconds["total"] += result.seconds["export"]
         if config.fold == "none" and not config.recalibrate_bn:
@@ -107,7 +111,7 @@ def _drop_gates(graph: UnitGraph, unit: Unit, result: UnitResult) -> None:
 
 
 def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: PruneConfig,
-                progress: bool) -> tuple[UnitResult, SuffixEvaluator]:
+                progress: bool, logits_now=None) -> tuple[UnitResult, SuffixEvaluator]:
     start = time.perf_counter()
     n = unit.channels
     method, tol = config.method, config.tol
@@ -124,7 +128,16 @@ def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: Pru
         seconds["gram"] = time.perf_counter() - t
         if G.is_cuda:
             G = G.float()
-        selections.append(local_imitation(G, max_neurons=max_neurons, evaluator=evaluator, tol=tol, fill=fill))
+        # Local imitation to a width needs no network discrepancy to choose; when the export
+        # measures it anyway (plain removal, BN re-estimated), the gated one would cost a forward.
+        measured_on_export = method == "local" and tol is None and config.fold == "none" and config.recalibrate_bn
+        selections.append(local_imitation(G, max_neurons=max_neurons, evaluator=None if measured_on_export else evaluator,
+                                          tol=tol, fill=fill))
+        if measured_on_export:
+            selections[-1].loss = None  # prune_model records the exported discrepancy
+            t = time.perf_counter()
+            evaluator.record_targets(logits_now)  # what the export is compared with
+            seconds["evaluate"] += time.perf_counter() - t
     if method in ("global", "hybrid", "gfs"):
         steps_bar = tqdm(total=4 * max_neurons, desc=f"  {method} {unit.name}", unit="step", leave=False,
                          disable=not progress)

@@ -14,7 +14,7 @@ class Selection:
 
     method: str
     a: torch.Tensor
-    loss: float
+    loss: float | None  # None: not measured (local imitation to a width; prune_model records the exported one)
     steps: int
     path: list[float] = field(default_factory=list)  # discrepancy after each step
     seconds: dict[str, float] = field(default_factory=dict)
