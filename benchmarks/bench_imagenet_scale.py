@@ -53,7 +53,7 @@ PLANS = {
     "cpu": dict(runs=[("resnet50", "local", n, 2, 32) for n in (64, 256)]
                 + [("mobilenet_v2", "local", n, 2, 32) for n in (64, 256, 1024)]
                 + [("vit_tiny", "local", n, 1, 32) for n in (64, 256)]
-                + [("mobilenet_v2", "hybrid", 32, 1, 32)],
+                + [("mobilenet_v2", "hybrid", 16, 1, 16)],
                 worlds=[("mobilenet_v2", "local", 256, 2, 32)], candidates=(4, 16)),
     "quick": dict(runs=[("mobilenet_v2", "local", n, 1, 32) for n in (64, 128)], worlds=[], candidates=(2, 8)),
 }
