@@ -205,3 +205,26 @@ def test_models_returning_a_dict_or_tuple_prune(as_tuple):
     expected = prune_model(plain, ids, method="global", width_ratio=0.5, progress=False)
     got = prune_model(wrapped, ids, method="global", width_ratio=0.5, progress=False)
     assert [r.kept for r in got] == [r.kept for r in expected] and all(r.width == 6 for r in got)
+
+
+@pytest.mark.parametrize("method", ["local", "hybrid"])
+def test_hugging_face_llama_from_a_config_prunes_end_to_end(method):
+    """A transformers Llama (random weights, no download): its gated MLPs are the units, the q/k/v
+    projections are left out (they feed attention), and pruning reaches the asked width."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(0))
+    graph = UnitGraph(model, ids[:2])
+    assert [(u.producer, u.co_producers, u.consumer) for u in graph.units] == [
+        (f"model.layers.{i}.mlp.gate_proj", [f"model.layers.{i}.mlp.up_proj"], f"model.layers.{i}.mlp.down_proj")
+        for i in range(2)]
+    assert {"model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"} <= {
+        p for g in graph.skipped for p in g.producers}
+    results = prune_model(model, ids, method=method, width_ratio=0.5, progress=False)
+    assert [r.width for r in results] == [24, 24]
+    for layer in model.model.layers:
+        assert layer.mlp.gate_proj.out_features == layer.mlp.up_proj.out_features == layer.mlp.down_proj.in_features == 24
+    assert model(ids).logits.shape == (4, 12, 64)

@@ -98,6 +98,9 @@ def _out_channel_fn(module: nn.Module):
     return tp.prune_conv_out_channels
 
 
+_ATTENTION_OPS = re.compile(r"ScaledDotProduct|Bmm|Softmax|Transpose|Permute")
+
+
 class UnitGraph:
     """The prunable units of `model`, discovered once from an example input.
 
@@ -124,9 +127,32 @@ class UnitGraph:
         self._order = {n: i for i, n in enumerate(self._names.values())}
         self.units: list[Unit] = []
         self.skipped: list[SkippedGroup] = []
-        for group in self.graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Linear)):
+        # Layers whose channels feed attention are no unit; Torch-Pruning 1.6 never finishes the
+        # groups of a Hugging Face Llama's q/k/v projections, so they are not asked for.
+        attention_fed = [m for m in self._names if isinstance(m, (nn.Conv2d, nn.Linear)) and self._feeds_attention(m)]
+        for group in self.graph.get_all_groups(ignored_layers=attention_fed, root_module_types=(nn.Conv2d, nn.Linear)):
             self._classify(group)
+        self.skipped += [SkippedGroup([self._names[m]], "feeds attention (heads)") for m in attention_fed]
         self.units.sort(key=lambda u: self._order[u.consumer])
+
+    def _feeds_attention(self, module: nn.Module, max_nodes: int = 256) -> bool:
+        """Whether the module's output reaches an attention op (matmul of activations, softmax,
+        head transposes) before any other Conv2d/Linear reads it."""
+        start = self.graph.module2node.get(module)
+        if start is None:
+            return False
+        frontier, seen = list(start.outputs), set()
+        while frontier and len(seen) < max_nodes:
+            node = frontier.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if isinstance(node.module, (nn.Conv2d, nn.Linear)) and node.module in self._names:
+                continue  # read by the next layer: the channels end here
+            if _ATTENTION_OPS.search(type(node.grad_fn).__name__ if node.grad_fn is not None else ""):
+                return True
+            frontier.extend(node.outputs)
+        return False
 
     def _classify(self, group) -> None:
         producers, consumers, members = [], [], []
