@@ -268,3 +268,26 @@ def test_pqi_command_applies_torch_prune_masks(tmp_path, capsys):
     assert data["masks_from_file"] is True
     assert data["global"]["kept"] == sum(p.numel() for n, p in mlp.named_parameters() if p.dim() > 1 and "fc1" not in n) \
         + int(mlp.fc1.weight_mask.sum())
+
+
+@pytest.mark.parametrize("p, q", [(2.0, 3.0), (0.2, 0.5), (1.5, 2.0)])
+def test_pairs_outside_the_theorem_warn(model, p, q):
+    from greedyprune.sparsity.pqi import PQIRangeWarning
+    from greedyprune.sparsity.sap import SAPConfig
+
+    with pytest.warns(PQIRangeWarning, match=f"p = {p:g}, q = {q:g} is outside 0 < p <= 1 <= q"):
+        pqi_report(model, pairs=[(p, q)], scopes=("global",), gini=False)
+    with pytest.warns(PQIRangeWarning):
+        SAPConfig(p=p, q=q)
+
+
+def test_the_papers_pairs_and_grid_do_not_warn(model):
+    import warnings
+
+    from greedyprune.sparsity.sap import SAPConfig
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pqi_report(model, pairs=[(0.5, 1.0), (1.0, 2.0), *grid_pairs()], scopes=("global",), gini=False)
+        SAPConfig(p=0.5, q=1.0)
+        SAPConfig(p=1.0, q=2.0)

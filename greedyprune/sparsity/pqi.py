@@ -10,6 +10,7 @@ scopes and all pairs come from a single pass over the weights.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -45,7 +46,24 @@ def check_pairs(pairs) -> tuple[tuple[float, float], ...]:
     for p, q in checked:
         if not (math.isfinite(q) and 0 < p < q):
             raise arg_error("pairs", f"must satisfy 0 < p < q for every pair, got p = {p:g}, q = {q:g}")
+        warn_outside_theorem(p, q)
     return checked
+
+
+class PQIRangeWarning(UserWarning):
+    """A (p, q) pair outside the range where the PQ Index provably measures sparsity."""
+
+
+def warn_outside_theorem(p: float, q: float) -> bool:
+    """Warn (PQIRangeWarning) unless 0 < p <= 1 <= q: seed 003 proves the sparsity properties for
+    0 < p <= 1 < q (Definition 1, Theorem 1) and its appendix's proof holds for q = 1 too, the
+    pair the paper itself uses (p = 0.5, q = 1); outside, (D1) or (D3) can fail. Returns whether it warned."""
+    if 0 < p <= 1 <= q and p < q:
+        return False
+    warnings.warn(f"greedyprune: PQ Index with p = {p:g}, q = {q:g} is outside 0 < p <= 1 <= q, where the PQI paper "
+                  "proves it measures sparsity (Theorem 1; its own pair is p = 0.5, q = 1); its values may not rank "
+                  "sparsity", PQIRangeWarning, stacklevel=3)
+    return True
 
 
 def _log_sum_exp_layers(log_sums: torch.Tensor, peaks: torch.Tensor, layer_of_row: torch.Tensor) -> torch.Tensor:

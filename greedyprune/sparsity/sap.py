@@ -31,7 +31,7 @@ from ..files import write_json
 from ..models import save_model
 from ..harness.training import evaluate, train
 from . import report as reporting
-from .pqi import PAPER_PAIR, PQIReport, pqi_report
+from .pqi import PAPER_PAIR, PQIReport, pqi_report, warn_outside_theorem
 from .weights import SCOPES, check_masks, prunable_weights, segment_offsets, segment_sums
 
 METHODS = ("sap", "lottery", "one-shot")
@@ -71,6 +71,7 @@ class SAPConfig:
             raise arg_error("scope", f"must be one of {SCOPES}, got {self.scope!r}")
         if not (is_real(self.p) and is_real(self.q) and 0 < self.p < self.q):
             raise arg_error("p", f"must satisfy 0 < p < q (finite), got p = {self.p}, q = {self.q}")
+        warn_outside_theorem(self.p, self.q)
         for name, low, high in (("eta", 0.0, math.inf), ("gamma", 0.0, math.inf), ("beta", 0.0, 1.0),
                                 ("momentum", 0.0, 1.0), ("weight_decay", 0.0, math.inf)):
             value = getattr(self, name)
