@@ -28,7 +28,8 @@ def register(subparsers) -> None:
                      help="sap (default), one-shot or lottery (fixed ratio)")
     sap.add_argument("--scope", choices=SCOPES, default="global")
     defaults = SAPConfig()
-    for flag, kind, text in (("--p", float, "PQI's p (0 < p <= 1 <= q, p < q, as the paper proves; other pairs warn)"), ("--q", float, "PQI's q"),
+    for flag, kind, text in (("--p", float, "PQI's p (0 < p <= 1 <= q, p < q, as the paper proves; others warn)"),
+                             ("--q", float, "PQI's q"),
                              ("--eta", float, "the bound's eta_r"), ("--gamma", float, "scale of the pruning fraction"),
                              ("--beta", float, "largest fraction of a scope pruned per iteration"),
                              ("--ratio", float, "baselines' fraction pruned per iteration"),
