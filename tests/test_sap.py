@@ -343,3 +343,28 @@ def test_quick_demo_writes_its_table_json_and_figures(tmp_path):
             assert history[-1]["remaining_percent"] < 100
             assert all(0.1 < e["accuracy"] <= 1 for e in history)  # above chance (10 classes)
     assert json.loads((tmp_path / "demo.json").read_text())["table"] == summary["table"]
+
+
+@pytest.mark.parametrize("argv, epochs, iterations, printed", [
+    ([], 10, 10, "recipe: fast (10 epochs x 10 iterations, batch 250, lr 0.1)"),
+    (["--recipe", "paper"], 200, 30, "recipe: paper (200 epochs x 30 iterations, batch 250, lr 0.1)"),
+    (["--recipe", "paper", "--model", "resnet18"], 200, 15, "recipe: paper (200 epochs x 15 iterations"),
+    (["--recipe", "paper", "--epochs", "2"], 2, 30, "recipe: paper (2 epochs x 30 iterations, batch 250, lr 0.1; "
+                                                    "--epochs given)"),
+])
+def test_sap_recipe_sets_the_papers_budget_and_says_which_ran(tmp_path, capsys, monkeypatch, argv, epochs, iterations,
+                                                              printed):
+    """--recipe paper is Table 3 of the PQI paper (E = 200; T = 30, or 15 for ResNet-18); explicit
+    flags win, and the command prints which recipe ran."""
+    from greedyprune import cli
+
+    seen = {}
+
+    def fake_run_sap(model, train_set, test_set, config, **kw):
+        seen["config"] = config
+        raise KeyboardInterrupt("stopped by the test")
+
+    monkeypatch.setattr(commands, "run_sap", fake_run_sap)
+    assert cli.main(["sap", "--out", str(tmp_path / "out"), "--no-progress", *argv]) == 2
+    assert (seen["config"].epochs, seen["config"].iterations) == (epochs, iterations)
+    assert printed in capsys.readouterr().out
