@@ -19,7 +19,7 @@ from greedyprune.popup import (SearchConfig, initialize, layer_keep_counts, magn
 from greedyprune.popup.commands import register
 from greedyprune.popup.demo import run_demo
 from greedyprune.popup.report import sparsity_report, write_search_report
-from greedyprune.popup.search import checkpoint_path
+from greedyprune.popup.search import checkpoint_path, reestimate_batchnorm
 
 
 @pytest.fixture(autouse=True)
@@ -276,3 +276,26 @@ def test_sr_popup_beats_magnitude_pruning_without_training_at_90_percent(quick_d
     # the masks matter, not only fresh BatchNorm statistics
     assert sr_popup["test_accuracy"] > rows["magnitude + BN statistics re-estimated"]["test_accuracy"]
     assert sr_popup["overlap"] < 1.0
+
+
+@pytest.mark.parametrize("bn, changes", [("keep", False), ("update", True)])
+def test_bn_keep_leaves_the_pretrained_statistics_and_update_changes_them(digits, bn, changes):
+    """bn="keep": the search normalises with the pre-trained statistics and leaves them as they were;
+    "update" (the default, as the authors' code) moves them. Re-estimation changes them after."""
+    train, test = digits
+    masked = wrap(tiny_cnn())
+    norms = [m for m in masked.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    search(masked, train, test, SearchConfig(epochs=1, batch_size=64, sparsity=0.5, bn=bn), progress=False)
+    same = all(torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+               for m, (mean, var) in zip(norms, before))
+    assert same != changes
+    assert reestimate_batchnorm(masked, train, batch_size=64) == 2
+    assert not torch.equal(norms[0].running_mean, before[0][0])
+
+
+def test_search_defaults_follow_the_paper():
+    config = SearchConfig()
+    assert (config.batch_size, config.bn, config.lr, config.momentum, config.eta) == (256, "update", 0.1, 0.9, 0.99)
+    with pytest.raises(ValueError, match="'bn'"):
+        SearchConfig(bn="freeze")

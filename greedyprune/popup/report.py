@@ -66,11 +66,13 @@ def plot_curves(runs: dict[str, list[dict]], path, title: str | None = None) -> 
     return path
 
 
-def write_search_report(out_dir, masked: MaskedModel, history: list[dict], config) -> tuple[Path, Path]:
-    """out_dir/report.json (config, history, sparsity) and out_dir/curves.png; returns both paths."""
+def write_search_report(out_dir, masked: MaskedModel, history: list[dict], config,
+                        **extra) -> tuple[Path, Path]:
+    """out_dir/report.json (config, history, sparsity, and `extra` entries) and out_dir/curves.png;
+    returns both paths."""
     out_dir = Path(out_dir)
     report = dict(config=asdict(config), layer_names=masked.layer_names, history=history,
-                  sparsity=sparsity_report(masked))
+                  sparsity=sparsity_report(masked), **extra)
     json_path = Path(out_dir) / REPORT_NAME
     write_json(json_path, report)
     png_path = plot_curves({config.schedule: history}, out_dir / CURVES_NAME,
