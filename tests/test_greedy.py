@@ -466,3 +466,26 @@ def test_a_sequence_of_batches_is_read_on_demand_and_prunes_as_the_list(method, 
     from_list = prune_model(_bn_cnn(), eager, **options)
     assert [r.kept for r in from_lazy] == [r.kept for r in from_list]
     assert lazy.loads > len(lazy)  # read again for every unit, not once and kept
+
+
+def test_ce_gap_is_the_rise_of_the_true_label_cross_entropy():
+    from greedyprune.greedy.suffix import discrepancy
+
+    generator = torch.Generator().manual_seed(0)
+    target, logits = torch.randn(6, 4, generator=generator), torch.randn(3, 6, 4, generator=generator)
+    labels = torch.randint(0, 4, (6,), generator=generator)
+    expected = torch.stack([F.cross_entropy(row, labels) for row in logits]) - F.cross_entropy(target, labels)
+    torch.testing.assert_close(discrepancy(logits, target, "ce-gap", labels), expected)
+    assert float(discrepancy(target[None], target, "ce-gap", labels)[0]) == 0.0
+    with pytest.raises(ValueError, match="needs argument 'labels'"):
+        discrepancy(logits, target, "ce-gap")
+
+
+def test_prune_model_with_a_ce_gap_tolerance_meets_it():
+    model, x = _bn_cnn(), torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    results = prune_model(model, x, labels=labels, method="local", tol=0.05, discrepancy="ce-gap", progress=False)
+    assert all(r.loss <= 0.05 or r.stop.startswith("unpruned") for r in results)
+    with pytest.raises(ValueError, match="'labels'"):
+        prune_model(_bn_cnn(), x, method="local", tol=0.05, discrepancy="ce-gap", progress=False)

@@ -47,12 +47,15 @@ def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_s
                    help="'digits' (bundled), a CIFAR-10 python-pickle folder, or an ImageFolder root (torchvision)")
     p.add_argument("--method", choices=METHODS, default="hybrid")
     stop = p.add_argument_group("stopping rule (at least one)")
-    stop.add_argument("--tol", type=float, default=None,
-                      help="network discrepancy each unit may add (default 0.02 unless --width/--target-flops)")
+    stop.add_argument("--max-discrepancy", "--tol", dest="tol", type=float, default=None,
+                      help="network discrepancy each unit may add, measured against the network as pruned so far "
+                           "(seed 000's epsilon; not the op's local tol); default 0.02 unless --width/--target-flops")
     stop.add_argument("--width", type=float, default=None, help="keep at most this fraction of each unit's channels")
     stop.add_argument("--target-flops", type=float, default=None,
                       help="fraction of the FLOPs to keep (sets a uniform --width by bisection)")
-    p.add_argument("--discrepancy", choices=DISCREPANCIES[:2], default="kl")
+    p.add_argument("--discrepancy", choices=DISCREPANCIES[:3], default="kl",
+                   help="kl or mse of the logits, or ce-gap: the rise of the cross-entropy on true labels (the "
+                        "training-loss gap the paper's epsilon bounds)")
     p.add_argument("--fold", choices=FOLDS, default=PruneConfig.fold,
                    help="where the kept channels' gates go: 'none' removes the others plainly (fine-tunes best), "
                         "'consumer'/'producer'/'split' keep the pruned network's function")

@@ -19,7 +19,8 @@ class PruneConfig:
         released forward selection, scored on true labels).
     tol: the network discrepancy each unit may add (per unit, against the network as pruned so far).
     width_ratio: alone, every unit ends at exactly ceil(width_ratio * N) channels; with tol, a cap.
-    discrepancy: kl | mse of the logits (ce: true-label cross-entropy, used by gfs).
+    discrepancy: kl | mse of the logits, or ce-gap: the rise of the cross-entropy on true labels over the
+        original's (the training-loss gap seed 000's epsilon bounds; needs labels); ce: that cross-entropy (gfs).
     positions_per_image: subsample this many positions per image for the Grams (None: all).
     exact_until / taylor_top: global imitation scores every candidate exactly while the unit has at
         most exact_until channels, then only the taylor_top best by Taylor score.

@@ -19,7 +19,7 @@ import torch
 
 from .. import distributed, ops
 from ..checks import arg_error
-from .suffix import DISCREPANCIES, BatchSuffix, discrepancy, logits_of
+from .suffix import DISCREPANCIES, NEEDS_LABELS, BatchSuffix, discrepancy, logits_of
 from .surgery import Unit, UnitGraph
 
 _DEFAULT_BUDGET_CAP = 8 * 2 ** 30
@@ -147,8 +147,8 @@ class SuffixEvaluator:
         self.batches = calibration_batches(data, labels)
         if target is not None and len(self.batches) != 1:
             raise arg_error("target", "goes with a tensor of inputs (one batch)")
-        if kind == "ce" and any(y is None for _, y in self.batches):
-            raise arg_error("labels", "are needed for discrepancy 'ce' (cross-entropy on true labels)")
+        if kind in NEEDS_LABELS and any(y is None for _, y in self.batches):
+            raise arg_error("labels", f"are needed for discrepancy {kind!r} (cross-entropy on true labels)")
         self.graph, self.unit, self.kind = graph, unit, kind
         self.channels = unit.channels
         self.per_step = per_step

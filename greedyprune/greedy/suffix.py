@@ -16,14 +16,17 @@ import torch.nn.functional as F
 
 from .surgery import Unit, UnitGraph, apply_gates, logits_of
 
-DISCREPANCIES = ("kl", "mse", "ce")
+DISCREPANCIES = ("kl", "mse", "ce-gap", "ce")
+NEEDS_LABELS = ("ce-gap", "ce")
 
 
 def discrepancy(logits: torch.Tensor, target: torch.Tensor, kind: str, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Per-candidate discrepancy of logits [K, B, *, C] from the original logits [B, *, C]
     (* = e.g. tokens): "kl" = KL(original || pruned) averaged over samples and positions,
-    "mse" = squared error summed over a sample's outputs, averaged over samples, "ce" =
-    cross-entropy on true labels [B, *] (the authors' forward selection)."""
+    "mse" = squared error summed over a sample's outputs, averaged over samples, "ce-gap" = the
+    rise of the cross-entropy on true labels [B, *] over the original's (the training-loss gap
+    that seed 000's epsilon bounds, section 3.2), "ce" = that cross-entropy itself (the authors'
+    forward selection)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits, target = logits.float(), target.float()
     k = logits.shape[0]
@@ -32,11 +35,14 @@ def discrepancy(logits: torch.Tensor, target: torch.Tensor, kind: str, labels: t
     if kind == "kl":
         t = F.log_softmax(target, dim=-1)
         return (t.exp() * (t - F.log_softmax(logits, dim=-1))).sum(-1).reshape(k, -1).mean(-1)
-    if kind == "ce":
+    if kind in NEEDS_LABELS:
         if labels is None:
-            raise ValueError("greedyprune: discrepancy 'ce' needs argument 'labels'")
+            raise ValueError(f"greedyprune: discrepancy {kind!r} needs argument 'labels'")
         flat = logits.reshape(-1, logits.shape[-1])
-        return F.cross_entropy(flat, labels.reshape(-1).repeat(k), reduction="none").view(k, -1).mean(-1)
+        ce = F.cross_entropy(flat, labels.reshape(-1).repeat(k), reduction="none").view(k, -1).mean(-1)
+        if kind == "ce":
+            return ce
+        return ce - F.cross_entropy(target.reshape(-1, target.shape[-1]), labels.reshape(-1))
     raise ValueError(f"greedyprune: argument 'discrepancy' must be one of {DISCREPANCIES}, got {kind!r}")
 
 
