@@ -2,10 +2,11 @@
 
 Each process loads the same trained CNN, takes every world_size-th calibration image, and saves
 what every driver decided into OUT/rank<r>.pt: the first unit's Gram, Taylor sums and candidate
-discrepancies, the greedy plan, the SR-popup keep mask and the SAP masks.
+discrepancies, the greedy plan, the SR-popup keep mask and the SAP masks (also after a resume).
 Usage: torchrun --nproc_per_node 2 tests/distributed_worker.py WEIGHTS OUT
 """
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def main(weights: str, out: str) -> None:
     sap = run_sap(copy.deepcopy(model), train_set, test_set,
                   SAPConfig(iterations=2, epochs=1, batch_size=64, lr=0.01), progress=False, figure=False)
     result["sap_masks"] = sap.masks
+
+    # resume: rank 0 writes the checkpoint, every process reads it and goes on to a second iteration
+    config = SAPConfig(iterations=1, epochs=1, batch_size=64, lr=0.01)
+    run_sap(copy.deepcopy(model), train_set, test_set, config, out_dir=Path(out) / "sap", progress=False, figure=False)
+    torch.distributed.barrier()
+    resumed = run_sap(copy.deepcopy(model), train_set, test_set, dataclasses.replace(config, iterations=2),
+                      out_dir=Path(out) / "sap", resume=True, progress=False, figure=False)
+    result["resumed_iterations"] = len(resumed.history)
+    result["resumed_masks"] = resumed.masks
     torch.save(result, Path(out) / f"rank{rank}.pt")
     distributed.finish()
 

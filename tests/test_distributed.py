@@ -67,6 +67,12 @@ def test_plan_and_sap_masks_are_the_same_on_every_process(ranks):
     assert 0 < sum(int(m.sum()) for m in masks[0].values()) < sum(m.numel() for m in masks[0].values())
 
 
+def test_sap_resumes_from_rank_0s_checkpoint_on_every_process(ranks):
+    assert [r["resumed_iterations"] for r in ranks] == [2, 2]
+    masks = [r["resumed_masks"] for r in ranks]
+    assert all(torch.equal(masks[0][name], masks[1][name]) for name in masks[0])
+
+
 def test_popup_search_swapped_weights(ranks):
     keep = ranks[0]["popup_keep"]
     assert 0 < int(keep.sum()) < keep.numel()
