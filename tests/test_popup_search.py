@@ -262,7 +262,9 @@ def quick_demo(tmp_path_factory):
 def test_demo_quick_writes_the_table_json_and_png(quick_demo):
     methods = [r["method"] for r in quick_demo["rows"]]
     assert methods == ["dense (pre-trained)", "magnitude, no training", "magnitude + BN statistics re-estimated",
-                       "edge-popup (constant rate)", "SR-popup (paper rate)"]
+                       "edge-popup (constant rate)", "SR-popup (paper rate)",
+                       "SR-popup (paper rate) + BN statistics re-estimated",
+                       "SR-popup (paper rate), pre-trained BN statistics kept"]
     assert all(m in quick_demo["table"] for m in methods)
     assert json.loads(quick_demo["json"].read_text())["rows"] == quick_demo["rows"]
     assert quick_demo["png"].read_bytes()[:4] == b"\x89PNG"
@@ -299,3 +301,14 @@ def test_search_defaults_follow_the_paper():
     assert (config.batch_size, config.bn, config.lr, config.momentum, config.eta) == (256, "update", 0.1, 0.9, 0.99)
     with pytest.raises(ValueError, match="'bn'"):
         SearchConfig(bn="freeze")
+
+
+def test_demo_reports_sr_popup_with_bn_reestimated_and_kept(quick_demo):
+    rows = {r["method"]: r for r in quick_demo["rows"]}
+    for label in ("SR-popup (paper rate) + BN statistics re-estimated",
+                  "SR-popup (paper rate), pre-trained BN statistics kept"):
+        assert rows[label]["sparsity"] == pytest.approx(0.9, abs=1e-4)
+        assert 0.0 < rows[label]["test_accuracy"] <= 1.0
+    # the re-estimation row re-uses the searched masks: same overlap with the magnitude mask
+    reestimated = rows["SR-popup (paper rate) + BN statistics re-estimated"]
+    assert reestimated["overlap"] == rows["SR-popup (paper rate)"]["overlap"]
