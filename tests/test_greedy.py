@@ -489,3 +489,23 @@ def test_prune_model_with_a_ce_gap_tolerance_meets_it():
     assert all(r.loss <= 0.05 or r.stop.startswith("unpruned") for r in results)
     with pytest.raises(ValueError, match="'labels'"):
         prune_model(_bn_cnn(), x, method="local", tol=0.05, discrepancy="ce-gap", progress=False)
+
+
+def test_target_flops_bisects_the_tolerance_and_meets_the_budget():
+    """--target-flops's default (the paper's way): bisection on the per-unit tolerance; the pruned
+    model keeps at most the asked fraction of the FLOPs."""
+    from dataclasses import replace
+
+    from greedyprune.greedy import PruneConfig
+    from greedyprune.greedy.pipeline import tol_for_flops
+    from greedyprune.harness.measure import count_flops
+
+    model, x = _bn_cnn(), torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    config = PruneConfig(method="local", tol=1.0)
+    tol = tol_for_flops(model, x, 0.5, config, iterations=6)
+    assert 1e-4 <= tol <= 10.0
+    pruned = copy.deepcopy(model)
+    prune_model(pruned, x, replace(config, tol=tol), progress=False)
+    assert count_flops(pruned, x[:1]) <= 0.5 * count_flops(model, x[:1])
+    with pytest.raises(ValueError, match="'target_flops'"):
+        tol_for_flops(model, x, 1.5, config)

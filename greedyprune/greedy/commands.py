@@ -52,7 +52,10 @@ def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_s
                            "(seed 000's epsilon; not the op's local tol); default 0.02 unless --width/--target-flops")
     stop.add_argument("--width", type=float, default=None, help="keep at most this fraction of each unit's channels")
     stop.add_argument("--target-flops", type=float, default=None,
-                      help="fraction of the FLOPs to keep (sets a uniform --width by bisection)")
+                      help="fraction of the FLOPs to keep, by bisection on --max-discrepancy (per-unit widths, the "
+                           "paper's way) or, with --flops-search width, on one uniform --width")
+    stop.add_argument("--flops-search", choices=("epsilon", "width"), default="epsilon",
+                      help="what --target-flops bisects (default epsilon; each step prunes a copy)")
     p.add_argument("--discrepancy", choices=DISCREPANCIES[:3], default="kl",
                    help="kl or mse of the logits, or ce-gap: the rise of the cross-entropy on true labels (the "
                         "training-loss gap the paper's epsilon bounds)")
@@ -96,7 +99,7 @@ def _prune_command(args) -> int:
                          discrepancy=args.discrepancy, positions_per_image=args.positions,
                          exact_until=args.exact_until, taylor_top=args.taylor_top, fold=args.fold,
                          recalibrate_bn=args.recalibrate_bn, overwrite=args.overwrite, weights=args.weights,
-                         device=args.device,
+                         device=args.device, flops_search=args.flops_search,
                          step_batch=args.step_batch or None,
                          memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20))
     print(format_report(report))

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..harness.data import load_dataset, make_loader
 from .. import distributed
-from ..checks import arg_error, check_device
+from ..checks import arg_error, check_choice, check_device
 from ..files import prepare_output_dir, save_figure, write_json
 from ..harness.measure import count_flops, model_stats
 from ..models import EXTERNAL_LIBRARIES, MODEL_NAMES, export_program, load_model, save_model
@@ -47,6 +47,40 @@ def _check_model_source(model: str) -> None:
                                    "torchvision:<name>, timm:<name>)")
 
 
+FLOPS_SEARCHES = ("epsilon", "width")
+
+
+def tol_for_flops(model: nn.Module, calib_x: torch.Tensor, target: float, config: PruneConfig, *,
+                  labels: torch.Tensor | None = None, gram_batches=None, iterations: int = 8,
+                  bounds: tuple[float, float] = (1e-4, 10.0)) -> float:
+    """The per-unit tolerance (epsilon) whose pruned model keeps at most `target` x the FLOPs:
+    bisection on a log scale within `bounds`, each step pruning a copy with `config` (tol set,
+    no width cap). This is how seed 000 reaches a size: each unit then keeps as many channels as
+    its own discrepancy needs. Returns the upper end of the final bracket (the larger bound when
+    even that keeps more FLOPs)."""
+    if not 0 < target <= 1:
+        raise ValueError(f"greedyprune: argument 'target_flops' must be in (0, 1], got {target}")
+    example = calib_x[:1]
+    full = count_flops(model, example)
+
+    def flops_at(tol: float) -> int:
+        pruned = copy.deepcopy(model)
+        prune_model(pruned, calib_x, replace(config, tol=tol, width_ratio=None), labels=labels,
+                    gram_batches=gram_batches, progress=False)
+        return count_flops(pruned, example)
+
+    lo, hi = bounds
+    if flops_at(hi) > target * full:
+        return hi
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        if flops_at(mid) > target * full:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float, *, iterations: int = 12) -> float:
     """The uniform width ratio whose pruned model has about `target` x the FLOPs (bisection
     on copies pruned to ceil(ratio * N) channels per unit)."""
@@ -75,11 +109,12 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
                 out_dir: str | os.PathLike = "greedyprune-out", target_flops: float | None = None,
                 calib_samples: int = 512, gram_samples: int = 2048, finetune_epochs: int = 0, train_epochs: int = 15,
                 seed: int = 0, overwrite: bool = False, progress: bool = True, weights=None, device=None,
-                **options) -> dict:
+                flops_search: str = "epsilon", **options) -> dict:
     """Prune `model` on `data` as `config` (or its fields as keyword options) says; returns the
     report (also written to out_dir). weights: a state dict / checkpoint file for zoo model
-    `model` (instead of training it). target_flops: the uniform width ratio whose model keeps
-    about that fraction of the FLOPs (bisection) replaces width_ratio. Every argument and the
+    `model` (instead of training it). target_flops: the fraction of the FLOPs to keep, reached by
+    bisection on the per-unit tolerance (flops_search="epsilon", the paper's way: adaptive widths)
+    or on one uniform width ratio ("width"). Every argument and the
     output folder are checked before any work; a folder holding a finished run (report.json) is
     refused unless overwrite. device: where the model runs (default: its own, the CPU).
     Under torchrun each process takes calib_samples / world_size calibration images (and its share
@@ -93,9 +128,15 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
     if target_flops is not None:
         if not 0 < target_flops <= 1:
             raise ValueError(f"greedyprune: argument 'target_flops' must be in (0, 1], got {target_flops}")
-        if (config.width_ratio if config is not None else options.get("width_ratio")) is not None:
-            raise ValueError("greedyprune: give argument 'target_flops' or 'width_ratio', not both")
-        config = replace(config, width_ratio=1.0) if config is not None else PruneConfig(**options, width_ratio=1.0)
+        check_choice("flops_search", flops_search, FLOPS_SEARCHES)
+        found = "tol" if flops_search == "epsilon" else "width_ratio"
+        for name in ("width_ratio", found):
+            if (getattr(config, name) if config is not None else options.get(name)) is not None:
+                raise ValueError(f"greedyprune: give argument 'target_flops' or '{name}', not both "
+                                 f"(flops_search={flops_search!r} finds {found})")
+        # placeholders until the bisection sets them
+        settings = dict(tol=1.0, width_ratio=None) if flops_search == "epsilon" else dict(width_ratio=1.0)
+        config = replace(config, **settings) if config is not None else PruneConfig(**{**options, **settings})
     elif config is None:
         config = PruneConfig(**options)
     for name, value in (("calib_samples", calib_samples), ("gram_samples", min(256, gram_samples)),
@@ -122,18 +163,23 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
     if device is not None:
         calib_x = calib_x.to(device)
     before = model_stats(net, test_loader, calib_x)
-    if target_flops is not None:
-        config = replace(config, width_ratio=width_ratio_for_flops(net, calib_x[:1], target_flops))
     per_process = config  # --step-batch is a global mini-batch, shared out over the processes
     if config.step_batch is not None:
         per_process = replace(config, step_batch=config.step_batch // distributed.world_size())
+    if target_flops is not None and flops_search == "epsilon":
+        tol = tol_for_flops(net, calib_x, target_flops, per_process, labels=calib_y, gram_batches=gram_batches)
+        config, per_process = replace(config, tol=tol), replace(per_process, tol=tol)
+    elif target_flops is not None:
+        ratio = width_ratio_for_flops(net, calib_x[:1], target_flops)
+        config, per_process = replace(config, width_ratio=ratio), replace(per_process, width_ratio=ratio)
     start = time.perf_counter()
     results = prune_model(net, calib_x, per_process, labels=calib_y, gram_batches=gram_batches, progress=progress)
     prune_seconds = time.perf_counter() - start
     after = model_stats(net, test_loader, calib_x)
     report = {
         "model": model, "data": data, "config": asdict(config), "method": config.method,
-        "target_flops": target_flops, "calib_samples": int(calib_x.shape[0]) * distributed.world_size(),
+        "target_flops": target_flops, "flops_search": flops_search if target_flops is not None else None,
+        "calib_samples": int(calib_x.shape[0]) * distributed.world_size(),
         "processes": distributed.world_size(),
         "before": before, "after_prune": after, "prune_seconds": prune_seconds,
         "units": [{"unit": r.unit, "channels": r.channels, "asked": r.asked, "kept": r.width, "stop": r.stop,
