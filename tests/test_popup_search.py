@@ -262,9 +262,11 @@ def quick_demo(tmp_path_factory):
 def test_demo_quick_writes_the_table_json_and_png(quick_demo):
     methods = [r["method"] for r in quick_demo["rows"]]
     assert methods == ["dense (pre-trained)", "magnitude, no training", "magnitude + BN statistics re-estimated",
-                       "edge-popup (constant rate)", "SR-popup (paper rate)",
+                       "constant rate, magnitude scores (the paper's 'w/o S')",
+                       "edge-popup (random scores, per-layer top-k, constant rate)", "SR-popup (paper rate)",
                        "SR-popup (paper rate) + BN statistics re-estimated",
-                       "SR-popup (paper rate), pre-trained BN statistics kept"]
+                       "SR-popup (paper rate), pre-trained BN statistics kept",
+                       "paper rate, random scores (the paper's 'w/o M')"]
     assert all(m in quick_demo["table"] for m in methods)
     assert json.loads(quick_demo["json"].read_text())["rows"] == quick_demo["rows"]
     assert quick_demo["png"].read_bytes()[:4] == b"\x89PNG"
@@ -312,3 +314,22 @@ def test_demo_reports_sr_popup_with_bn_reestimated_and_kept(quick_demo):
     # the re-estimation row re-uses the searched masks: same overlap with the magnitude mask
     reestimated = rows["SR-popup (paper rate) + BN statistics re-estimated"]
     assert reestimated["overlap"] == rows["SR-popup (paper rate)"]["overlap"]
+
+
+def test_random_score_init_is_edge_popups_top_k_of_random_scores():
+    masked = wrap(tiny_cnn())
+    counts = initialize(masked, 0.8, method="uniform", scores="random", seed=3)
+    sizes = (masked.offsets[1:] - masked.offsets[:-1]).double()
+    assert torch.equal(counts, torch.round(0.2 * sizes).to(torch.int64))
+    scores = masked.scores.detach()
+    assert 0 <= float(scores.min()) and float(scores.max()) < 1 and scores.unique().numel() > 100
+    for layer in range(len(counts)):  # per layer, the kept entries are the highest scores
+        begin, end = int(masked.offsets[layer]), int(masked.offsets[layer + 1])
+        kept, segment = masked.keep[begin:end], scores[begin:end]
+        assert int(kept.sum()) == int(counts[layer])
+        assert float(segment[kept].min()) >= float(segment[~kept].max())
+    again = wrap(tiny_cnn())
+    initialize(again, 0.8, method="uniform", scores="random", seed=3)
+    assert torch.equal(again.keep, masked.keep)  # drawn from the seed
+    with pytest.raises(ValueError, match="'scores'"):
+        SearchConfig(scores="zeros")

@@ -16,7 +16,7 @@ from ..harness.training import evaluate, model_with_weights, pretrained_model
 from .demo import run_demo
 from .masked import export, wrap
 from .report import REPORT_NAME, write_search_report
-from .search import BN_MODES, INIT_METHODS, SCHEDULES, SearchConfig, reestimate_batchnorm, search
+from .search import BN_MODES, INIT_METHODS, SCHEDULES, SCORE_INITS, SearchConfig, reestimate_batchnorm, search
 
 PRETRAIN_LR = 0.05
 
@@ -51,6 +51,9 @@ def register(subparsers) -> None:
     parser.add_argument("--init", choices=INIT_METHODS, default="global",
                         help="per-layer keep counts: one global magnitude threshold or uniform")
     parser.add_argument("--eta", type=float, default=0.99, help="initial score of pruned weights (0.99)")
+    parser.add_argument("--scores", choices=SCORE_INITS, default="magnitude",
+                        help="score init: magnitude (SR-popup, eq. 8) or random (edge-popup; with --init uniform and "
+                             "--schedule constant it is edge-popup itself)")
     parser.add_argument("--seed", type=int, default=0, help="data-order seed")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("popup-search"),
@@ -92,7 +95,7 @@ def run_search_command(args: argparse.Namespace) -> int:
             check_file(flag, path)
     config = SearchConfig(sparsity=args.sparsity, schedule=args.schedule, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
-                          eta=args.eta, seed=args.seed, bn=args.bn)
+                          eta=args.eta, seed=args.seed, bn=args.bn, scores=args.scores)
     distributed.per_rank(config.batch_size, "--batch-size")  # a global batch under torchrun
     prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")

@@ -1,6 +1,7 @@
 """Demo on scikit-learn's bundled digits (no download): pre-train a small CNN, then at 90% sparsity
-compare magnitude pruning without training, edge-popup (`constant` rate) and SR-popup (`paper`
-rate) with the same search budget. Also reported: magnitude pruning with re-estimated BatchNorm
+compare magnitude pruning without training, edge-popup (random scores, `constant` rate), the SR-popup
+paper's ablations "w/o S" (magnitude scores, constant rate) and "w/o M" (random scores, paper rate)
+and SR-popup (magnitude scores, `paper` rate) with the same search budget. Also reported: magnitude pruning with re-estimated BatchNorm
 statistics, which separates what the search gains from the masks from what the BN layers (in
 train mode during the search) gain from fresh statistics, and SR-popup's accuracy both ways the
 paper's "no weight is modified" can be read: BN statistics re-estimated after the search, and the
@@ -30,11 +31,16 @@ MODEL_SEED = 0
 # (pre-training epochs, search epochs, search seeds)
 FULL_SETTINGS = (20, 10, (0, 1, 2))
 QUICK_SETTINGS = (10, 4, (0,))
-# (row label, swap schedule, BatchNorm during the search, re-estimate BN statistics after it)
-SEARCHES = (("edge-popup (constant rate)", "constant", "update", False),
-            ("SR-popup (paper rate)", "paper", "update", False),
-            ("SR-popup (paper rate) + BN statistics re-estimated", "paper", "update", True),
-            ("SR-popup (paper rate), pre-trained BN statistics kept", "paper", "keep", False))
+# Rows after the magnitude baselines: what each search is (seed 002's names where it has them).
+SEARCHES = (
+    dict(label="constant rate, magnitude scores (the paper's 'w/o S')", schedule="constant"),
+    dict(label="edge-popup (random scores, per-layer top-k, constant rate)", schedule="constant", scores="random",
+         init="uniform"),
+    dict(label="SR-popup (paper rate)", schedule="paper"),
+    dict(label="SR-popup (paper rate) + BN statistics re-estimated", schedule="paper", reestimate=True),
+    dict(label="SR-popup (paper rate), pre-trained BN statistics kept", schedule="paper", bn="keep"),
+    dict(label="paper rate, random scores (the paper's 'w/o M')", schedule="paper", scores="random"),
+)
 
 
 def _row(method: str, accuracies: list[float], overlap_value: float | None, sparsity: float, epochs: int) -> dict:
@@ -90,17 +96,20 @@ def run_demo(out_dir, *, quick: bool = False, cache_dir=None, progress: bool = F
                      sparsity, 0))
 
     curves = {}
-    searched = {}  # (schedule, bn, seed) -> the searched model: a re-estimation row reuses its search
-    for label, schedule, bn, reestimate in SEARCHES:
+    searched = {}  # search settings and seed -> the searched model: a re-estimation row reuses its search
+    for row in SEARCHES:
+        label, reestimate = row["label"], row.get("reestimate", False)
+        settings = {k: v for k, v in row.items() if k not in ("label", "reestimate")}
         accuracies, overlaps = [], []
         for seed in seeds:
-            masked = searched.get((schedule, bn, seed))
+            key = (tuple(sorted(settings.items())), seed)
+            masked = searched.get(key)
             if masked is None:
                 masked = wrap(model)
-                config = SearchConfig(sparsity=DEMO_SPARSITY, schedule=schedule, epochs=search_epochs,
-                                      batch_size=DEMO_BATCH_SIZE, lr=SEARCH_LR, seed=seed, bn=bn)
+                config = SearchConfig(sparsity=DEMO_SPARSITY, epochs=search_epochs, batch_size=DEMO_BATCH_SIZE,
+                                      lr=SEARCH_LR, seed=seed, **settings)
                 history = search(masked, train_set, test_set, config, progress=progress)
-                searched[(schedule, bn, seed)] = masked
+                searched[key] = masked
                 curves.setdefault(label, history)
             if reestimate:
                 recalibrate_batchnorm(masked, make_loader(train_set, DEMO_BATCH_SIZE, shuffle=True, seed=MODEL_SEED))

@@ -30,6 +30,7 @@ from .masked import MaskedModel, segment_counts
 
 SCHEDULES = ("paper", "constant", "inverse")
 INIT_METHODS = ("global", "uniform")
+SCORE_INITS = ("magnitude", "random")
 BN_MODES = ("keep", "update")  # BatchNorm statistics during the search
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -65,13 +66,23 @@ def magnitude_keep(masked: MaskedModel, counts: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def initialize(masked: MaskedModel, sparsity: float, *, method: str = "global", eta: float = 0.99) -> torch.Tensor:
+def initialize(masked: MaskedModel, sparsity: float, *, method: str = "global", eta: float = 0.99,
+               scores: str = "magnitude", seed: int = 0) -> torch.Tensor:
     """Magnitude init (eq. 8): keep = per-layer magnitude top-k, scores 1 where kept and eta elsewhere.
+    scores="random": edge-popup's init instead, scores uniform in [0, 1) drawn from `seed` and keep
+    = their per-layer top-k (the SR-popup paper's "w/o M" ablation with its schedule).
 
     Returns the per-layer keep counts, which the search keeps constant.
     """
     eta = check_real("eta", eta, low=0.0, high=1.0, high_open=True)
+    check_choice("scores", scores, SCORE_INITS)
     counts = layer_keep_counts(masked, sparsity, method)
+    if scores == "random":
+        generator = torch.Generator().manual_seed(seed)
+        drawn = torch.rand(masked.scores.shape, generator=generator).to(masked.scores)
+        masked.scores.copy_(drawn)
+        masked.keep = ops.segment_select(drawn.float(), counts, masked.offsets)
+        return counts
     keep = magnitude_keep(masked, counts)
     masked.keep = keep
     masked.scores.copy_(torch.where(keep, 1.0, eta))
@@ -141,6 +152,7 @@ class SearchConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     init: str = "global"
+    scores: str = "magnitude"  # "random": edge-popup's score init
     eta: float = 0.99
     seed: int = 0
     bn: str = "update"
@@ -158,6 +170,7 @@ class SearchConfig:
                 math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise arg_error("weight_decay", f"must be a finite number >= 0, got {self.weight_decay!r}")
         check_choice("init", self.init, INIT_METHODS)
+        check_choice("scores", self.scores, SCORE_INITS)
         check_real("eta", self.eta, low=0.0, high=1.0, high_open=True)
         check_int("seed", self.seed, minimum=0)
         check_choice("bn", self.bn, BN_MODES)
@@ -251,7 +264,8 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
         set_rng_state(state["rng"])
         step, history, totals = state["step"], state["history"], state["epoch_totals"]
     else:
-        initialize(masked, config.sparsity, method=config.init, eta=config.eta)
+        initialize(masked, config.sparsity, method=config.init, eta=config.eta, scores=config.scores,
+                   seed=config.seed)
         step, history, totals = 0, [], _epoch_totals()
     magnitude = magnitude_keep(masked, masked.keep_counts())
 
