@@ -64,7 +64,8 @@ def register(subparsers) -> None:
     parser.add_argument("--prune-masks", action="store_true",
                         help="with --export: also attach torch.nn.utils.prune masks (weight_orig, weight_mask)")
     parser.add_argument("--demo", action="store_true",
-                        help="instead: the digits comparison (magnitude / edge-popup / SR-popup) into --out")
+                        help="instead: the digits comparison (magnitude / edge-popup / the paper's ablations / SR-popup) "
+                             "into --out")
     parser.add_argument("--quick", action="store_true", help="with --demo: the short version")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_search_command)
