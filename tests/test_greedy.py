@@ -509,3 +509,12 @@ def test_target_flops_bisects_the_tolerance_and_meets_the_budget():
     assert count_flops(pruned, x[:1]) <= 0.5 * count_flops(model, x[:1])
     with pytest.raises(ValueError, match="'target_flops'"):
         tol_for_flops(model, x, 1.5, config)
+
+
+def test_a_network_budget_is_split_evenly_over_the_units():
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    split = prune_model(_bn_cnn(), x, method="local", network_budget=0.1, progress=False)
+    per_unit = prune_model(_bn_cnn(), x, method="local", tol=0.05, progress=False)  # _bn_cnn has 2 units
+    assert len(split) == 2 and [r.kept for r in split] == [r.kept for r in per_unit]
+    with pytest.raises(ValueError, match="'network_budget'"):
+        prune_model(_bn_cnn(), x, method="local", network_budget=0.1, tol=0.05, progress=False)

@@ -51,6 +51,9 @@ def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_s
                       help="network discrepancy each unit may add, measured against the network as pruned so far "
                            "(seed 000's epsilon; not the op's local tol); default 0.02 unless --width/--target-flops")
     stop.add_argument("--width", type=float, default=None, help="keep at most this fraction of each unit's channels")
+    stop.add_argument("--network-budget", type=float, default=None,
+                      help="instead of --max-discrepancy: the discrepancy the whole network may gain, split evenly "
+                           "over the units")
     stop.add_argument("--target-flops", type=float, default=None,
                       help="fraction of the FLOPs to keep, by bisection on --max-discrepancy (per-unit widths, the "
                            "paper's way) or, with --flops-search width, on one uniform --width")
@@ -90,7 +93,7 @@ def _prune_command(args) -> int:
     from .pipeline import format_report, run_pruning
 
     tol = args.tol
-    if tol is None and args.width is None and args.target_flops is None:
+    if tol is None and args.width is None and args.target_flops is None and args.network_budget is None:
         tol = 0.02
     report = run_pruning(model=args.model, data=args.data, out_dir=args.out, target_flops=args.target_flops,
                          calib_samples=args.calib_samples, gram_samples=args.gram_samples,
@@ -99,7 +102,7 @@ def _prune_command(args) -> int:
                          discrepancy=args.discrepancy, positions_per_image=args.positions,
                          exact_until=args.exact_until, taylor_top=args.taylor_top, fold=args.fold,
                          recalibrate_bn=args.recalibrate_bn, overwrite=args.overwrite, weights=args.weights,
-                         device=args.device, flops_search=args.flops_search,
+                         device=args.device, flops_search=args.flops_search, network_budget=args.network_budget,
                          step_batch=args.step_batch or None,
                          memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20))
     print(format_report(report))

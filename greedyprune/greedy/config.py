@@ -18,6 +18,9 @@ class PruneConfig:
     method: local | global | hybrid (Algorithm 2: both, the narrower wins) | gfs (the authors'
         released forward selection, scored on true labels).
     tol: the network discrepancy each unit may add (per unit, against the network as pruned so far).
+    network_budget: instead of tol, the discrepancy the whole network may gain, split evenly over
+        the units pruned (each unit's tol = network_budget / units; the per-unit gains add up
+        approximately, as each is measured against the network as pruned so far).
     width_ratio: alone, every unit ends at exactly ceil(width_ratio * N) channels; with tol, a cap.
     discrepancy: kl | mse of the logits, or ce-gap: the rise of the cross-entropy on true labels over the
         original's (the training-loss gap seed 000's epsilon bounds; needs labels); ce: that cross-entropy (gfs).
@@ -38,6 +41,7 @@ class PruneConfig:
 
     method: str = "hybrid"
     tol: float | None = None
+    network_budget: float | None = None
     width_ratio: float | None = None
     discrepancy: str = "kl"
     positions_per_image: int | None = None
@@ -50,8 +54,14 @@ class PruneConfig:
 
     def __post_init__(self):
         check_choice("method", self.method, METHODS)
-        if self.tol is None and self.width_ratio is None:
-            raise ArgumentError("greedyprune: give argument 'tol' (discrepancy per unit) or 'width_ratio' (or both)")
+        if self.network_budget is not None:
+            check_real("network_budget", self.network_budget, low=0.0)
+            if self.tol is not None:
+                raise ArgumentError("greedyprune: give argument 'tol' (per unit) or 'network_budget' (split over the "
+                                    "units), not both")
+        if self.tol is None and self.width_ratio is None and self.network_budget is None:
+            raise ArgumentError("greedyprune: give argument 'tol' (discrepancy per unit), 'network_budget' or "
+                                "'width_ratio' (or a width with either)")
         if self.tol is not None:
             check_real("tol", self.tol, low=0.0)
         if self.width_ratio is not None:
@@ -75,5 +85,5 @@ class PruneConfig:
     @property
     def fill(self) -> bool:
         """Whether width_ratio is a width to reach (no tol) rather than a cap."""
-        return self.width_ratio is not None and self.tol is None
+        return self.width_ratio is not None and self.tol is None and self.network_budget is None
 

@@ -10,6 +10,7 @@ each unit adds.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections.abc import Iterable
 
 import torch
@@ -76,6 +77,8 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
         skipped = "; ".join(f"{', '.join(g.producers) or '?'}: {g.reason}" for g in graph.skipped)
         raise ValueError(f"greedyprune: {type(model).__name__} has no prunable unit (channel groups: {skipped})")
     todo = graph.units if units is None else [graph.unit(name) for name in units]
+    if config.network_budget is not None:  # split evenly: each unit may add its share
+        config = replace(config, tol=config.network_budget / len(todo), network_budget=None)
     results = []
     logits_now = None  # per calibration batch, after the last unit's export: the next unit's targets
     bar = tqdm(todo, desc=f"prune ({config.method})", unit="unit", disable=not progress)
