@@ -149,9 +149,8 @@ def child(args) -> dict:
     forward_s = full_forward_seconds(model, images, device)
     names = [u.name for u in UnitGraph(model, images[0][:2].to(device)).units]
     chosen = names if args.units is None else names[:args.units]
-    calibration = _OnDevice(images, device)
-    start = time.perf_counter()
-    results = prune_model(model, calibration, method=args.method, width_ratio=0.5, units=chosen, progress=False)
+    start = time.perf_counter()  # batches stay on the host: prune_model moves each where the model is
+    results = prune_model(model, images, method=args.method, width_ratio=0.5, units=chosen, progress=False)
     seconds = time.perf_counter() - start
     per_unit = [r.seconds["total"] for r in results]
     return dict(model=args.model, method=args.method, images=args.images, batch=args.batch, device=str(device),
@@ -160,19 +159,6 @@ def child(args) -> dict:
                 setup_s=seconds - sum(per_unit), parts=[r.seconds for r in results],
                 forwards_per_unit=[s / forward_s for s in per_unit], peak_mib=peak_memory_mib(device),
                 widths=[(r.channels, r.width) for r in results])
-
-
-class _OnDevice:
-    """The batches of a sequence moved to `device` when read."""
-
-    def __init__(self, batches, device):
-        self.batches, self.device = batches, device
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, i):
-        return self.batches[i].to(self.device)
 
 
 def run_child(run: tuple, device: str, *, world: int = 1, throughput: tuple | None = None) -> dict:

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .checks import arg_error
+
 
 def init_from_env() -> bool:
     """Join the process group torchrun describes when WORLD_SIZE > 1 (NCCL with CUDA, each process
@@ -62,7 +64,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def _collective_device(tensor: torch.Tensor) -> torch.device:
+def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -73,7 +75,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     process gets the same bits. Returned unchanged without a process group."""
     if not active():
         return tensor
-    device = _collective_device(tensor)
+    device = _collective_device()
     if tensor.device == device:
         dist.all_reduce(tensor)
         return tensor
@@ -113,8 +115,6 @@ def per_rank(count: int, name: str) -> int:
     `name` when the world size does not divide it."""
     world = world_size()
     if count % world:
-        from .checks import arg_error
-
         raise arg_error(name, f"({count}) must be divisible by the number of processes ({world}) so each "
                               "process takes an equal share")
     return count // world

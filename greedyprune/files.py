@@ -11,12 +11,12 @@ from typing import BinaryIO, Callable, Mapping
 
 import torch
 
+from .distributed import is_main
+
 
 def replace_atomically(path, write: Callable[[BinaryIO], object]) -> None:
     """Call write(f) on a temp file beside `path`, then move it over `path`. In a torchrun job only
     rank 0 writes (every process holds the same results; see distributed.py)."""
-    from .distributed import is_main
-
     if not is_main():
         return
     path = Path(path)

@@ -84,7 +84,16 @@ def _pair(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise arg_error("calib", f"must yield tensors or (inputs, labels) batches, got {type(batch).__name__}")
 
 
-class CalibrationBatches(Sequence):
+class _ReadOnDemand(Sequence):
+    """A sequence whose item i is read (`_read(i)`) each time it is asked for; slices give lists."""
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._read(j) for j in range(*i.indices(len(self)))]
+        return self._read(i)
+
+
+class CalibrationBatches(_ReadOnDemand):
     """(inputs, labels or None) batches read from `source` (a sequence of batches) when asked for
     and not kept, so memory does not grow with the calibration set; with `step`, every source
     batch is cut into mini-batches of that many images (the sizes are read once, up front)."""
@@ -100,9 +109,7 @@ class CalibrationBatches(Sequence):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def _read(self, i):
         which, start, step = self.index[i]
         x, y = _pair(self.source[which])
         if step is None:
@@ -110,7 +117,7 @@ class CalibrationBatches(Sequence):
         return x[start:start + step], None if y is None else y[start:start + step]
 
 
-class InputsOf(Sequence):
+class InputsOf(_ReadOnDemand):
     """The inputs of each (inputs, labels) batch of a sequence, read on demand."""
 
     def __init__(self, batches: Sequence):
@@ -119,9 +126,7 @@ class InputsOf(Sequence):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def _read(self, i):
         return self.batches[i][0]
 
 

@@ -10,8 +10,8 @@ each unit adds.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -72,7 +72,8 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
         gram_batches = list(gram_batches)
     was_training = model.training
     model.eval()
-    graph = UnitGraph(model, batches[0][0][:2])
+    # batches may stay on the host (each use moves them); the tracing example goes where the model is
+    graph = UnitGraph(model, batches[0][0][:2].to(next(model.parameters()).device))
     if not graph.units:
         skipped = "; ".join(f"{', '.join(g.producers) or '?'}: {g.reason}" for g in graph.skipped)
         raise ValueError(f"greedyprune: {type(model).__name__} has no prunable unit (channel groups: {skipped})")

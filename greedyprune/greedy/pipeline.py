@@ -163,15 +163,15 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
     if device is not None:
         calib_x = calib_x.to(device)
     before = model_stats(net, test_loader, calib_x)
-    per_process = config  # --step-batch is a global mini-batch, shared out over the processes
-    if config.step_batch is not None:
-        per_process = replace(config, step_batch=config.step_batch // distributed.world_size())
+    def shared_out(c: PruneConfig) -> PruneConfig:  # --step-batch is a global mini-batch, shared out
+        return c if c.step_batch is None else replace(c, step_batch=c.step_batch // distributed.world_size())
+
     if target_flops is not None and flops_search == "epsilon":
-        tol = tol_for_flops(net, calib_x, target_flops, per_process, labels=calib_y, gram_batches=gram_batches)
-        config, per_process = replace(config, tol=tol), replace(per_process, tol=tol)
+        config = replace(config, tol=tol_for_flops(net, calib_x, target_flops, shared_out(config), labels=calib_y,
+                                                   gram_batches=gram_batches))
     elif target_flops is not None:
-        ratio = width_ratio_for_flops(net, calib_x[:1], target_flops)
-        config, per_process = replace(config, width_ratio=ratio), replace(per_process, width_ratio=ratio)
+        config = replace(config, width_ratio=width_ratio_for_flops(net, calib_x[:1], target_flops))
+    per_process = shared_out(config)
     start = time.perf_counter()
     results = prune_model(net, calib_x, per_process, labels=calib_y, gram_batches=gram_batches, progress=progress)
     prune_seconds = time.perf_counter() - start

@@ -18,10 +18,10 @@ from torch import nn
 from ..harness.data import load_dataset, make_loader
 from ..files import write_json
 from ..models.demo_nets import SMALL_CNN_WIDTHS, small_cnn
-from ..harness.training import evaluate, pretrained, recalibrate_batchnorm, train
+from ..harness.training import evaluate, pretrained, train
 from . import report
 from .masked import wrap
-from .search import SearchConfig, initialize, overlap, search
+from .search import SearchConfig, initialize, overlap, reestimate_batchnorm, search
 
 DEMO_SPARSITY = 0.9
 DEMO_BATCH_SIZE = 64
@@ -91,7 +91,7 @@ def run_demo(out_dir, *, quick: bool = False, cache_dir=None, progress: bool = F
     magnitude_mask = magnitude.keep.clone()
     sparsity = report.sparsity_report(magnitude)["global"]["sparsity"]
     rows.append(_row("magnitude, no training", [evaluate(magnitude, test_loader)["accuracy"]], 1.0, sparsity, 0))
-    recalibrate_batchnorm(magnitude, make_loader(train_set, DEMO_BATCH_SIZE, shuffle=True, seed=MODEL_SEED))
+    reestimate_batchnorm(magnitude, train_set, batch_size=DEMO_BATCH_SIZE, seed=MODEL_SEED)
     rows.append(_row("magnitude + BN statistics re-estimated", [evaluate(magnitude, test_loader)["accuracy"]], 1.0,
                      sparsity, 0))
 
@@ -112,7 +112,7 @@ def run_demo(out_dir, *, quick: bool = False, cache_dir=None, progress: bool = F
                 searched[key] = masked
                 curves.setdefault(label, history)
             if reestimate:
-                recalibrate_batchnorm(masked, make_loader(train_set, DEMO_BATCH_SIZE, shuffle=True, seed=MODEL_SEED))
+                reestimate_batchnorm(masked, train_set, batch_size=DEMO_BATCH_SIZE, seed=MODEL_SEED)
             accuracies.append(evaluate(masked, test_loader)["accuracy"])
             overlaps.append(overlap(masked.keep, magnitude_mask))
         rows.append(_row(label, accuracies, statistics.fmean(overlaps), sparsity, search_epochs))
