@@ -25,10 +25,11 @@ def random_keep(masked, seed=1):
         masked.scores.copy_(torch.rand(masked.scores.shape, generator=gen))
 
 
-def test_wrap_masks_conv_and_linear_but_not_the_classifier_and_freezes_everything():
+def test_wrap_masks_conv_and_linear_and_freezes_everything():
     net = tiny_net()
-    masked = wrap(net)
-    assert masked.layer_names == ["0", "3", "7"]
+    assert wrap(net).layer_names == ["0", "3", "7", "9"] and wrap(net).unmasked == []  # the paper's scope
+    masked = wrap(net, exclude_classifier=True)
+    assert masked.layer_names == ["0", "3", "7"] and masked.unmasked == ["9"]
     assert [type(m) for m in masked.layers] == [MaskedConv2d, MaskedConv2d, MaskedLinear]
     assert type(masked.model[9]) is nn.Linear
     sizes = [net[0].weight.numel(), net[3].weight.numel(), net[7].weight.numel()]
@@ -36,9 +37,8 @@ def test_wrap_masks_conv_and_linear_but_not_the_classifier_and_freezes_everythin
     assert [name for name, p in masked.named_parameters() if p.requires_grad] == ["scores"]
     # the argument is left untouched
     assert type(net[0]) is nn.Conv2d and all(p.requires_grad for p in net.parameters())
-    assert wrap(net, exclude_classifier=False).layer_names == ["0", "3", "7", "9"]
-    assert wrap(net, include=["7", "9"]).layer_names == ["7"]
-    assert wrap(net, exclude="[03]").layer_names == ["7"]
+    assert wrap(net, include=["7", "9"], exclude_classifier=True).layer_names == ["7"]
+    assert wrap(net, exclude="[03]").layer_names == ["7", "9"]
 
 
 def test_wrap_rejects_bad_arguments():
@@ -51,7 +51,7 @@ def test_wrap_rejects_bad_arguments():
     with pytest.raises(ValueError, match="'exclude'"):
         wrap(tiny_net(), exclude=["nothing"])
     with pytest.raises(ValueError, match="leave no layer"):
-        wrap(tiny_net(), include=["9"])
+        wrap(tiny_net(), include=["9"], exclude_classifier=True)
     with pytest.raises(ValueError, match="'include'"):
         wrap(tiny_net(), include=[3])
 

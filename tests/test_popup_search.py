@@ -129,23 +129,29 @@ def test_search_rejects_bad_arguments_and_stops_on_a_non_finite_loss(digits, tmp
         search(masked, train, test, config, progress=False)
 
 
-@pytest.mark.parametrize("schedule", ["paper", "constant", "inverse"])
-def test_every_step_is_one_oracle_swap_with_constant_keep_counts(digits, schedule):
+@pytest.mark.parametrize("schedule, scope", [("paper", "global"), ("constant", "global"), ("inverse", "global"),
+                                             ("paper", "layer")])
+def test_every_step_is_one_oracle_swap_with_constant_keep_counts(digits, schedule, scope):
+    """Global scope (the default): one swap over all wrapped weights, the total kept is constant and
+    the per-layer counts move; layer scope: every layer's count is frozen."""
     train, test = digits
     masked = wrap(tiny_cnn())
-    config = SearchConfig(sparsity=0.9, schedule=schedule, epochs=2, batch_size=32, seed=3)
+    config = SearchConfig(sparsity=0.9, schedule=schedule, epochs=2, batch_size=32, seed=3, scope=scope)
     total = 2 * math.ceil(len(train) / 32)
     counts = layer_keep_counts(masked, 0.9)
+    offsets = masked.offsets if scope == "layer" else torch.tensor([0, int(masked.offsets[-1])])
     previous = [magnitude_keep(masked, counts)]
     swapped = []
 
     def check(info):
         rate = swap_rate(schedule, info.step, total)
         assert info.rate == rate
-        expected, q = reference.popup_swap(masked.scores.detach(), masked.offsets, previous[-1], rate)
+        expected, q = reference.popup_swap(masked.scores.detach(), offsets, previous[-1], rate)
         assert torch.equal(masked.keep, expected)
         assert torch.equal(info.swaps, q)
-        assert torch.equal(masked.keep_counts(), counts)
+        assert int(masked.keep.sum()) == int(counts.sum())
+        if scope == "layer":
+            assert torch.equal(masked.keep_counts(), counts)
         previous.append(masked.keep.clone())
         swapped.append(int(q.sum()))
 
@@ -153,6 +159,8 @@ def test_every_step_is_one_oracle_swap_with_constant_keep_counts(digits, schedul
     assert len(swapped) == total and sum(swapped) > 0  # the swaps are not vacuous
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert history[-1]["overlap"] == overlap(masked.keep, magnitude_keep(masked, counts)) < 1.0
+    if scope == "global" and schedule == "constant":
+        assert not torch.equal(masked.keep_counts(), counts)  # weights moved between layers
     if schedule == "paper":
         assert swapped[-1] == 0  # rate (1 - T/T)^4 = 0 at the last step
 
@@ -210,6 +218,10 @@ def test_sparsity_report_and_search_report_files(digits, tmp_path):
     assert [layer["name"] for layer in report["layers"]] == masked.layer_names
     assert report["global"]["kept"] == sum(counts) and report["global"]["weights"] == masked.keep.numel()
     assert report["global"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert report["global"]["covers"].startswith(f"the weights of {len(masked.layer_names)} Conv2d/Linear layers")
+    assert "left dense" not in report["global"]["covers"]
+    assert "left dense: " + wrap(tiny_cnn(), exclude_classifier=True).unmasked[0] in sparsity_report(
+        wrap(tiny_cnn(), exclude_classifier=True))["global"]["covers"]
     json_path, png_path = write_search_report(tmp_path, masked, history, config)
     saved = json.loads(json_path.read_text())
     assert saved["history"] == history and saved["sparsity"] == report and saved["config"]["schedule"] == "paper"
@@ -232,17 +244,17 @@ def test_cli_search_resume_and_export(tmp_path):
     args = _parse(argv)
     assert args.func(args) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["schedule"] == "constant" and report["layer_names"] == ["fc1", "fc2"]
+    assert report["config"]["schedule"] == "constant" and report["layer_names"] == ["fc1", "fc2", "fc3"]
     assert (out / "curves.png").is_file() and (out / "checkpoint.pt").is_file()
     pruned, meta = load_model(tmp_path / "pruned.pt")
-    zeros = sum(int((pruned.get_submodule(n).weight == 0).sum()) for n in ("fc1", "fc2"))
+    zeros = sum(int((pruned.get_submodule(n).weight == 0).sum()) for n in ("fc1", "fc2", "fc3"))
     assert zeros >= report["sparsity"]["global"]["weights"] - report["sparsity"]["global"]["kept"]
     assert meta["test_accuracy"] == report["history"][-1]["test_accuracy"]
     args = _parse(argv + ["--resume", "--prune-masks"])  # a finished run resumes to the same result
     assert args.func(args) == 0
     assert json.loads((out / "report.json").read_text())["history"] == report["history"]
     with_masks, _ = load_model(tmp_path / "pruned.pt")
-    for name in ("fc1", "fc2"):
+    for name in ("fc1", "fc2", "fc3"):
         layer, plain = with_masks.get_submodule(name), pruned.get_submodule(name)
         assert torch.equal(layer.weight_mask.bool(), plain.weight != 0) and torch.equal(layer.weight, plain.weight)
     args = _parse(argv + ["--sparsity", "1.2"])
@@ -300,7 +312,10 @@ def test_bn_keep_leaves_the_pretrained_statistics_and_update_changes_them(digits
 
 def test_search_defaults_follow_the_paper():
     config = SearchConfig()
-    assert (config.batch_size, config.bn, config.lr, config.momentum, config.eta) == (256, "update", 0.1, 0.9, 0.99)
+    assert (config.batch_size, config.bn, config.lr, config.momentum, config.eta, config.scope) == (
+        256, "update", 0.1, 0.9, 0.99, "global")
+    with pytest.raises(ValueError, match="'scope'"):
+        SearchConfig(scope="neuron")
     with pytest.raises(ValueError, match="'bn'"):
         SearchConfig(bn="freeze")
 

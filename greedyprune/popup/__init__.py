@@ -1,7 +1,7 @@
 """SR-popup lottery-jackpot search (seed 002): masked layers with straight-through scores, magnitude
 initialisation, the search loop with swap-rate schedules, export and reports.
 
-    masked = popup.wrap(model)                      # Conv2d/Linear masked, classifier excluded
+    masked = popup.wrap(model)                      # every Conv2d/Linear masked, classifier included
     history = popup.search(masked, train_set, test_set, popup.SearchConfig(sparsity=0.9), out_dir="run")
     plain = popup.export(masked)                    # weight * keep baked in
 """

@@ -15,8 +15,9 @@ from ..models import load_model, save_model
 from ..harness.training import evaluate, model_with_weights, pretrained_model
 from .demo import run_demo
 from .masked import export, wrap
-from .report import REPORT_NAME, write_search_report
-from .search import BN_MODES, INIT_METHODS, SCHEDULES, SCORE_INITS, SearchConfig, reestimate_batchnorm, search
+from .report import REPORT_NAME, covers, write_search_report
+from .search import (BN_MODES, INIT_METHODS, SCHEDULES, SCOPES, SCORE_INITS, SearchConfig, reestimate_batchnorm,
+                     search)
 
 PRETRAIN_LR = 0.05
 
@@ -25,8 +26,8 @@ def register(subparsers) -> None:
     """Add the `search` subcommand to an argparse subparsers object."""
     parser = subparsers.add_parser(
         "search", help="SR-popup lottery-jackpot search (masks over frozen pre-trained weights)",
-        description="Search a sparse mask over a pre-trained model's Conv2d/Linear weights (classifier excluded) "
-                    "with SR-popup; writes a checkpoint every epoch, report.json and curves.png under --out.")
+        description="Search a sparse mask over a pre-trained model's Conv2d/Linear weights (all of them, the "
+                    "classifier included, ranked together as in the paper) with SR-popup; writes a checkpoint every epoch, report.json and curves.png under --out.")
     parser.add_argument("--model", default="cnn", help="model zoo name when --pretrained is not given (default: cnn)")
     parser.add_argument("--data", default="digits", help="'digits' or a folder load_dataset understands")
     parser.add_argument("--pretrained", type=Path,
@@ -49,7 +50,12 @@ def register(subparsers) -> None:
                         help="after the search, also re-estimate BN statistics on the training set and report the "
                              "test accuracy both ways (--export then carries the re-estimated ones)")
     parser.add_argument("--init", choices=INIT_METHODS, default="global",
-                        help="per-layer keep counts: one global magnitude threshold or uniform")
+                        help="initial per-layer keep counts: one global magnitude threshold or uniform")
+    parser.add_argument("--scope", choices=SCOPES, default="global",
+                        help="what each swap ranks together: global (default, the paper: all masked weights; the "
+                             "per-layer counts move) or layer (each layer's count frozen at its initial value)")
+    parser.add_argument("--exclude-classifier", action="store_true",
+                        help="leave the last Conv2d/Linear layer dense (the paper masks it too)")
     parser.add_argument("--eta", type=float, default=0.99, help="initial score of pruned weights (0.99)")
     parser.add_argument("--scores", choices=SCORE_INITS, default="magnitude",
                         help="score init: magnitude (SR-popup, eq. 8) or random (edge-popup; with --init uniform and "
@@ -96,12 +102,12 @@ def run_search_command(args: argparse.Namespace) -> int:
             check_file(flag, path)
     config = SearchConfig(sparsity=args.sparsity, schedule=args.schedule, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
-                          eta=args.eta, seed=args.seed, bn=args.bn, scores=args.scores)
+                          eta=args.eta, seed=args.seed, bn=args.bn, scores=args.scores, scope=args.scope)
     distributed.per_rank(config.batch_size, "--batch-size")  # a global batch under torchrun
     prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")
     model = _pretrained_model(args)
-    masked = wrap(model).to(args.device)
+    masked = wrap(model, exclude_classifier=args.exclude_classifier).to(args.device)
     try:
         history = search(masked, train_set, test_set, config, out_dir=args.out, resume=args.resume,
                          progress=not args.no_progress)
@@ -115,6 +121,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         extra["bn_reestimated"] = dict(test_accuracy=test["accuracy"], test_loss=test["loss"])
     json_path, png_path = write_search_report(args.out, masked, history, config, **extra)
     first, last = history[0], history[-1]
+    print(f"sparsity {config.sparsity:.1%} over {covers(masked)}; ranking scope '{config.scope}'")
     print(f"magnitude mask: test accuracy {first['test_accuracy']:.2%}; after {last['epoch']} epochs of "
           f"'{config.schedule}': {last['test_accuracy']:.2%}, overlap with the magnitude mask {last['overlap']:.4f}")
     if extra:

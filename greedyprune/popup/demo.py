@@ -35,7 +35,7 @@ QUICK_SETTINGS = (10, 4, (0,))
 SEARCHES = (
     dict(label="constant rate, magnitude scores (the paper's 'w/o S')", schedule="constant"),
     dict(label="edge-popup (random scores, per-layer top-k, constant rate)", schedule="constant", scores="random",
-         init="uniform"),
+         init="uniform", scope="layer"),
     dict(label="SR-popup (paper rate)", schedule="paper"),
     dict(label="SR-popup (paper rate) + BN statistics re-estimated", schedule="paper", reestimate=True),
     dict(label="SR-popup (paper rate), pre-trained BN statistics kept", schedule="paper", bn="keep"),
@@ -118,11 +118,12 @@ def run_demo(out_dir, *, quick: bool = False, cache_dir=None, progress: bool = F
         rows.append(_row(label, accuracies, statistics.fmean(overlaps), sparsity, search_epochs))
 
     table = format_table(rows)
-    print(f"Digits, small CNN, {DEMO_SPARSITY:.0%} sparsity of the conv weights, {len(seeds)} search seed(s):")
+    print(f"Digits, small CNN, {DEMO_SPARSITY:.0%} sparsity over {report.covers(magnitude)}, ranked globally "
+          f"(edge-popup: per layer); {len(seeds)} search seed(s):")
     print(table)
     settings = dict(quick=quick, sparsity=DEMO_SPARSITY, widths=SMALL_CNN_WIDTHS, pretrain_epochs=pretrain_epochs,
                     pretrain_lr=PRETRAIN_LR, search_epochs=search_epochs, search_lr=SEARCH_LR,
-                    batch_size=DEMO_BATCH_SIZE, seeds=list(seeds))
+                    batch_size=DEMO_BATCH_SIZE, seeds=list(seeds), sparsity_covers=report.covers(magnitude))
     json_path = out_dir / "demo.json"
     write_json(json_path, dict(settings=settings, rows=rows, histories_seed0=curves))
     png_path = report.plot_curves(curves, out_dir / "demo_curves.png",

@@ -113,12 +113,13 @@ def _check_patterns(patterns, argument: str) -> list[str] | None:
 
 
 def select_layers(model: nn.Module, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
-                  exclude_classifier: bool = True) -> list[str]:
+                  exclude_classifier: bool = False) -> list[str]:
     """Names of the Conv2d/Linear modules `wrap` masks, in module order.
 
     Candidates are modules whose type is exactly nn.Conv2d or nn.Linear (subclasses may not
     call their own forward, e.g. attention's out_proj). `include`/`exclude` are fnmatch patterns
-    over module names (include None: every candidate); the classifier is the last candidate.
+    over module names (include None: every candidate); the classifier is the last candidate and is
+    masked unless `exclude_classifier` (seed 002's sparsity covers all weights).
     """
     include, exclude = _check_patterns(include, "include"), _check_patterns(exclude, "exclude")
     candidates = [name for name, m in model.named_modules() if type(m) in WRAPPED_TYPES]
@@ -143,13 +144,16 @@ class MaskedModel(nn.Module):
 
     Attributes: `model` (the inner model, with MaskedConv2d/MaskedLinear layers), `scores` (flat
     float32 parameter, the only trainable one), `keep` (flat bool buffer), `offsets` (int64 [L+1]
-    segment borders), `layer_names` (the wrapped modules, in segment order).
+    segment borders), `layer_names` (the wrapped modules, in segment order), `unmasked` (the
+    Conv2d/Linear modules left dense, e.g. an excluded classifier).
     """
 
     def __init__(self, model: nn.Module, layer_names: Sequence[str]):
         super().__init__()
         self.model = model
         self.layer_names = list(layer_names)
+        self.unmasked = [name for name, m in model.named_modules()
+                         if type(m) in WRAPPED_TYPES and name not in self.layer_names]
         sizes = [model.get_submodule(name).weight.numel() for name in self.layer_names]
         offsets = ops.offsets_from_sizes(sizes)
         device = model.get_submodule(self.layer_names[0]).weight.device
@@ -186,7 +190,7 @@ class MaskedModel(nn.Module):
 
 
 def wrap(model: nn.Module, *, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
-         exclude_classifier: bool = True) -> MaskedModel:
+         exclude_classifier: bool = False) -> MaskedModel:
     """A MaskedModel over a deep copy of `model` (the argument is left untouched).
 
     Every parameter of the copy is frozen (requires_grad False), so only `scores` trains;

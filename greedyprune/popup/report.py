@@ -13,8 +13,9 @@ CURVES_NAME = "curves.png"
 
 
 def sparsity_report(masked: MaskedModel) -> dict:
-    """Kept weights per wrapped layer, over all wrapped layers ("global") and over every
-    parameter of the model ("model": pruned = wrapped weights not kept)."""
+    """Kept weights per wrapped layer, over all wrapped layers ("global", with "covers": what the
+    sparsity counts) and over every parameter of the model ("model": pruned = wrapped weights not
+    kept)."""
     if not isinstance(masked, MaskedModel):
         raise ValueError(f"sparsity_report: argument 'masked' must be a MaskedModel, got {type(masked).__name__}")
     counts = masked.keep_counts().tolist()
@@ -27,8 +28,15 @@ def sparsity_report(masked: MaskedModel) -> dict:
     kept = sum(counts)
     parameters = sum(p.numel() for p in masked.model.parameters())
     return {"layers": layers,
-            "global": dict(weights=weights, kept=kept, sparsity=1 - kept / weights),
+            "global": dict(weights=weights, kept=kept, sparsity=1 - kept / weights, covers=covers(masked)),
             "model": dict(parameters=parameters, pruned=weights - kept, sparsity=(weights - kept) / parameters)}
+
+
+def covers(masked: MaskedModel) -> str:
+    """Which weights the global sparsity counts, in words."""
+    dense = f"; left dense: {', '.join(masked.unmasked)}" if masked.unmasked else ""
+    return (f"the weights of {len(masked.layer_names)} Conv2d/Linear layers ({masked.keep.numel():,}); biases and "
+            f"normalisation parameters not counted{dense}")
 
 
 def plot_curves(runs: dict[str, list[dict]], path, title: str | None = None) -> Path:

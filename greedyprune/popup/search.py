@@ -1,6 +1,11 @@
 """SR-popup lottery-jackpot search (seed 002, Algorithm 1): initialisation, swap-rate schedules,
 the search loop with exact checkpoint/resume, and the mask overlap of eq. 7.
 
+Ranking scope: the paper's sparsity and its TopK (eqs. 1, 5, 8, 28) run over all weights at once,
+so by default (scope "global") the swap ranks every wrapped weight together: the total kept count
+is constant and the per-layer counts move. scope "layer" freezes each layer's count at its
+initial value (edge-popup's per-layer top-k).
+
 Choices (documented where the paper is silent): BatchNorm layers stay in train mode during the
 search (batch statistics, running statistics updated, affine frozen), as in the authors' code;
 the learning rate follows a cosine per iteration; the swap of iteration t (1-based) uses the rate
@@ -31,6 +36,7 @@ from .masked import MaskedModel, segment_counts
 SCHEDULES = ("paper", "constant", "inverse")
 INIT_METHODS = ("global", "uniform")
 SCORE_INITS = ("magnitude", "random")
+SCOPES = ("global", "layer")  # what one swap ranks together: all wrapped weights, or each layer
 BN_MODES = ("keep", "update")  # BatchNorm statistics during the search
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -72,7 +78,8 @@ def initialize(masked: MaskedModel, sparsity: float, *, method: str = "global", 
     scores="random": edge-popup's init instead, scores uniform in [0, 1) drawn from `seed` and keep
     = their per-layer top-k (the SR-popup paper's "w/o M" ablation with its schedule).
 
-    Returns the per-layer keep counts, which the search keeps constant.
+    Returns the per-layer keep counts (the search keeps their total constant, and each one under
+    scope "layer").
     """
     eta = check_real("eta", eta, low=0.0, high=1.0, high_open=True)
     check_choice("scores", scores, SCORE_INITS)
@@ -122,10 +129,20 @@ def reestimate_batchnorm(masked: MaskedModel, train_set, *, batch_size: int = 25
     return recalibrate_batchnorm(masked, make_loader(train_set, batch_size, shuffle=True, seed=seed))
 
 
+def ranking_offsets(masked: MaskedModel, scope: str = "global") -> torch.Tensor:
+    """Segment borders of the swap: [0, N] (every wrapped weight ranked together) for "global",
+    the layers' borders for "layer"."""
+    check_choice("scope", scope, SCOPES)
+    if scope == "layer":
+        return masked.offsets
+    return masked.offsets[[0, -1]]
+
+
 @torch.no_grad()
-def popup_step(masked: MaskedModel, rate: float) -> torch.Tensor:
-    """One SR-popup swap over every layer (one op call); returns q, the swaps per layer."""
-    result = ops.popup_swap(masked.scores.detach(), masked.keep, rate, masked.offsets)
+def popup_step(masked: MaskedModel, rate: float, scope: str = "global") -> torch.Tensor:
+    """One SR-popup swap (one op call) ranking as `scope` says; returns q, the swaps per ranked
+    segment (one number for "global", one per layer for "layer")."""
+    result = ops.popup_swap(masked.scores.detach(), masked.keep, rate, ranking_offsets(masked, scope))
     masked.keep = result.keep
     return result.q
 
@@ -135,7 +152,8 @@ def popup_step(masked: MaskedModel, rate: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Settings of one search; defaults follow the paper (SGD momentum 0.9, lr 0.1, eta 0.99, batch 256).
+    """Settings of one search; defaults follow the paper (SGD momentum 0.9, lr 0.1, eta 0.99, batch 256,
+    one ranking over all wrapped weights: scope "global"; "layer" keeps each layer's count fixed).
 
     bn: "update" (default) runs BatchNorm in train mode during the search (batch statistics; the
     running statistics follow the masked network), as the authors' and edge-popup's code do and
@@ -156,6 +174,7 @@ class SearchConfig:
     eta: float = 0.99
     seed: int = 0
     bn: str = "update"
+    scope: str = "global"
 
     def __post_init__(self):
         check_real("sparsity", self.sparsity, low=0.0, high=1.0, high_open=True)
@@ -174,6 +193,7 @@ class SearchConfig:
         check_real("eta", self.eta, low=0.0, high=1.0, high_open=True)
         check_int("seed", self.seed, minimum=0)
         check_choice("bn", self.bn, BN_MODES)
+        check_choice("scope", self.scope, SCOPES)
 
 
 class StepInfo(NamedTuple):
@@ -184,7 +204,7 @@ class StepInfo(NamedTuple):
     lr: float  # learning rate of this step
     rate: float  # swap rate of this step
     loss: float  # batch loss before the step
-    swaps: torch.Tensor  # q per layer, int64 [L]
+    swaps: torch.Tensor  # q per ranked segment, int64: [1] for scope "global", [L] for "layer"
 
 
 def checkpoint_path(out_dir) -> Path:
@@ -223,7 +243,8 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
 
     Starts with `initialize` (or, with `resume`, from out_dir/checkpoint.pt when it exists).
     Every iteration: cross-entropy on a batch, SGD (momentum, weight decay, cosine lr per
-    iteration) on the flat scores, then one `popup_swap` over all layers at the schedule's rate.
+    iteration) on the flat scores, then one `popup_swap` at the schedule's rate, ranking all
+    wrapped weights together (config.scope "global") or each layer apart ("layer").
     Batches of epoch e come from make_loader(train_set, shuffle, seed = seed * 1_000_003 + e).
     Under torchrun the scores train in DDP on each process's share of every batch, so every
     process holds the same scores and makes the same swaps; rank 0 writes the checkpoint.
@@ -267,7 +288,8 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
         initialize(masked, config.sparsity, method=config.init, eta=config.eta, scores=config.scores,
                    seed=config.seed)
         step, history, totals = 0, [], _epoch_totals()
-    magnitude = magnitude_keep(masked, masked.keep_counts())
+    # The magnitude mask of the initial counts (not of today's: under scope "global" they move).
+    magnitude = magnitude_keep(masked, layer_keep_counts(masked, config.sparsity, config.init))
 
     def save() -> None:
         if path is not None:
@@ -319,7 +341,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    swaps = popup_step(masked, rate)
+                    swaps = popup_step(masked, rate, config.scope)
                     step += 1
                     totals["loss_sum"] += batch_loss * len(targets)
                     totals["correct"] += (logits.argmax(1) == targets).sum().item()
