@@ -355,6 +355,19 @@ def test_pipeline_writes_report_plan_and_model(tmp_path, monkeypatch):
     assert "after prune" in format_report(report)
 
 
+def test_pipeline_reports_the_channel_groups_it_leaves_unpruned(tmp_path, monkeypatch):
+    """Residual-tied channels are a limitation (README): the report names them."""
+    from greedyprune.greedy.pipeline import format_report, run_pruning
+    monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
+    report = run_pruning(model="resnet20", data="digits", out_dir=tmp_path / "out", method="local", width_ratio=0.5,
+                         calib_samples=32, gram_samples=32, train_epochs=1, progress=False)
+    tied = [g["producers"] for g in report["left_unpruned"] if g["reason"] == "tied to a residual add"]
+    assert len(tied) == 3 and ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"] in [sorted(p) for p in tied]
+    assert {"producers": ["fc"], "reason": "no linear consumer (model output)"} in report["left_unpruned"]
+    assert len(report["units"]) == 9  # every block's inner channels
+    assert "left unpruned: 4 channel group(s) (3 tied to a residual add" in format_report(report)
+
+
 def test_a_model_without_units_is_a_clear_error():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
     with pytest.raises(ValueError, match="no prunable unit"):

@@ -7,6 +7,7 @@ import copy
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, replace
 
 import torch
@@ -172,6 +173,7 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
     elif target_flops is not None:
         config = replace(config, width_ratio=width_ratio_for_flops(net, calib_x[:1], target_flops))
     per_process = shared_out(config)
+    left_unpruned = [{"producers": g.producers, "reason": g.reason} for g in UnitGraph(net, calib_x[:2]).skipped]
     start = time.perf_counter()
     results = prune_model(net, calib_x, per_process, labels=calib_y, gram_batches=gram_batches, progress=progress)
     prune_seconds = time.perf_counter() - start
@@ -186,6 +188,7 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
                    "method": r.method, "fold": r.fold, "discrepancy": r.loss,
                    "exported_discrepancy": r.exported_loss, "seconds": r.seconds,
                    "candidates": r.candidates} for r in results],
+        "left_unpruned": left_unpruned,  # channel groups no method may prune (residual-tied, model outputs, ...)
     }
     if finetune_epochs > 0:
         loader = make_loader(train_set, 64, shuffle=True, seed=seed + 3)
@@ -224,6 +227,12 @@ def format_report(report: dict) -> str:
         lines.append(f"{u['unit']:>28}  {u['channels']:>5}->{u['kept']:<5}  {asked:>5}  {u['method']:>7}  "
                      f"{u['discrepancy']:>11.5f}  {t['gram']:>7.3f}  {t['select']:>8.3f}  "
                      f"{t['evaluate'] + t['taylor']:>7.3f}  {t['export']:>8.3f}  {t['total']:>7.3f}  {u['stop']}")
+    left = report.get("left_unpruned") or []
+    if left:
+        reasons = Counter(g["reason"] for g in left)
+        lines.append(f"left unpruned: {len(left)} channel group(s) ("
+                     + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+                     + "; residual-tied channels are a limitation, see the README)")
     return "\n".join(lines)
 
 

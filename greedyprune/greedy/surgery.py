@@ -18,7 +18,8 @@ Where a gate is folded (`FOLDS`) matters for fine-tuning, not for the function:
   units with ReLU6/GELU/SiLU on the path fall back to "consumer";
 - "split": sqrt(gate) on each side (same condition);
 - "none": the gates are dropped; the kept channels are removed plainly.
-Channels tied to residual adds are left out (see the README's limitations).
+Channels tied to residual adds are left out (a limitation, not the paper's choice: see the README);
+run_pruning lists every group left out in report.json ("left_unpruned").
 """
 from __future__ import annotations
 
