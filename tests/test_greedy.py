@@ -2,6 +2,7 @@
 imitation vs brute force, Taylor scores vs finite differences, the fx suffix evaluator,
 Algorithm 2, plans."""
 import copy
+import json
 import math
 
 import pytest
@@ -366,6 +367,27 @@ def test_pipeline_reports_the_channel_groups_it_leaves_unpruned(tmp_path, monkey
     assert {"producers": ["fc"], "reason": "no linear consumer (model output)"} in report["left_unpruned"]
     assert len(report["units"]) == 9  # every block's inner channels
     assert "left unpruned: 4 channel group(s) (3 tied to a residual add" in format_report(report)
+
+
+def test_layer_curves_cli_writes_both_curves_per_unit(tmp_path, monkeypatch):
+    """Figure 2 of seed 000 on the zoo cnn: every unit pruned alone, local and global imitation on
+    the same held-out quantity; both fall from 1 to 8 neurons on every unit."""
+    from greedyprune.cli import main
+    monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "curves"
+    argv = ["layer-curves", "--model", "cnn", "--widths", "1", "8", "--calib-samples", "64", "--train-epochs", "2",
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads((out / "layer_curves.json").read_text())
+    assert (out / "layer_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert results["discrepancy"] == "kl" and results["global_candidates"] == "exact"
+    assert [c["unit"] for c in results["units"]] == ["block1.conv->block2.conv", "block2.conv->block3.conv",
+                                                     "block3.conv->block4.conv", "block4.conv->fc"]
+    for curve in results["units"]:
+        assert curve["widths"] == [1, 8] and curve["global_steps"] >= 8
+        assert curve["local"][1] < curve["local"][0] and curve["global"][1] < curve["global"][0]
+    assert main(argv) == 2  # a finished run is not overwritten
+    assert main(argv[:-3] + ["--widths", "0", "--out", str(tmp_path / "other")]) == 2
 
 
 def test_a_model_without_units_is_a_clear_error():

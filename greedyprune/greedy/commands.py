@@ -1,4 +1,5 @@
-"""The `greedyprune prune`, `greedyprune demo` and `greedyprune rate-demo` subcommands."""
+"""The `greedyprune prune`, `greedyprune demo`, `greedyprune rate-demo` and `greedyprune layer-curves`
+subcommands."""
 from __future__ import annotations
 
 import torch
@@ -35,6 +36,25 @@ def register(subparsers) -> None:
     rate.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     rate.add_argument("--no-progress", action="store_true")
     rate.set_defaults(func=_rate_command)
+
+    curves = subparsers.add_parser(
+        "layer-curves", help="the paper's Figure 2: each unit pruned alone, held-out discrepancy vs neurons kept, "
+                             "local vs global imitation",
+        description="Writes layer_curves.json and layer_curves.png (one panel per unit) to --out.")
+    curves.add_argument("--model", default="vgg11", help="zoo name or a save_model file (default: vgg11, the paper's)")
+    curves.add_argument("--data", default="digits", help="'digits' or a folder load_dataset understands")
+    curves.add_argument("--weights", help="pre-trained weights for --model (else it is trained on --data and cached)")
+    curves.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    curves.add_argument("--calib-samples", type=int, default=128, help="the batch both methods choose on (128)")
+    curves.add_argument("--discrepancy", choices=("kl", "mse"), default="kl")
+    curves.add_argument("--taylor", action="store_true",
+                        help="global imitation scores the Taylor top 5 instead of every candidate (the paper: exact)")
+    curves.add_argument("--train-epochs", type=int, default=15)
+    curves.add_argument("--seed", type=int, default=0)
+    curves.add_argument("--out", default="greedyprune-out/layer-curves")
+    curves.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    curves.add_argument("--no-progress", action="store_true")
+    curves.set_defaults(func=_layer_curves_command)
 
 
 def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_samples: int = 512,
@@ -121,4 +141,20 @@ def _rate_command(args) -> int:
     for i, n in enumerate(results["widths"]):
         print(f"{n:>4}  {results['local'][i]:>10.3e}  {results['global'][i]:>10.3e}  {results['scratch'][i]:>10.3e}")
     print(f"\nwrote {args.out}/rate.json and rate.png")
+    return 0
+
+
+def _layer_curves_command(args) -> int:
+    from .layer_curves import FIGURE_NAME, RESULTS_NAME, run_layer_curves
+
+    prepare_output_dir(args.out, finished=RESULTS_NAME, overwrite=args.overwrite)
+    results = run_layer_curves(args.out, model=args.model, data=args.data, weights=args.weights, widths=args.widths,
+                               calib_samples=args.calib_samples, discrepancy=args.discrepancy, taylor=args.taylor,
+                               train_epochs=args.train_epochs, seed=args.seed, progress=not args.no_progress)
+    print(f"held-out {results['discrepancy']} of the network with one unit pruned (local / global imitation):")
+    for curve in results["units"]:
+        cells = "  ".join(f"n={n}: {lo:.3g}/{gl:.3g}" for n, lo, gl in zip(curve["widths"], curve["local"],
+                                                                              curve["global"]))
+        print(f"{curve['unit']:>32}  {cells}")
+    print(f"\nwrote {args.out}/{RESULTS_NAME} and {FIGURE_NAME}")
     return 0

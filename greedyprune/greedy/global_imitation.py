@@ -9,6 +9,7 @@ most negative Taylor score (the directional derivative from `ops.taylor_scores`)
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -18,14 +19,16 @@ from .selection import Selection
 
 def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float | None = None,
                      exact_until: int = 25, taylor_top: int = 5, max_steps: int | None = None,
-                     fill: bool = False, progress=None, method: str = "global") -> Selection:
+                     fill: bool = False, progress=None, method: str = "global",
+                     on_step: Callable[[torch.Tensor], None] | None = None) -> Selection:
     """Stop when the discrepancy <= tol, nnz(a) reaches max_neurons, or after max_steps
     steps (default 4 * max_neurons; steps that re-weight a kept channel add none).
 
     fill: max_neurons is a width to reach, not a cap: when max_steps ends the path short of it,
     every further step adds the best channel not yet kept, until nnz(a) = max_neurons (or tol
     is met). The result's `stop` says which rule ended the path; `filled` counts the forced
-    additions. `progress` (a tqdm bar or None) is advanced per step.
+    additions. `progress` (a tqdm bar or None) is advanced per step; `on_step` is called with the
+    path's a (float64 [N]) after every step, the first included.
     With a per-step evaluator a step's loss is on one mini-batch; tol counts as met only when
     the loss over all calibration images meets it too (a lucky mini-batch does not end the path)."""
     n = evaluator.channels
@@ -68,6 +71,8 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
     loss = float(losses[best])
     path = [loss]
     steps, filled = 1, 0
+    if on_step is not None:
+        on_step(counts / steps)
     while not meets_tol(loss) and int((counts > 0).sum()) < max_neurons:
         forced = steps >= max_steps
         if forced and not fill:
@@ -88,6 +93,8 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
         path.append(loss)
         steps += 1
         filled += forced
+        if on_step is not None:
+            on_step(counts / steps)
         if progress is not None:
             progress.update(1)
     if evaluator.per_step:  # the path's losses are each on one mini-batch; report all of them

@@ -37,7 +37,7 @@ def trained_model(model: str, data: str, *, epochs: int = 15, lr: float = 0.05, 
     return pretrained_model(model, data, epochs=epochs, lr=lr, seed=seed, progress=progress)
 
 
-def _check_model_source(model: str) -> None:
+def check_model_source(model: str) -> None:
     """A zoo or library name, or an existing save_model file (checked before any training)."""
     if os.path.isfile(model):
         return
@@ -145,7 +145,7 @@ def run_pruning(config: PruneConfig | None = None, *, model: str = "cnn", data: 
                         ("the fine-tuning batch", 64 if finetune_epochs > 0 else 1)):
         distributed.per_rank(value, name)  # under torchrun each process takes an equal share
     device = None if device is None else check_device("device", device)
-    _check_model_source(model)
+    check_model_source(model)
     if weights is not None:
         check_weights_source(model, weights)
     out = prepare_output_dir(out_dir, finished="report.json", overwrite=overwrite)
