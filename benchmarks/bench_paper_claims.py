@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -207,14 +206,14 @@ def notes(section: dict) -> list[str]:
         "",
         "### Seed 000, Algorithm 2: hybrid keeps no more channels than local or global alone",
         "",
-        f"`greedyprune prune --model cnn --tol 0.02` (KL per unit, no fine-tuning), channels kept per unit:",
+        "`greedyprune prune --model cnn --tol 0.02` (KL per unit, no fine-tuning), channels kept per unit:",
         "",
         "| unit | local | global | hybrid |", "|---|---:|---:|---:|", *hybrid_rows,
         "",
         f"Hybrid's total {_yes(hybrid['holds'])} (every unit: {_yes(hybrid['per_unit'])}; each method's later "
         "units see the network its own earlier choices left).",
         "",
-        f"### Seed 002: SR-popup beats edge-popup and magnitude pruning without weight training",
+        "### Seed 002: SR-popup beats edge-popup and magnitude pruning without weight training",
         "",
         f"`greedyprune search --demo`: small CNN pre-trained on the digits, {settings['sparsity']:.0%} sparsity over "
         f"{settings['sparsity_covers']}, {settings['search_epochs']} search epochs, batch {settings['batch_size']}, "
