@@ -390,6 +390,26 @@ def test_layer_curves_cli_writes_both_curves_per_unit(tmp_path, monkeypatch):
     assert main(argv[:-3] + ["--widths", "0", "--out", str(tmp_path / "other")]) == 2
 
 
+def test_first_unit_reads_the_targets_in_the_grams_pass():
+    """Local imitation to a width (fold none, BN re-estimated): the first unit's Gram pass runs on
+    to the logits the export is compared with, so no separate target forward; same plan, same
+    exported discrepancies as with the targets recorded apart (gram_batches given)."""
+    x = torch.randn(24, 2, 6, 6, generator=torch.Generator().manual_seed(4))
+    runs = {}
+    for fused in (True, False):
+        model = _small_cnn()
+        calls = []
+        model.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))  # every pass begun
+        results = prune_model(model, [x[:12], x[12:]], method="local", width_ratio=0.5, progress=False,
+                              gram_batches=None if fused else [x[:12], x[12:]])
+        runs[fused] = (results, len(calls))
+    (fused, fused_calls), (apart, apart_calls) = runs[True], runs[False]
+    assert [r.kept for r in fused] == [r.kept for r in apart]
+    assert [r.exported_loss for r in fused] == pytest.approx([r.exported_loss for r in apart], rel=1e-6)
+    assert all(r.exported_loss > 0 for r in fused)
+    assert fused_calls == apart_calls - 2  # the two calibration batches' target forwards
+
+
 def test_a_model_without_units_is_a_clear_error():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
     with pytest.raises(ValueError, match="no prunable unit"):

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed
-from .surgery import Unit, UnitGraph
+from .surgery import Unit, UnitGraph, logits_of
 
 
 class _StopForward(Exception):
@@ -54,10 +54,13 @@ def gram_from_columns(xtx: torch.Tensor, rows: int, weight: torch.Tensor, channe
 
 
 def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tensor], *,
-                      positions_per_image: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                      positions_per_image: int | None = None, generator: torch.Generator | None = None,
+                      logits: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Stream `batches` (model inputs) through the model up to the unit's consumer and
     return G [N, N] (float64). `positions_per_image` subsamples that many output positions
-    of a conv consumer per image. Summed across ranks when torch.distributed is initialised."""
+    of a conv consumer per image. Summed across ranks when torch.distributed is initialised.
+    logits: a dict to fill with every batch's model output (batch index -> logits); the
+    forwards then run to the end, so one pass gives the Gram and the targets to imitate."""
     if positions_per_image is not None and positions_per_image < 1:
         raise ValueError("greedyprune: argument 'positions_per_image' must be >= 1")
     consumer = graph.module(unit.consumer)
@@ -75,7 +78,8 @@ def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tens
         x2 = consumer_columns(consumer, args[0].detach(), positions_per_image, generator).float()
         xtx.add_((x2.T @ x2).to(torch.float64))
         rows += x2.shape[0]
-        raise _StopForward
+        if logits is None:
+            raise _StopForward
 
     model = graph.model
     was_training = model.training
@@ -83,11 +87,12 @@ def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tens
     handle = consumer.register_forward_pre_hook(capture)
     try:
         with torch.no_grad():
-            for x in batches:
+            for i, x in enumerate(batches):
                 try:
-                    model(x.to(consumer.weight.device, non_blocking=True))
+                    out = model(x.to(consumer.weight.device, non_blocking=True))
                 except _StopForward:
-                    pass
+                    continue
+                logits[i] = logits_of(out)
     finally:
         handle.remove()
         model.train(was_training)

@@ -66,7 +66,8 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
         raise arg_error("labels", "are needed by method 'gfs' (it scores cross-entropy on true labels)")
     if config.step_batch is not None:
         batches = CalibrationBatches(batches, step=config.step_batch)
-    if gram_batches is None:
+    grams_on_calibration = gram_batches is None
+    if grams_on_calibration:
         gram_batches = InputsOf(batches)
     elif not is_sequence(gram_batches):  # streamed once per unit, so it must be re-readable
         gram_batches = list(gram_batches)
@@ -86,7 +87,8 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     try:
         for unit in bar:
             bar.set_postfix_str(unit.name)
-            result, evaluator = _prune_unit(graph, unit, batches, gram_batches, config, progress, logits_now)
+            result, evaluator = _prune_unit(graph, unit, batches, gram_batches, config, progress, logits_now,
+                                            grams_on_calibration)
             results.append(result)
             bar.set_postfix_str(f"{unit.name}: {unit.channels}->{result.width}")
             if config.recalibrate_bn:
@@ -115,7 +117,7 @@ def _drop_gates(graph: UnitGraph, unit: Unit, result: UnitResult) -> None:
 
 
 def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: PruneConfig,
-                progress: bool, logits_now=None) -> tuple[UnitResult, SuffixEvaluator]:
+                progress: bool, logits_now=None, grams_on_calibration: bool = False) -> tuple[UnitResult, SuffixEvaluator]:
     start = time.perf_counter()
     n = unit.channels
     method, tol = config.method, config.tol
@@ -127,20 +129,26 @@ def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: Pru
     seconds = {"gram": 0.0, "select": 0.0, "evaluate": 0.0, "taylor": 0.0, "export": 0.0}
     selections = []
     if method in ("local", "hybrid"):
-        t = time.perf_counter()
-        G = contribution_gram(graph, unit, gram_batches, positions_per_image=config.positions_per_image)
-        seconds["gram"] = time.perf_counter() - t
-        if G.is_cuda:
-            G = G.float()
         # Local imitation to a width needs no network discrepancy to choose; when the export
         # measures it anyway (plain removal, BN re-estimated), the gated one would cost a forward.
         measured_on_export = method == "local" and tol is None and config.fold == "none" and config.recalibrate_bn
+        # The export compares with the model's logits before this unit: the previous unit's export
+        # left them, else (the first unit) the Gram's pass runs on to the end when it reads the
+        # calibration images anyway.
+        fuse_targets = measured_on_export and logits_now is None and grams_on_calibration
+        targets = {} if fuse_targets else logits_now
+        t = time.perf_counter()
+        G = contribution_gram(graph, unit, gram_batches, positions_per_image=config.positions_per_image,
+                              logits=targets if fuse_targets else None)
+        seconds["gram"] = time.perf_counter() - t
+        if G.is_cuda:
+            G = G.float()
         selections.append(local_imitation(G, max_neurons=max_neurons, evaluator=None if measured_on_export else evaluator,
                                           tol=tol, fill=fill))
         if measured_on_export:
             selections[-1].loss = None  # prune_model records the exported discrepancy
             t = time.perf_counter()
-            evaluator.record_targets(logits_now)  # what the export is compared with
+            evaluator.record_targets(targets)  # what the export is compared with (None: one forward)
             seconds["evaluate"] += time.perf_counter() - t
     if method in ("global", "hybrid", "gfs"):
         steps_bar = tqdm(total=4 * max_neurons, desc=f"  {method} {unit.name}", unit="step", leave=False,
