@@ -32,6 +32,7 @@ from .surgery import UnitGraph
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16, 32)
 RESULTS_NAME = "layer_curves.json"
 FIGURE_NAME = "layer_curves.png"
+FLOOR = 1e-9  # the lowest discrepancy the log-scale figure shows
 
 
 def run_layer_curves(out_dir: str | os.PathLike = "greedyprune-out/layer-curves", *, model: str = "vgg11",
@@ -97,10 +98,11 @@ def plot_layer_curves(results: dict, path) -> Path:
     rows = -(-len(units) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
     for ax, curve in zip(axes.flat, units):
-        ax.plot(curve["widths"], curve["local"], "o-", label="local imitation")
-        ax.plot(curve["widths"], curve["global"], "s-", label="global imitation")
+        for key, style, label in (("local", "o-", "local imitation"), ("global", "s-", "global imitation")):
+            # a discrepancy of exactly 0 (rounding can give -0) sits at the floor of the log axis
+            ax.plot(curve["widths"], [max(v, FLOOR) for v in curve[key]], style, label=label)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("symlog", linthresh=1e-6)
+        ax.set_yscale("log")
         ax.set_title(f"{curve['unit']} ({curve['channels']} ch.)", fontsize=9)
         ax.set_xlabel("neurons kept")
         ax.grid(alpha=0.3)
