@@ -1,16 +1,31 @@
 // CPU kernels of segmented selection (docs/DESIGN.md §2.3): `segment_select`
 // (k largest/smallest eligible entries per segment) and `popup_swap` (the SR-popup
-// restricted swap). Two passes per segment, no sort: a radix histogram of the
-// order keys (with the counts and the NaN check of the eligible entries) finds the
-// bin of the threshold; a second pass decides every entry outside that bin by its
-// bin alone and gathers the bin's entries, among which nth_element places the threshold.
+// restricted swap). No sort.
+//
+// Sampled path, for segments of at least kSampledMin entries: one pass over the entries.
+// A strided sample of the segment (every stride-th entry, stride the least prime >=
+// isqrt(n) / 8) gives a bracket [hi .. lo] of values that holds the threshold with high
+// probability. The pass, in parallel chunks over all such segments at once, decides every
+// entry outside the bracket by comparison alone (counting those ahead of hi), gathers the
+// bracket's entries (and, for popup_swap, the Phi* and Psi* entries outside it), counts
+// the eligible (or kept) entries and checks for NaN. If the counts show that the threshold
+// lies in the bracket, a radix nth_element over the gathered entries finds it; otherwise
+// (the sample missed) the segment is redone by the exact path.
+// Exact path, for smaller segments: two passes. A radix histogram of the order keys finds
+// the bin of the threshold; a second pass decides every entry outside that bin by its bin
+// alone and gathers the bin's entries, among which nth_element places the threshold.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -19,13 +34,23 @@
 namespace greedyprune {
 namespace {
 
-constexpr int64_t kGrain = 1 << 16;  // entries per parallel chunk, at least
+constexpr int64_t kGrain = 1 << 16;       // entries per parallel chunk of the exact path, at least
+constexpr int64_t kSampledMin = 1 << 16;  // segments at least this long take the sampled path
+constexpr int64_t kPassChunk = 1 << 16;   // entries per task of the sampled pass
+constexpr int64_t kFlagBlock = 4096;      // entries whose flags the sampled pass gathers at once
+constexpr double kBracketSigmas = 4.0;    // bracket half-width in standard deviations of the sample rank
+constexpr double kBracketSlack = 2.0;     // and this many sample entries more
+constexpr int64_t kSamplePrefetch = 32;   // sample entries read ahead: each lies in its own cache line
+constexpr int64_t kRadixNthMin = 1024;    // fewer entries: plain nth_element
+constexpr int kRadixNthBits = 11;         // radix nth_element's histogram: 2^11 bins
 
 // The selection order: larger key first, then lower index.
 template <typename K>
 struct Entry {
   K key;
   int64_t idx;
+  Entry() {}  // left unset: lists of entries are sized first, then written
+  Entry(K key_, int64_t idx_) : key(key_), idx(idx_) {}
 };
 template <typename K>
 inline bool better(const Entry<K>& x, const Entry<K>& y) {
@@ -35,10 +60,68 @@ template <typename K>
 inline bool worse(const Entry<K>& x, const Entry<K>& y) {
   return better(y, x);
 }
-// Entry j is selected iff it is not worse than the threshold entry t.
+
 template <typename K>
-inline bool at_or_above(K key, int64_t j, const Entry<K>& t) {
-  return key > t.key || (key == t.key && j <= t.idx);
+struct Span {
+  const Entry<K>* data;
+  int64_t size;
+};
+template <typename K>
+Span<K> span_of(const std::vector<Entry<K>>& v) {
+  return {v.data(), static_cast<int64_t>(v.size())};
+}
+
+// The entries of `parts`, into `ordered` as std::nth_element(begin, begin + nth, end, order)
+// leaves them, with order `better` (or `worse`); on many entries faster than nth_element,
+// whose compares mispredict: a histogram of the keys' leading bits (above the bits they
+// all share) finds the bin of the nth entry, a branch-free pass puts the bins ahead of it
+// to the front and those behind it to the back, and nth_element runs on that bin alone.
+template <bool kBestFirst, typename K>
+void nth_element_of(const std::vector<Span<K>>& parts, int64_t nth, std::vector<Entry<K>>& ordered) {
+  const auto order = [](const Entry<K>& x, const Entry<K>& y) { return kBestFirst ? better(x, y) : worse(x, y); };
+  int64_t n = 0;
+  for (const Span<K>& p : parts) n += p.size;
+  ordered.resize(n);
+  if (n < kRadixNthMin) {
+    Entry<K>* to = ordered.data();
+    for (const Span<K>& p : parts) to = std::copy(p.data, p.data + p.size, to);
+    std::nth_element(ordered.begin(), ordered.begin() + nth, ordered.end(), order);
+    return;
+  }
+  const auto rank_key = [](K key) { return kBestFirst ? key : static_cast<K>(~key); };  // larger goes first
+  K lo = std::numeric_limits<K>::max(), hi = 0;
+  for (const Span<K>& p : parts)
+    for (int64_t i = 0; i < p.size; ++i) {
+      lo = std::min(lo, rank_key(p.data[i].key));
+      hi = std::max(hi, rank_key(p.data[i].key));
+    }
+  int shift = 0;
+  while (((hi - lo) >> shift) >> kRadixNthBits) ++shift;
+  const auto bin = [&](const Entry<K>& x) { return static_cast<int64_t>((rank_key(x.key) - lo) >> shift); };
+  std::vector<int64_t> hist(int64_t{1} << kRadixNthBits, 0);
+  for (const Span<K>& p : parts)
+    for (int64_t i = 0; i < p.size; ++i) ++hist[bin(p.data[i])];
+  int64_t nth_bin = static_cast<int64_t>(hist.size()) - 1, ahead = 0;
+  for (; ahead + hist[nth_bin] <= nth; --nth_bin) ahead += hist[nth_bin];
+  int64_t to_front = 0, to_bin = ahead, to_back = ahead + hist[nth_bin];
+  for (const Span<K>& p : parts)
+    for (int64_t i = 0; i < p.size; ++i) {
+      const int64_t b = bin(p.data[i]);
+      const int64_t front = b > nth_bin, in_bin = b == nth_bin, back = b < nth_bin;
+      ordered[front * to_front + in_bin * to_bin + back * to_back] = p.data[i];
+      to_front += front;
+      to_bin += in_bin;
+      to_back += back;
+    }
+  std::nth_element(ordered.begin() + ahead, ordered.begin() + nth, ordered.begin() + ahead + hist[nth_bin], order);
+}
+
+// nth_element_of on one vector, in place.
+template <bool kBestFirst, typename K>
+void nth_element_in(std::vector<Entry<K>>& entries, int64_t nth) {
+  std::vector<Entry<K>> ordered;
+  nth_element_of<kBestFirst>({span_of(entries)}, nth, ordered);
+  entries.swap(ordered);
 }
 
 // Runs f(chunk, lo, hi) over at most get_num_threads() contiguous chunks of [b, e).
@@ -52,17 +135,29 @@ int64_t for_chunks(int64_t b, int64_t e, F&& f) {
   return chunks;
 }
 
-// Per-chunk lists of entries, concatenated in chunk order.
+// Runs f(i) for every i in [0, count) on all threads, each thread taking the next i when
+// it is free: the tasks differ in cost, and a thread may be slowed by other processes.
+template <typename F>
+void for_each_task(int64_t count, F&& f) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::max(1, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for (int64_t i = next++; i < count; i = next++) f(i);
+  });
+}
+
+// ------------------------------------------------------------------ exact path
+
+// Per-chunk lists of entries.
 template <typename K, int kLists>
 struct ChunkLists {
   std::vector<std::vector<Entry<K>>> lists[kLists];
   ChunkLists() {
     for (auto& l : lists) l.resize(std::max<int64_t>(1, at::get_num_threads()));
   }
-  std::vector<Entry<K>> merged(int which, int64_t chunks) {
-    std::vector<Entry<K>> all = std::move(lists[which][0]);
-    for (int64_t c = 1; c < chunks; ++c) all.insert(all.end(), lists[which][c].begin(), lists[which][c].end());
-    return all;
+  std::vector<Span<K>> spans(int which, int64_t chunks) const {
+    std::vector<Span<K>> parts;
+    for (int64_t c = 0; c < chunks; ++c) parts.push_back(span_of(lists[which][c]));
+    return parts;
   }
 };
 
@@ -131,31 +226,11 @@ struct SegmentRadix {
   }
 };
 
-// The need-th best of the gathered entries of the threshold bin.
-template <typename K>
-Entry<K> threshold(std::vector<Entry<K>>& cand, int64_t need) {
-  std::nth_element(cand.begin(), cand.begin() + (need - 1), cand.end(), better<K>);
-  return cand[need - 1];
-}
-
-// Big segments one at a time with parallel passes inside; small ones in parallel.
-template <typename F>
-void for_segments(const int64_t* off, int64_t num_segments, F&& f) {
-  std::vector<int64_t> small;
-  for (int64_t l = 0; l < num_segments; ++l) {
-    if (off[l + 1] - off[l] >= kGrain)
-      f(l);
-    else
-      small.push_back(l);
-  }
-  at::parallel_for(0, static_cast<int64_t>(small.size()), 8, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) f(small[i]);
-  });
-}
-
+// One segment of segment_select by the exact path; writes every entry of out there.
 template <typename T, bool kLargest>
 void select_segment(const T* values, const bool* eligible, int64_t k, int64_t b, int64_t e, bool* out) {
   using K = typename OrderKey<T>::type;
+  std::fill(out + b, out + e, false);
   auto is_eligible = [eligible](int64_t j) { return eligible == nullptr || eligible[j]; };
   SegmentRadix<T, !kLargest> radix(values, b, e);
   const int64_t m = radix.histogram(is_eligible, is_eligible, "values");
@@ -180,9 +255,350 @@ void select_segment(const T* values, const bool* eligible, int64_t k, int64_t b,
       if (kb == bin) lists.lists[0][c].push_back({key, j});
     }
   });
-  std::vector<Entry<K>> cand = lists.merged(0, chunks);
-  const Entry<K> t = threshold(cand, need);
-  for (const Entry<K>& x : cand) out[x.idx] = at_or_above(x.key, x.idx, t);
+  std::vector<Entry<K>> cand;
+  nth_element_of<true>(lists.spans(0, chunks), need - 1, cand);
+  for (int64_t i = 0; i < need; ++i) out[cand[i].idx] = true;
+}
+
+// Appends to `to` the entries of `parts` that are (kIn) or are not (!kIn) in T, whose
+// last entry is t. Branch-free: the entries near the threshold fall either way.
+template <bool kIn, typename K>
+void append_by_side(std::vector<Entry<K>>& to, const std::vector<Span<K>>& parts, const Entry<K>& t) {
+  int64_t used = static_cast<int64_t>(to.size());
+  for (const Span<K>& p : parts) {
+    to.resize(used + p.size);
+    for (int64_t i = 0; i < p.size; ++i) {
+      to[used] = p.data[i];
+      used += better(t, p.data[i]) != kIn;
+    }
+  }
+  to.resize(used);
+}
+
+// The swap once the rank `need` of the threshold among the undecided entries is known
+// (those kept and those pruned, apart): the undecided entries up to the threshold are in
+// T, the rest not. With the Phi* and Psi* entries already known (`decided`: they lie
+// behind or ahead of every undecided entry), the q lowest of Phi* leave and the q
+// highest of Psi* join in out. Returns q.
+template <typename K>
+int64_t swap(const std::vector<Span<K>>& undecided_kept, const std::vector<Span<K>>& undecided_pruned,
+             const std::vector<Span<K>>& decided, int64_t need, double rate, bool* out) {
+  std::vector<Span<K>> undecided = undecided_kept;
+  undecided.insert(undecided.end(), undecided_pruned.begin(), undecided_pruned.end());
+  std::vector<Entry<K>> ordered;
+  nth_element_of<true>(undecided, need - 1, ordered);
+  const Entry<K> t = ordered[need - 1];
+  std::vector<Entry<K>> phi, psi;
+  append_by_side<false>(phi, undecided_kept, t);
+  append_by_side<false>(phi, decided, t);
+  append_by_side<true>(psi, undecided_pruned, t);
+  append_by_side<true>(psi, decided, t);
+  TORCH_INTERNAL_ASSERT(phi.size() == psi.size(), "popup_swap: |Phi*| != |Psi*|");
+  const int64_t s = static_cast<int64_t>(psi.size());
+  const int64_t q = static_cast<int64_t>(std::ceil(static_cast<double>(s) * rate));
+  if (q < s) {
+    nth_element_in<false>(phi, q);  // q lowest leave
+    nth_element_in<true>(psi, q);   // q highest join
+  }
+  for (int64_t i = 0; i < q; ++i) {
+    out[phi[i].idx] = false;
+    out[psi[i].idx] = true;
+  }
+  return q;
+}
+
+// One segment of the SR-popup swap by the exact path; out holds keep there. Returns q.
+template <typename T>
+int64_t popup_segment(const T* scores, const bool* keep, int64_t b, int64_t e, double rate, bool* out) {
+  using K = typename OrderKey<T>::type;
+  SegmentRadix<T, false> radix(scores, b, e);
+  const int64_t n = radix.histogram([](int64_t) { return true; }, [keep](int64_t j) { return keep[j]; }, "scores");
+  if (n == 0 || n == e - b) return 0;
+  const auto [bin, need] = radix.find(n);
+  // Pass 2: Phi* (kept, would be dropped) and Psi* (pruned, would be revived) are
+  // decided by bin outside the threshold's bin; its own entries are gathered.
+  enum { kBinKept, kBinPruned, kDecided };
+  ChunkLists<K, 3> lists;
+  const int64_t chunks = for_chunks(b, e, [&](int64_t c, int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+      const K key = radix.key(j);
+      const int64_t kb = radix.bin(key);
+      if (kb == bin)
+        lists.lists[keep[j] ? kBinKept : kBinPruned][c].push_back({key, j});
+      else if (keep[j] ? kb < bin : kb > bin)
+        lists.lists[kDecided][c].push_back({key, j});
+    }
+  });
+  return swap(lists.spans(kBinKept, chunks), lists.spans(kBinPruned, chunks), lists.spans(kDecided, chunks), need,
+              rate, out);
+}
+
+// ------------------------------------------------------------------ sampled path
+
+// Values are compared in float (double for double): exact for every dtype, and the order of
+// non-NaN values is the order of their keys (-0.0 == +0.0 as well).
+template <typename T>
+using Wide = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Whether a goes before b in the selection order (NaN goes nowhere).
+template <bool kLargest, typename V>
+inline bool ahead(V a, V b) {
+  return kLargest ? a > b : a < b;
+}
+template <bool kLargest, typename V>
+inline bool ahead_or_tied(V a, V b) {
+  return kLargest ? a >= b : a <= b;
+}
+
+template <typename T, bool kLargest>
+inline typename OrderKey<T>::type order_key(T value) {
+  const auto k = OrderKey<T>::of(value);
+  return kLargest ? k : static_cast<decltype(k)>(~k);
+}
+
+inline bool is_prime(int64_t x) {
+  if (x < 2) return false;
+  for (int64_t d = 2; d * d <= x; ++d)
+    if (x % d == 0) return false;
+  return true;
+}
+
+// The sample of a segment of n entries is every stride-th entry from its start. About
+// 8 sqrt(n) entries balance the sample's cost against the bracket's (~ n / sqrt(sample));
+// a prime stride does not alias the power-of-two or 3x3 periods of weight layouts.
+inline int64_t sample_stride(int64_t n) {
+  int64_t root = static_cast<int64_t>(std::sqrt(static_cast<double>(n)));
+  while (root * root > n) --root;
+  while ((root + 1) * (root + 1) <= n) ++root;
+  int64_t stride = std::max<int64_t>(2, root / 8);
+  while (!is_prime(stride)) ++stride;
+  return stride;
+}
+
+// Entries ahead of hi are in, entries behind lo are out, those in [hi .. lo] are
+// gathered (hi may be ahead of every value and lo behind every value).
+template <typename V>
+struct Bracket {
+  V hi, lo;
+};
+
+// The bracket around the entry of rank `rank` (0-based, best first) of `sample` (the
+// entries that count, of `positions` read): the threshold's rank in the sample is binomial
+// over the positions, and the bracket reaches kBracketSigmas times `spread` of its standard
+// deviations either side (spread > 1 where `rank` is itself estimated from the sample).
+template <bool kLargest, typename T, typename K>
+Bracket<Wide<T>> bracket_around(const T* values, std::vector<Entry<K>>& sample, double rank, double positions,
+                                double spread) {
+  using V = Wide<T>;
+  constexpr V kInf = std::numeric_limits<V>::infinity();
+  Bracket<V> br{kLargest ? kInf : -kInf, kLargest ? -kInf : kInf};
+  const int64_t s = static_cast<int64_t>(sample.size());
+  if (s == 0) return br;
+  rank = std::clamp(rank, 0.0, static_cast<double>(s));
+  const double sigma = std::sqrt(rank * std::max(0.0, 1.0 - rank / positions));
+  const double half = kBracketSigmas * spread * sigma + kBracketSlack;
+  const int64_t hi = static_cast<int64_t>(std::floor(rank - half)), lo = static_cast<int64_t>(std::ceil(rank + half));
+  if (lo < s) {
+    nth_element_in<true>(sample, lo);
+    br.lo = static_cast<V>(values[sample[lo].idx]);
+    sample.resize(lo);  // hi lies among the entries ahead of lo
+  }
+  if (hi >= 0) {
+    nth_element_in<true>(sample, hi);
+    br.hi = static_cast<V>(values[sample[hi].idx]);
+  }
+  return br;
+}
+
+// A piece of a sampled segment for one task of the pass, and what the pass found there.
+template <typename K>
+struct Tally {
+  int64_t segment, b, e;
+  int64_t ahead = 0;      // (eligible) entries ahead of hi
+  int64_t bracketed = 0;  // (eligible) entries in the bracket
+  int64_t counted = 0;    // eligible entries (segment_select) or kept ones (popup_swap)
+  bool nan = false;       // an eligible NaN
+  std::vector<Entry<K>> bracket;  // the (eligible, or for popup_swap kept) entries in the bracket
+  std::vector<Entry<K>> bracket_pruned, outside;  // popup_swap: the pruned ones; those in Phi* or Psi* outside
+};
+
+// The sampled segments and the pieces of the pass over them.
+template <typename K>
+struct SampledPass {
+  std::vector<int64_t> segments;
+  std::vector<Tally<K>> tallies;  // in segment order
+  std::vector<int64_t> first;     // segment l's pieces: tallies[first[l] .. first[l + 1])
+
+  SampledPass(const int64_t* off, int64_t num_segments) : first(num_segments + 1, 0) {
+    for (int64_t l = 0; l < num_segments; ++l) {
+      if (off[l + 1] - off[l] >= kSampledMin) segments.push_back(l);
+      first[l] = static_cast<int64_t>(tallies.size());
+      if (off[l + 1] - off[l] < kSampledMin) continue;
+      for (int64_t b = off[l]; b < off[l + 1]; b += kPassChunk)
+        tallies.push_back(Tally<K>{l, b, std::min(b + kPassChunk, off[l + 1])});
+    }
+    first[num_segments] = static_cast<int64_t>(tallies.size());
+  }
+  // Segment l's counts and NaN flag, summed over its pieces (no lists).
+  Tally<K> total(int64_t l) const {
+    Tally<K> sum{l, 0, 0};
+    for (int64_t p = first[l]; p < first[l + 1]; ++p) {
+      sum.ahead += tallies[p].ahead;
+      sum.bracketed += tallies[p].bracketed;
+      sum.counted += tallies[p].counted;
+      sum.nan |= tallies[p].nan;
+    }
+    return sum;
+  }
+  std::vector<Span<K>> spans(int64_t l, std::vector<Entry<K>> Tally<K>::*list) const {
+    std::vector<Span<K>> parts;
+    for (int64_t p = first[l]; p < first[l + 1]; ++p) parts.push_back(span_of(tallies[p].*list));
+    return parts;
+  }
+};
+
+// Appends the entries j0 + i of a block's set flags (0 or 1; len of them, zero up to a
+// multiple of 64) to `list`, in order; returns their count. Most flags are clear: each 64
+// are packed into a 64-bit mask (a multiply gathers the low bits of 8 bytes), counted,
+// and its set bits visited.
+template <typename K, typename KeyOf>
+inline int64_t append_flagged(std::vector<Entry<K>>& list, const uint8_t* flags, int64_t len, int64_t j0,
+                              KeyOf key_of) {
+  uint64_t masks[kFlagBlock / 64];
+  const int64_t groups = (len + 63) / 64;
+  int64_t count = 0;
+  for (int64_t g = 0; g < groups; ++g) {
+    uint64_t mask = 0;
+    for (int w = 0; w < 8; ++w) {
+      uint64_t word;
+      std::memcpy(&word, flags + 64 * g + 8 * w, sizeof(word));
+      mask |= ((word * 0x0102040810204080ull) >> 56) << (8 * w);
+    }
+    masks[g] = mask;
+    count += __builtin_popcountll(mask);
+  }
+  if (count == 0) return 0;
+  const size_t used = list.size();
+  list.resize(used + count);
+  Entry<K>* next = list.data() + used;
+  for (int64_t g = 0; g < groups; ++g)
+    for (uint64_t mask = masks[g]; mask != 0; mask &= mask - 1) {
+      const int64_t j = j0 + 64 * g + __builtin_ctzll(mask);
+      *next++ = {key_of(j), j};
+    }
+  return count;
+}
+
+// Runs on all threads the sampled pass's pieces (run_piece(tally)) and every segment's
+// finish (finish(l)): a sampled segment's by the thread that completes its last piece
+// (its entries are still in cache), the other segments' after all pieces, longest first.
+// The errors of segments are thrown after all, the first segment's.
+template <typename K, typename RunPiece, typename Finish>
+void run_pass(SampledPass<K>& pass, const int64_t* off, int64_t num_segments, RunPiece run_piece, Finish finish) {
+  std::vector<std::atomic<int64_t>> pieces_left(num_segments);
+  std::vector<int64_t> unsampled;
+  for (int64_t l = 0; l < num_segments; ++l) {
+    pieces_left[l] = pass.first[l + 1] - pass.first[l];
+    if (off[l + 1] - off[l] < kSampledMin) unsampled.push_back(l);
+  }
+  std::stable_sort(unsampled.begin(), unsampled.end(),
+                   [off](int64_t x, int64_t y) { return off[x + 1] - off[x] > off[y + 1] - off[y]; });
+  std::vector<std::exception_ptr> errors(num_segments);
+  const auto finish_segment = [&](int64_t l) {
+    try {
+      finish(l);
+    } catch (...) {
+      errors[l] = std::current_exception();
+    }
+  };
+  const int64_t pieces = static_cast<int64_t>(pass.tallies.size());
+  for_each_task(pieces + static_cast<int64_t>(unsampled.size()), [&](int64_t i) {
+    if (i >= pieces) return finish_segment(unsampled[i - pieces]);
+    Tally<K>& t = pass.tallies[i];
+    run_piece(t);
+    if (pieces_left[t.segment].fetch_sub(1, std::memory_order_acq_rel) == 1) finish_segment(t.segment);
+  });
+  for (const std::exception_ptr& error : errors)
+    if (error) std::rethrow_exception(error);
+}
+
+// The sampled pass over one piece of segment_select: out[j] = eligible and ahead of hi;
+// gathers the eligible entries in the bracket. Bool arrays are read and written as bytes:
+// GCC does not vectorize the loop through bool.
+template <typename T, bool kLargest, bool kMasked>
+void select_pass(const T* values, const uint8_t* eligible, const Bracket<Wide<T>>& br, uint8_t* out,
+                 Tally<typename OrderKey<T>::type>& tally) {
+  const Wide<T> hi = br.hi, lo = br.lo;  // locals: out's bytes could alias br
+  uint8_t flags[kFlagBlock];
+  for (int64_t j0 = tally.b; j0 < tally.e; j0 += kFlagBlock) {
+    const int64_t len = std::min(kFlagBlock, tally.e - j0);
+    uint16_t ahead_hi = 0, counted = 0;  // 16 bits hold a block's counts and widen the bytes least
+    uint8_t nan = 0;
+    for (int64_t i = 0; i < len; ++i) {  // branch-free, so that it vectorizes
+      const Wide<T> v = static_cast<Wide<T>>(values[j0 + i]);
+      const uint8_t el = kMasked ? eligible[j0 + i] : 1;
+      const uint8_t in = el & ahead<kLargest>(v, hi);
+      out[j0 + i] = in;
+      flags[i] = el & ahead_or_tied<kLargest>(hi, v) & ahead_or_tied<kLargest>(v, lo);
+      ahead_hi += in;
+      counted += el;
+      nan |= el & (v != v);
+    }
+    std::fill(flags + len, flags + (len + 63) / 64 * 64, 0);
+    tally.ahead += ahead_hi;
+    tally.counted += kMasked ? counted : len;
+    tally.nan |= nan != 0;
+    tally.bracketed += append_flagged(tally.bracket, flags, len, j0,
+                                      [values](int64_t j) { return order_key<T, kLargest>(values[j]); });
+  }
+}
+
+template <typename T, bool kLargest>
+void segment_select_typed(const T* values, const bool* eligible, const int64_t* k, const int64_t* off,
+                          int64_t num_segments, bool* out) {
+  using K = typename OrderKey<T>::type;
+  SampledPass<K> pass(off, num_segments);
+  std::vector<Bracket<Wide<T>>> brackets(num_segments);
+  for_each_task(static_cast<int64_t>(pass.segments.size()), [&](int64_t i) {
+    const int64_t l = pass.segments[i], n = off[l + 1] - off[l], stride = sample_stride(n);
+    std::vector<Entry<K>> sample;
+    sample.reserve(n / stride + 1);
+    for (int64_t j = off[l]; j < off[l + 1]; j += stride) {
+      __builtin_prefetch(values + j + kSamplePrefetch * stride);
+      const Wide<T> v = static_cast<Wide<T>>(values[j]);
+      if ((eligible == nullptr || eligible[j]) && v == v) sample.push_back({order_key<T, kLargest>(values[j]), j});
+    }
+    const double positions = static_cast<double>((n + stride - 1) / stride);
+    brackets[l] = bracket_around<kLargest>(values, sample, static_cast<double>(k[l]) * positions / n, positions, 1.0);
+  });
+
+  uint8_t* out_bytes = reinterpret_cast<uint8_t*>(out);
+  const auto run_piece = [&](Tally<K>& t) {
+    if (eligible != nullptr)
+      select_pass<T, kLargest, true>(values, reinterpret_cast<const uint8_t*>(eligible), brackets[t.segment],
+                                     out_bytes, t);
+    else
+      select_pass<T, kLargest, false>(values, nullptr, brackets[t.segment], out_bytes, t);
+  };
+  const auto finish = [&](int64_t l) {
+    const int64_t b = off[l], e = off[l + 1];
+    if (e - b < kSampledMin) return select_segment<T, kLargest>(values, eligible, k[l], b, e, out);
+    const Tally<K> total = pass.total(l);
+    GP_CHECK_ARG(!total.nan, "values", "must not contain NaN (segment starting at ", b, ")");
+    GP_CHECK_ARG(k[l] >= 0 && k[l] <= total.counted, "k", "must lie in [0, eligible entries of the segment]: segment [",
+                 b, ", ", e, ") has ", total.counted, " eligible entries, k = ", k[l]);
+    if (k[l] == 0 || k[l] == total.counted) {  // no threshold to find
+      for (int64_t j = b; j < e; ++j) out[j] = k[l] != 0 && (eligible == nullptr || eligible[j]);
+    } else if (total.ahead >= k[l] || k[l] > total.ahead + total.bracketed) {  // the sample missed
+      select_segment<T, kLargest>(values, eligible, k[l], b, e, out);
+    } else {
+      const int64_t need = k[l] - total.ahead;
+      std::vector<Entry<K>> cand;
+      nth_element_of<true>(pass.spans(l, &Tally<K>::bracket), need - 1, cand);
+      for (int64_t x = 0; x < need; ++x) out[cand[x].idx] = true;  // the pass wrote false
+    }
+  };
+  run_pass(pass, off, num_segments, run_piece, finish);
 }
 
 at::Tensor segment_select_cpu(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& k,
@@ -194,67 +610,102 @@ at::Tensor segment_select_cpu(const at::Tensor& values, const at::Tensor& offset
   const int64_t L = offsets.numel() - 1;
   const at::Tensor elig = check_select_k_eligible(values, L, k, eligible);
   const at::Tensor v = values.contiguous(), off = offsets.cpu().contiguous(), kc = k.cpu().contiguous();
-  at::Tensor out = at::zeros({n}, values.options().dtype(at::kBool));
+  at::Tensor out = at::empty({n}, values.options().dtype(at::kBool));  // every entry is written
   const int64_t* po = off.data_ptr<int64_t>();
   const int64_t* pk = kc.data_ptr<int64_t>();
   const bool* pe = elig.defined() ? elig.data_ptr<bool>() : nullptr;
   bool* pout = out.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "segment_select_cpu", [&] {
     const scalar_t* pv = v.data_ptr<scalar_t>();
-    for_segments(po, L, [&](int64_t l) {
-      if (largest)
-        select_segment<scalar_t, true>(pv, pe, pk[l], po[l], po[l + 1], pout);
-      else
-        select_segment<scalar_t, false>(pv, pe, pk[l], po[l], po[l + 1], pout);
-    });
+    if (largest)
+      segment_select_typed<scalar_t, true>(pv, pe, pk, po, L, pout);
+    else
+      segment_select_typed<scalar_t, false>(pv, pe, pk, po, L, pout);
   });
   return out;
 }
 
-// One segment of the SR-popup swap; writes the moves into out (a copy of keep), returns q.
+// The sampled pass over one piece of popup_swap: out[j] = keep[j]; gathers the entries in
+// the bracket (kept and pruned apart) and those outside it in Phi* (kept, behind lo) or
+// Psi* (pruned, ahead of hi).
 template <typename T>
-int64_t popup_segment(const T* scores, const bool* keep, int64_t b, int64_t e, double rate, bool* out) {
-  using K = typename OrderKey<T>::type;
-  SegmentRadix<T, false> radix(scores, b, e);
-  const int64_t n = radix.histogram([](int64_t) { return true; }, [keep](int64_t j) { return keep[j]; }, "scores");
-  if (n == 0 || n == e - b) return 0;
-  const auto [bin, need] = radix.find(n);
-  // Pass 2: Phi* (kept, would be dropped) and Psi* (pruned, would be revived) are
-  // decided by bin outside the threshold's bin; its own entries are gathered.
-  enum { kCand, kPhi, kPsi };
-  ChunkLists<K, 3> lists;
-  const int64_t chunks = for_chunks(b, e, [&](int64_t c, int64_t lo, int64_t hi) {
-    for (int64_t j = lo; j < hi; ++j) {
-      const K key = radix.key(j);
-      const int64_t kb = radix.bin(key);
-      if (kb == bin)
-        lists.lists[kCand][c].push_back({key, j});
-      else if (keep[j] && kb < bin)
-        lists.lists[kPhi][c].push_back({key, j});
-      else if (!keep[j] && kb > bin)
-        lists.lists[kPsi][c].push_back({key, j});
+void popup_pass(const T* scores, const uint8_t* keep, const Bracket<Wide<T>>& br, uint8_t* out,
+                Tally<typename OrderKey<T>::type>& tally) {
+  const Wide<T> hi = br.hi, lo = br.lo;  // locals: out's bytes could alias br
+  uint8_t kept_flags[kFlagBlock], pruned_flags[kFlagBlock], outside_flags[kFlagBlock];
+  const auto key_of = [scores](int64_t j) { return OrderKey<T>::of(scores[j]); };
+  for (int64_t j0 = tally.b; j0 < tally.e; j0 += kFlagBlock) {
+    const int64_t len = std::min(kFlagBlock, tally.e - j0);
+    uint16_t ahead_hi = 0, kept = 0;  // 16 bits hold a block's counts and widen the bytes least
+    uint8_t nan = 0;
+    for (int64_t i = 0; i < len; ++i) {  // branch-free, so that it vectorizes
+      const Wide<T> v = static_cast<Wide<T>>(scores[j0 + i]);
+      const uint8_t kp = keep[j0 + i];
+      const uint8_t in = v > hi, mid = (v <= hi) & (v >= lo);
+      out[j0 + i] = kp;
+      kept_flags[i] = kp & mid;
+      pruned_flags[i] = (kp ^ 1) & mid;
+      outside_flags[i] = (kp & (v < lo)) | ((kp ^ 1) & in);
+      ahead_hi += in;
+      kept += kp;
+      nan |= v != v;
     }
+    for (uint8_t* flags : {kept_flags, pruned_flags, outside_flags}) std::fill(flags + len, flags + (len + 63) / 64 * 64, 0);
+    tally.ahead += ahead_hi;
+    tally.counted += kept;
+    tally.nan |= nan != 0;
+    tally.bracketed += append_flagged(tally.bracket, kept_flags, len, j0, key_of);
+    tally.bracketed += append_flagged(tally.bracket_pruned, pruned_flags, len, j0, key_of);
+    append_flagged(tally.outside, outside_flags, len, j0, key_of);
+  }
+}
+
+template <typename T>
+void popup_swap_typed(const T* scores, const bool* keep, const int64_t* off, int64_t num_segments, double rate,
+                      bool* out, int64_t* q) {
+  using K = typename OrderKey<T>::type;
+  SampledPass<K> pass(off, num_segments);
+  std::vector<Bracket<Wide<T>>> brackets(num_segments);
+  for_each_task(static_cast<int64_t>(pass.segments.size()), [&](int64_t i) {
+    const int64_t l = pass.segments[i], n = off[l + 1] - off[l], stride = sample_stride(n);
+    std::vector<Entry<K>> sample;
+    sample.reserve(n / stride + 1);
+    int64_t kept = 0;
+    for (int64_t j = off[l]; j < off[l + 1]; j += stride) {
+      __builtin_prefetch(scores + j + kSamplePrefetch * stride);
+      __builtin_prefetch(keep + j + kSamplePrefetch * stride);
+      const Wide<T> v = static_cast<Wide<T>>(scores[j]);
+      kept += keep[j];
+      if (v == v) sample.push_back({OrderKey<T>::of(scores[j]), j});
+    }
+    // The keep count is estimated from the sample too: twice the variance.
+    const double positions = static_cast<double>((n + stride - 1) / stride);
+    brackets[l] = bracket_around<true>(scores, sample, static_cast<double>(kept), positions, std::sqrt(2.0));
   });
-  std::vector<Entry<K>> cand = lists.merged(kCand, chunks), phi = lists.merged(kPhi, chunks),
-                        psi = lists.merged(kPsi, chunks);
-  const Entry<K> t = threshold(cand, need);
-  for (const Entry<K>& x : cand) {
-    const bool top = at_or_above(x.key, x.idx, t);
-    if (keep[x.idx] && !top) phi.push_back(x);
-    if (!keep[x.idx] && top) psi.push_back(x);
-  }
-  TORCH_INTERNAL_ASSERT(phi.size() == psi.size(), "popup_swap: |Phi*| != |Psi*|");
-  const int64_t s = static_cast<int64_t>(psi.size());
-  const int64_t q = static_cast<int64_t>(std::ceil(static_cast<double>(s) * rate));
-  if (q < s) {
-    std::nth_element(phi.begin(), phi.begin() + q, phi.end(), worse<K>);  // q lowest leave
-    std::nth_element(psi.begin(), psi.begin() + q, psi.end(), better<K>);  // q highest join
-  }
-  for (int64_t i = 0; i < q; ++i) {
-    out[phi[i].idx] = false;
-    out[psi[i].idx] = true;
-  }
-  return q;
+
+  uint8_t* out_bytes = reinterpret_cast<uint8_t*>(out);
+  const auto run_piece = [&](Tally<K>& t) {
+    popup_pass<T>(scores, reinterpret_cast<const uint8_t*>(keep), brackets[t.segment], out_bytes, t);
+  };
+  const auto finish = [&](int64_t l) {
+    const int64_t b = off[l], e = off[l + 1];
+    if (e - b < kSampledMin) {
+      std::copy(keep + b, keep + e, out + b);
+      q[l] = popup_segment<T>(scores, keep, b, e, rate, out);
+      return;
+    }
+    const Tally<K> total = pass.total(l);
+    GP_CHECK_ARG(!total.nan, "scores", "must not contain NaN (segment starting at ", b, ")");
+    const int64_t n = total.counted;
+    if (n == 0 || n == e - b)
+      q[l] = 0;
+    else if (total.ahead >= n || n > total.ahead + total.bracketed)  // the sample missed
+      q[l] = popup_segment<T>(scores, keep, b, e, rate, out);
+    else
+      q[l] = swap(pass.spans(l, &Tally<K>::bracket), pass.spans(l, &Tally<K>::bracket_pruned),
+                  pass.spans(l, &Tally<K>::outside), n - total.ahead, rate, out);
+  };
+  run_pass(pass, off, num_segments, run_piece, finish);
 }
 
 std::tuple<at::Tensor, at::Tensor> popup_swap_cpu(const at::Tensor& scores, const at::Tensor& offsets,
@@ -266,15 +717,14 @@ std::tuple<at::Tensor, at::Tensor> popup_swap_cpu(const at::Tensor& scores, cons
   check_popup_keep_rate(scores, keep, rate);
   const int64_t L = offsets.numel() - 1;
   const at::Tensor s = scores.contiguous(), kp = keep.contiguous(), off = offsets.cpu().contiguous();
-  at::Tensor out = kp.clone().reshape({n});
+  at::Tensor out = at::empty_like(kp);  // every entry is written: keep, then the moves
   at::Tensor q = at::zeros({L}, offsets.options().device(at::kCPU));
   const int64_t* po = off.data_ptr<int64_t>();
   int64_t* pq = q.data_ptr<int64_t>();
   const bool* pk = kp.data_ptr<bool>();
   bool* pout = out.data_ptr<bool>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "popup_swap_cpu", [&] {
-    const scalar_t* ps = s.data_ptr<scalar_t>();
-    for_segments(po, L, [&](int64_t l) { pq[l] = popup_segment<scalar_t>(ps, pk, po[l], po[l + 1], rate, pout); });
+    popup_swap_typed<scalar_t>(s.data_ptr<scalar_t>(), pk, po, L, rate, pout, pq);
   });
   return {out, q};
 }
