@@ -25,6 +25,7 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -40,6 +41,7 @@ constexpr int64_t kPassChunk = 1 << 16;   // entries per task of the sampled pas
 constexpr int64_t kFlagBlock = 4096;      // entries whose flags the sampled pass gathers at once
 constexpr double kBracketSigmas = 4.0;    // bracket half-width in standard deviations of the sample rank
 constexpr double kBracketSlack = 2.0;     // and this many sample entries more
+constexpr int64_t kWideBracket = 4;       // a bracket with over 1/4 of the sample: ties; the exact path
 constexpr int64_t kSamplePrefetch = 32;   // sample entries read ahead: each lies in its own cache line
 constexpr int64_t kRadixNthMin = 1024;    // fewer entries: plain nth_element
 constexpr int kRadixNthBits = 11;         // radix nth_element's histogram: 2^11 bins
@@ -386,9 +388,11 @@ struct Bracket {
 // entries that count, of `positions` read): the threshold's rank in the sample is binomial
 // over the positions, and the bracket reaches kBracketSigmas times `spread` of its standard
 // deviations either side (spread > 1 where `rank` is itself estimated from the sample).
+// None where ties at an end would put over 1/kWideBracket of the sample in it (scores 1
+// and 0.99, say): the exact path gathers just the threshold's radix bin.
 template <bool kLargest, typename T, typename K>
-Bracket<Wide<T>> bracket_around(const T* values, std::vector<Entry<K>>& sample, double rank, double positions,
-                                double spread) {
+std::optional<Bracket<Wide<T>>> bracket_around(const T* values, std::vector<Entry<K>>& sample, double rank,
+                                               double positions, double spread) {
   using V = Wide<T>;
   constexpr V kInf = std::numeric_limits<V>::infinity();
   Bracket<V> br{kLargest ? kInf : -kInf, kLargest ? -kInf : kInf};
@@ -398,15 +402,24 @@ Bracket<Wide<T>> bracket_around(const T* values, std::vector<Entry<K>>& sample, 
   const double sigma = std::sqrt(rank * std::max(0.0, 1.0 - rank / positions));
   const double half = kBracketSigmas * spread * sigma + kBracketSlack;
   const int64_t hi = static_cast<int64_t>(std::floor(rank - half)), lo = static_cast<int64_t>(std::ceil(rank + half));
+  int64_t inside = s;  // sample entries in the bracket
+  K lo_key = 0, hi_key = std::numeric_limits<K>::max();
   if (lo < s) {
     nth_element_in<true>(sample, lo);
+    lo_key = sample[lo].key;
     br.lo = static_cast<V>(values[sample[lo].idx]);
-    sample.resize(lo);  // hi lies among the entries ahead of lo
+    inside = std::count_if(sample.begin(), sample.end(), [lo_key](const Entry<K>& x) { return x.key >= lo_key; });
+    sample.resize(lo);  // hi and the entries ahead of it lie among the entries ahead of lo
   }
   if (hi >= 0) {
     nth_element_in<true>(sample, hi);
+    hi_key = sample[hi].key;
     br.hi = static_cast<V>(values[sample[hi].idx]);
+    inside -= std::count_if(sample.begin(), sample.end(), [hi_key](const Entry<K>& x) { return x.key > hi_key; });
   }
+  // A bracket within one tie group stays: the threshold lies in it, and the exact path's
+  // bin would hold all of it too.
+  if (inside * kWideBracket > s && hi_key != lo_key) return std::nullopt;
   return br;
 }
 
@@ -422,23 +435,34 @@ struct Tally {
   std::vector<Entry<K>> bracket_pruned, outside;  // popup_swap: the pruned ones; those in Phi* or Psi* outside
 };
 
-// The sampled segments and the pieces of the pass over them.
+// The segments long enough to sample.
+std::vector<int64_t> long_segments(const int64_t* off, int64_t num_segments) {
+  std::vector<int64_t> long_ones;
+  for (int64_t l = 0; l < num_segments; ++l)
+    if (off[l + 1] - off[l] >= kSampledMin) long_ones.push_back(l);
+  return long_ones;
+}
+
+// The segments that take the sampled path (those with a bracket) and the pieces of the
+// pass over them.
 template <typename K>
 struct SampledPass {
-  std::vector<int64_t> segments;
   std::vector<Tally<K>> tallies;  // in segment order
   std::vector<int64_t> first;     // segment l's pieces: tallies[first[l] .. first[l + 1])
 
-  SampledPass(const int64_t* off, int64_t num_segments) : first(num_segments + 1, 0) {
+  template <typename V>
+  SampledPass(const int64_t* off, const std::vector<std::optional<Bracket<V>>>& brackets)
+      : first(brackets.size() + 1, 0) {
+    const int64_t num_segments = static_cast<int64_t>(brackets.size());
     for (int64_t l = 0; l < num_segments; ++l) {
-      if (off[l + 1] - off[l] >= kSampledMin) segments.push_back(l);
       first[l] = static_cast<int64_t>(tallies.size());
-      if (off[l + 1] - off[l] < kSampledMin) continue;
+      if (!brackets[l]) continue;
       for (int64_t b = off[l]; b < off[l + 1]; b += kPassChunk)
         tallies.push_back(Tally<K>{l, b, std::min(b + kPassChunk, off[l + 1])});
     }
     first[num_segments] = static_cast<int64_t>(tallies.size());
   }
+  bool sampled(int64_t l) const { return first[l + 1] > first[l]; }
   // Segment l's counts and NaN flag, summed over its pieces (no lists).
   Tally<K> total(int64_t l) const {
     Tally<K> sum{l, 0, 0};
@@ -499,7 +523,7 @@ void run_pass(SampledPass<K>& pass, const int64_t* off, int64_t num_segments, Ru
   std::vector<int64_t> unsampled;
   for (int64_t l = 0; l < num_segments; ++l) {
     pieces_left[l] = pass.first[l + 1] - pass.first[l];
-    if (off[l + 1] - off[l] < kSampledMin) unsampled.push_back(l);
+    if (!pass.sampled(l)) unsampled.push_back(l);
   }
   std::stable_sort(unsampled.begin(), unsampled.end(),
                    [off](int64_t x, int64_t y) { return off[x + 1] - off[x] > off[y + 1] - off[y]; });
@@ -557,10 +581,10 @@ template <typename T, bool kLargest>
 void segment_select_typed(const T* values, const bool* eligible, const int64_t* k, const int64_t* off,
                           int64_t num_segments, bool* out) {
   using K = typename OrderKey<T>::type;
-  SampledPass<K> pass(off, num_segments);
-  std::vector<Bracket<Wide<T>>> brackets(num_segments);
-  for_each_task(static_cast<int64_t>(pass.segments.size()), [&](int64_t i) {
-    const int64_t l = pass.segments[i], n = off[l + 1] - off[l], stride = sample_stride(n);
+  const std::vector<int64_t> long_ones = long_segments(off, num_segments);
+  std::vector<std::optional<Bracket<Wide<T>>>> brackets(num_segments);
+  for_each_task(static_cast<int64_t>(long_ones.size()), [&](int64_t i) {
+    const int64_t l = long_ones[i], n = off[l + 1] - off[l], stride = sample_stride(n);
     std::vector<Entry<K>> sample;
     sample.reserve(n / stride + 1);
     for (int64_t j = off[l]; j < off[l + 1]; j += stride) {
@@ -571,18 +595,19 @@ void segment_select_typed(const T* values, const bool* eligible, const int64_t* 
     const double positions = static_cast<double>((n + stride - 1) / stride);
     brackets[l] = bracket_around<kLargest>(values, sample, static_cast<double>(k[l]) * positions / n, positions, 1.0);
   });
+  SampledPass<K> pass(off, brackets);
 
   uint8_t* out_bytes = reinterpret_cast<uint8_t*>(out);
   const auto run_piece = [&](Tally<K>& t) {
     if (eligible != nullptr)
-      select_pass<T, kLargest, true>(values, reinterpret_cast<const uint8_t*>(eligible), brackets[t.segment],
+      select_pass<T, kLargest, true>(values, reinterpret_cast<const uint8_t*>(eligible), *brackets[t.segment],
                                      out_bytes, t);
     else
-      select_pass<T, kLargest, false>(values, nullptr, brackets[t.segment], out_bytes, t);
+      select_pass<T, kLargest, false>(values, nullptr, *brackets[t.segment], out_bytes, t);
   };
   const auto finish = [&](int64_t l) {
     const int64_t b = off[l], e = off[l + 1];
-    if (e - b < kSampledMin) return select_segment<T, kLargest>(values, eligible, k[l], b, e, out);
+    if (!pass.sampled(l)) return select_segment<T, kLargest>(values, eligible, k[l], b, e, out);
     const Tally<K> total = pass.total(l);
     GP_CHECK_ARG(!total.nan, "values", "must not contain NaN (segment starting at ", b, ")");
     GP_CHECK_ARG(k[l] >= 0 && k[l] <= total.counted, "k", "must lie in [0, eligible entries of the segment]: segment [",
@@ -664,10 +689,10 @@ template <typename T>
 void popup_swap_typed(const T* scores, const bool* keep, const int64_t* off, int64_t num_segments, double rate,
                       bool* out, int64_t* q) {
   using K = typename OrderKey<T>::type;
-  SampledPass<K> pass(off, num_segments);
-  std::vector<Bracket<Wide<T>>> brackets(num_segments);
-  for_each_task(static_cast<int64_t>(pass.segments.size()), [&](int64_t i) {
-    const int64_t l = pass.segments[i], n = off[l + 1] - off[l], stride = sample_stride(n);
+  const std::vector<int64_t> long_ones = long_segments(off, num_segments);
+  std::vector<std::optional<Bracket<Wide<T>>>> brackets(num_segments);
+  for_each_task(static_cast<int64_t>(long_ones.size()), [&](int64_t i) {
+    const int64_t l = long_ones[i], n = off[l + 1] - off[l], stride = sample_stride(n);
     std::vector<Entry<K>> sample;
     sample.reserve(n / stride + 1);
     int64_t kept = 0;
@@ -682,14 +707,15 @@ void popup_swap_typed(const T* scores, const bool* keep, const int64_t* off, int
     const double positions = static_cast<double>((n + stride - 1) / stride);
     brackets[l] = bracket_around<true>(scores, sample, static_cast<double>(kept), positions, std::sqrt(2.0));
   });
+  SampledPass<K> pass(off, brackets);
 
   uint8_t* out_bytes = reinterpret_cast<uint8_t*>(out);
   const auto run_piece = [&](Tally<K>& t) {
-    popup_pass<T>(scores, reinterpret_cast<const uint8_t*>(keep), brackets[t.segment], out_bytes, t);
+    popup_pass<T>(scores, reinterpret_cast<const uint8_t*>(keep), *brackets[t.segment], out_bytes, t);
   };
   const auto finish = [&](int64_t l) {
     const int64_t b = off[l], e = off[l + 1];
-    if (e - b < kSampledMin) {
+    if (!pass.sampled(l)) {
       std::copy(keep + b, keep + e, out + b);
       q[l] = popup_segment<T>(scores, keep, b, e, rate, out);
       return;
