@@ -3,17 +3,21 @@
 // restricted swap). No sort.
 //
 // Sampled path, for segments of at least kSampledMin entries: one pass over the entries.
-// A strided sample of the segment (every stride-th entry, stride the least prime >=
-// isqrt(n) / 8) gives a bracket [hi .. lo] of values that holds the threshold with high
-// probability. The pass, in parallel chunks over all such segments at once, decides every
-// entry outside the bracket by comparison alone (counting those ahead of hi), gathers the
-// bracket's entries (and, for popup_swap, the Phi* and Psi* entries outside it), counts
-// the eligible (or kept) entries and checks for NaN. If the counts show that the threshold
-// lies in the bracket, a radix nth_element over the gathered entries finds it; otherwise
-// (the sample missed) the segment is redone by the exact path.
-// Exact path, for smaller segments: two passes. A radix histogram of the order keys finds
-// the bin of the threshold; a second pass decides every entry outside that bin by its bin
-// alone and gathers the bin's entries, among which nth_element places the threshold.
+// A strided sample of each such segment (every stride-th entry, stride the least prime >=
+// isqrt(n) / 8: about 8 sqrt(n) entries) gives a bracket [hi .. lo] of values that holds
+// the threshold with high probability (kBracketSigmas standard deviations of its rank in
+// the sample either side). One pass over all these segments at once, in pieces that free
+// threads take, decides every entry outside its bracket by comparison alone (counting
+// those ahead of hi), gathers the bracket's entries (and, for popup_swap, the Phi* and
+// Psi* entries outside it), counts the eligible (or kept) entries and checks for NaN;
+// popup_swap's pass also copies keep into the result. The thread that completes a
+// segment's last piece finishes it: if the counts show that the threshold lies in the
+// bracket, a radix nth_element over the gathered entries finds it; otherwise (the sample
+// missed) the exact path redoes the segment.
+// Exact path, for the other segments (shorter ones, and those whose bracket ties make
+// wide): two passes. A radix histogram of the order keys finds the bin of the threshold;
+// a second pass decides every entry outside that bin by its bin alone and gathers the
+// bin's entries, among which a radix nth_element places the threshold.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -84,19 +88,20 @@ void nth_element_of(const std::vector<Span<K>>& parts, int64_t nth, std::vector<
   int64_t n = 0;
   for (const Span<K>& p : parts) n += p.size;
   ordered.resize(n);
-  if (n < kRadixNthMin) {
+  const auto rank_key = [](K key) { return kBestFirst ? key : static_cast<K>(~key); };  // larger goes first
+  K lo = std::numeric_limits<K>::max(), hi = 0;
+  if (n >= kRadixNthMin)
+    for (const Span<K>& p : parts)
+      for (int64_t i = 0; i < p.size; ++i) {
+        lo = std::min(lo, rank_key(p.data[i].key));
+        hi = std::max(hi, rank_key(p.data[i].key));
+      }
+  if (n < kRadixNthMin || lo == hi) {  // few entries, or one key: no bins to tell them apart
     Entry<K>* to = ordered.data();
     for (const Span<K>& p : parts) to = std::copy(p.data, p.data + p.size, to);
     std::nth_element(ordered.begin(), ordered.begin() + nth, ordered.end(), order);
     return;
   }
-  const auto rank_key = [](K key) { return kBestFirst ? key : static_cast<K>(~key); };  // larger goes first
-  K lo = std::numeric_limits<K>::max(), hi = 0;
-  for (const Span<K>& p : parts)
-    for (int64_t i = 0; i < p.size; ++i) {
-      lo = std::min(lo, rank_key(p.data[i].key));
-      hi = std::max(hi, rank_key(p.data[i].key));
-    }
   int shift = 0;
   while (((hi - lo) >> shift) >> kRadixNthBits) ++shift;
   const auto bin = [&](const Entry<K>& x) { return static_cast<int64_t>((rank_key(x.key) - lo) >> shift); };
@@ -513,35 +518,50 @@ inline int64_t append_flagged(std::vector<Entry<K>>& list, const uint8_t* flags,
   return count;
 }
 
-// Runs on all threads the sampled pass's pieces (run_piece(tally)) and every segment's
-// finish (finish(l)): a sampled segment's by the thread that completes its last piece
-// (its entries are still in cache), the other segments' after all pieces, longest first.
-// The errors of segments are thrown after all, the first segment's.
-template <typename K, typename RunPiece, typename Finish>
-void run_pass(SampledPass<K>& pass, const int64_t* off, int64_t num_segments, RunPiece run_piece, Finish finish) {
+// Runs the sampled pass's pieces (run_piece(tally)) on all threads, and every segment's
+// finish. A sampled segment's (finish_sampled(l): false where the sample missed) by the
+// thread that completes its last piece, while its entries are still in cache. The exact
+// path (exact(l)) takes the other segments in the same tasks, longest first, but for one
+// longer than a thread's share of all entries; that one, and those whose sample missed,
+// after all tasks, one at a time with parallel passes. Errors are thrown after all, the
+// first segment's.
+template <typename K, typename RunPiece, typename FinishSampled, typename Exact>
+void run_pass(SampledPass<K>& pass, const int64_t* off, int64_t num_segments, RunPiece run_piece,
+              FinishSampled finish_sampled, Exact exact) {
   std::vector<std::atomic<int64_t>> pieces_left(num_segments);
-  std::vector<int64_t> unsampled;
+  std::vector<int64_t> exact_tasks;
+  std::vector<char> long_exact(num_segments, 0);
+  const int64_t share = off[num_segments] / std::max(1, at::get_num_threads());
   for (int64_t l = 0; l < num_segments; ++l) {
     pieces_left[l] = pass.first[l + 1] - pass.first[l];
-    if (!pass.sampled(l)) unsampled.push_back(l);
+    if (pass.sampled(l)) continue;
+    if (off[l + 1] - off[l] <= std::max(share, kSampledMin - 1))
+      exact_tasks.push_back(l);
+    else
+      long_exact[l] = 1;
   }
-  std::stable_sort(unsampled.begin(), unsampled.end(),
+  std::stable_sort(exact_tasks.begin(), exact_tasks.end(),
                    [off](int64_t x, int64_t y) { return off[x + 1] - off[x] > off[y + 1] - off[y]; });
   std::vector<std::exception_ptr> errors(num_segments);
-  const auto finish_segment = [&](int64_t l) {
+  const auto caught = [&](int64_t l, auto&& f) {
     try {
-      finish(l);
+      f();
     } catch (...) {
       errors[l] = std::current_exception();
     }
   };
   const int64_t pieces = static_cast<int64_t>(pass.tallies.size());
-  for_each_task(pieces + static_cast<int64_t>(unsampled.size()), [&](int64_t i) {
-    if (i >= pieces) return finish_segment(unsampled[i - pieces]);
-    Tally<K>& t = pass.tallies[i];
-    run_piece(t);
-    if (pieces_left[t.segment].fetch_sub(1, std::memory_order_acq_rel) == 1) finish_segment(t.segment);
+  for_each_task(pieces + static_cast<int64_t>(exact_tasks.size()), [&](int64_t i) {
+    if (i >= pieces) {
+      const int64_t l = exact_tasks[i - pieces];
+      return caught(l, [&] { exact(l); });
+    }
+    const int64_t l = pass.tallies[i].segment;
+    run_piece(pass.tallies[i]);
+    if (pieces_left[l].fetch_sub(1, std::memory_order_acq_rel) == 1) caught(l, [&] { long_exact[l] = !finish_sampled(l); });
   });
+  for (int64_t l = 0; l < num_segments; ++l)
+    if (long_exact[l]) caught(l, [&] { exact(l); });
   for (const std::exception_ptr& error : errors)
     if (error) std::rethrow_exception(error);
 }
@@ -605,25 +625,25 @@ void segment_select_typed(const T* values, const bool* eligible, const int64_t* 
     else
       select_pass<T, kLargest, false>(values, nullptr, *brackets[t.segment], out_bytes, t);
   };
-  const auto finish = [&](int64_t l) {
+  const auto finish_sampled = [&](int64_t l) {
     const int64_t b = off[l], e = off[l + 1];
-    if (!pass.sampled(l)) return select_segment<T, kLargest>(values, eligible, k[l], b, e, out);
     const Tally<K> total = pass.total(l);
     GP_CHECK_ARG(!total.nan, "values", "must not contain NaN (segment starting at ", b, ")");
     GP_CHECK_ARG(k[l] >= 0 && k[l] <= total.counted, "k", "must lie in [0, eligible entries of the segment]: segment [",
                  b, ", ", e, ") has ", total.counted, " eligible entries, k = ", k[l]);
     if (k[l] == 0 || k[l] == total.counted) {  // no threshold to find
       for (int64_t j = b; j < e; ++j) out[j] = k[l] != 0 && (eligible == nullptr || eligible[j]);
-    } else if (total.ahead >= k[l] || k[l] > total.ahead + total.bracketed) {  // the sample missed
-      select_segment<T, kLargest>(values, eligible, k[l], b, e, out);
-    } else {
-      const int64_t need = k[l] - total.ahead;
-      std::vector<Entry<K>> cand;
-      nth_element_of<true>(pass.spans(l, &Tally<K>::bracket), need - 1, cand);
-      for (int64_t x = 0; x < need; ++x) out[cand[x].idx] = true;  // the pass wrote false
+      return true;
     }
+    if (total.ahead >= k[l] || k[l] > total.ahead + total.bracketed) return false;
+    const int64_t need = k[l] - total.ahead;
+    std::vector<Entry<K>> cand;
+    nth_element_of<true>(pass.spans(l, &Tally<K>::bracket), need - 1, cand);
+    for (int64_t x = 0; x < need; ++x) out[cand[x].idx] = true;  // the pass wrote false
+    return true;
   };
-  run_pass(pass, off, num_segments, run_piece, finish);
+  const auto exact = [&](int64_t l) { select_segment<T, kLargest>(values, eligible, k[l], off[l], off[l + 1], out); };
+  run_pass(pass, off, num_segments, run_piece, finish_sampled, exact);
 }
 
 at::Tensor segment_select_cpu(const at::Tensor& values, const at::Tensor& offsets, const at::Tensor& k,
@@ -713,25 +733,25 @@ void popup_swap_typed(const T* scores, const bool* keep, const int64_t* off, int
   const auto run_piece = [&](Tally<K>& t) {
     popup_pass<T>(scores, reinterpret_cast<const uint8_t*>(keep), *brackets[t.segment], out_bytes, t);
   };
-  const auto finish = [&](int64_t l) {
+  const auto finish_sampled = [&](int64_t l) {
     const int64_t b = off[l], e = off[l + 1];
-    if (!pass.sampled(l)) {
-      std::copy(keep + b, keep + e, out + b);
-      q[l] = popup_segment<T>(scores, keep, b, e, rate, out);
-      return;
-    }
     const Tally<K> total = pass.total(l);
     GP_CHECK_ARG(!total.nan, "scores", "must not contain NaN (segment starting at ", b, ")");
     const int64_t n = total.counted;
-    if (n == 0 || n == e - b)
+    if (n == 0 || n == e - b) {
       q[l] = 0;
-    else if (total.ahead >= n || n > total.ahead + total.bracketed)  // the sample missed
-      q[l] = popup_segment<T>(scores, keep, b, e, rate, out);
-    else
-      q[l] = swap(pass.spans(l, &Tally<K>::bracket), pass.spans(l, &Tally<K>::bracket_pruned),
-                  pass.spans(l, &Tally<K>::outside), n - total.ahead, rate, out);
+      return true;
+    }
+    if (total.ahead >= n || n > total.ahead + total.bracketed) return false;
+    q[l] = swap(pass.spans(l, &Tally<K>::bracket), pass.spans(l, &Tally<K>::bracket_pruned),
+                pass.spans(l, &Tally<K>::outside), n - total.ahead, rate, out);
+    return true;
   };
-  run_pass(pass, off, num_segments, run_piece, finish);
+  const auto exact = [&](int64_t l) {
+    std::copy(keep + off[l], keep + off[l + 1], out + off[l]);
+    q[l] = popup_segment<T>(scores, keep, off[l], off[l + 1], rate, out);
+  };
+  run_pass(pass, off, num_segments, run_piece, finish_sampled, exact);
 }
 
 std::tuple<at::Tensor, at::Tensor> popup_swap_cpu(const at::Tensor& scores, const at::Tensor& offsets,
