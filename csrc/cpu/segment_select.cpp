@@ -345,7 +345,7 @@ int64_t popup_segment(const T* scores, const bool* keep, int64_t b, int64_t e, d
 // Values are compared in float (double for double): exact for every dtype, and the order of
 // non-NaN values is the order of their keys (-0.0 == +0.0 as well).
 template <typename T>
-using Wide = std::conditional_t<std::is_same_v<T, double>, double, float>;
+using CompareIn = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // Whether a goes before b in the selection order (NaN goes nowhere).
 template <bool kLargest, typename V>
@@ -396,9 +396,9 @@ struct Bracket {
 // None where ties at an end would put over 1/kWideBracket of the sample in it (scores 1
 // and 0.99, say): the exact path gathers just the threshold's radix bin.
 template <bool kLargest, typename T, typename K>
-std::optional<Bracket<Wide<T>>> bracket_around(const T* values, std::vector<Entry<K>>& sample, double rank,
+std::optional<Bracket<CompareIn<T>>> bracket_around(const T* values, std::vector<Entry<K>>& sample, double rank,
                                                double positions, double spread) {
-  using V = Wide<T>;
+  using V = CompareIn<T>;
   constexpr V kInf = std::numeric_limits<V>::infinity();
   Bracket<V> br{kLargest ? kInf : -kInf, kLargest ? -kInf : kInf};
   const int64_t s = static_cast<int64_t>(sample.size());
@@ -570,16 +570,16 @@ void run_pass(SampledPass<K>& pass, const int64_t* off, int64_t num_segments, Ru
 // gathers the eligible entries in the bracket. Bool arrays are read and written as bytes:
 // GCC does not vectorize the loop through bool.
 template <typename T, bool kLargest, bool kMasked>
-void select_pass(const T* values, const uint8_t* eligible, const Bracket<Wide<T>>& br, uint8_t* out,
+void select_pass(const T* values, const uint8_t* eligible, const Bracket<CompareIn<T>>& br, uint8_t* out,
                  Tally<typename OrderKey<T>::type>& tally) {
-  const Wide<T> hi = br.hi, lo = br.lo;  // locals: out's bytes could alias br
+  const CompareIn<T> hi = br.hi, lo = br.lo;  // locals: out's bytes could alias br
   uint8_t flags[kFlagBlock];
   for (int64_t j0 = tally.b; j0 < tally.e; j0 += kFlagBlock) {
     const int64_t len = std::min(kFlagBlock, tally.e - j0);
     uint16_t ahead_hi = 0, counted = 0;  // 16 bits hold a block's counts and widen the bytes least
     uint8_t nan = 0;
     for (int64_t i = 0; i < len; ++i) {  // branch-free, so that it vectorizes
-      const Wide<T> v = static_cast<Wide<T>>(values[j0 + i]);
+      const CompareIn<T> v = static_cast<CompareIn<T>>(values[j0 + i]);
       const uint8_t el = kMasked ? eligible[j0 + i] : 1;
       const uint8_t in = el & ahead<kLargest>(v, hi);
       out[j0 + i] = in;
@@ -602,14 +602,14 @@ void segment_select_typed(const T* values, const bool* eligible, const int64_t* 
                           int64_t num_segments, bool* out) {
   using K = typename OrderKey<T>::type;
   const std::vector<int64_t> long_ones = long_segments(off, num_segments);
-  std::vector<std::optional<Bracket<Wide<T>>>> brackets(num_segments);
+  std::vector<std::optional<Bracket<CompareIn<T>>>> brackets(num_segments);
   for_each_task(static_cast<int64_t>(long_ones.size()), [&](int64_t i) {
     const int64_t l = long_ones[i], n = off[l + 1] - off[l], stride = sample_stride(n);
     std::vector<Entry<K>> sample;
     sample.reserve(n / stride + 1);
     for (int64_t j = off[l]; j < off[l + 1]; j += stride) {
       __builtin_prefetch(values + j + kSamplePrefetch * stride);
-      const Wide<T> v = static_cast<Wide<T>>(values[j]);
+      const CompareIn<T> v = static_cast<CompareIn<T>>(values[j]);
       if ((eligible == nullptr || eligible[j]) && v == v) sample.push_back({order_key<T, kLargest>(values[j]), j});
     }
     const double positions = static_cast<double>((n + stride - 1) / stride);
@@ -674,9 +674,9 @@ at::Tensor segment_select_cpu(const at::Tensor& values, const at::Tensor& offset
 // the bracket (kept and pruned apart) and those outside it in Phi* (kept, behind lo) or
 // Psi* (pruned, ahead of hi).
 template <typename T>
-void popup_pass(const T* scores, const uint8_t* keep, const Bracket<Wide<T>>& br, uint8_t* out,
+void popup_pass(const T* scores, const uint8_t* keep, const Bracket<CompareIn<T>>& br, uint8_t* out,
                 Tally<typename OrderKey<T>::type>& tally) {
-  const Wide<T> hi = br.hi, lo = br.lo;  // locals: out's bytes could alias br
+  const CompareIn<T> hi = br.hi, lo = br.lo;  // locals: out's bytes could alias br
   uint8_t kept_flags[kFlagBlock], pruned_flags[kFlagBlock], outside_flags[kFlagBlock];
   const auto key_of = [scores](int64_t j) { return OrderKey<T>::of(scores[j]); };
   for (int64_t j0 = tally.b; j0 < tally.e; j0 += kFlagBlock) {
@@ -684,7 +684,7 @@ void popup_pass(const T* scores, const uint8_t* keep, const Bracket<Wide<T>>& br
     uint16_t ahead_hi = 0, kept = 0;  // 16 bits hold a block's counts and widen the bytes least
     uint8_t nan = 0;
     for (int64_t i = 0; i < len; ++i) {  // branch-free, so that it vectorizes
-      const Wide<T> v = static_cast<Wide<T>>(scores[j0 + i]);
+      const CompareIn<T> v = static_cast<CompareIn<T>>(scores[j0 + i]);
       const uint8_t kp = keep[j0 + i];
       const uint8_t in = v > hi, mid = (v <= hi) & (v >= lo);
       out[j0 + i] = kp;
@@ -710,7 +710,7 @@ void popup_swap_typed(const T* scores, const bool* keep, const int64_t* off, int
                       bool* out, int64_t* q) {
   using K = typename OrderKey<T>::type;
   const std::vector<int64_t> long_ones = long_segments(off, num_segments);
-  std::vector<std::optional<Bracket<Wide<T>>>> brackets(num_segments);
+  std::vector<std::optional<Bracket<CompareIn<T>>>> brackets(num_segments);
   for_each_task(static_cast<int64_t>(long_ones.size()), [&](int64_t i) {
     const int64_t l = long_ones[i], n = off[l + 1] - off[l], stride = sample_stride(n);
     std::vector<Entry<K>> sample;
@@ -719,7 +719,7 @@ void popup_swap_typed(const T* scores, const bool* keep, const int64_t* off, int
     for (int64_t j = off[l]; j < off[l + 1]; j += stride) {
       __builtin_prefetch(scores + j + kSamplePrefetch * stride);
       __builtin_prefetch(keep + j + kSamplePrefetch * stride);
-      const Wide<T> v = static_cast<Wide<T>>(scores[j]);
+      const CompareIn<T> v = static_cast<CompareIn<T>>(scores[j]);
       kept += keep[j];
       if (v == v) sample.push_back({OrderKey<T>::of(scores[j]), j});
     }
