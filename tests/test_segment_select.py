@@ -177,7 +177,8 @@ def test_popup_swap_sampled_path_matches_reference(case):
     first = scores[: SAMPLED_SIZES[0]].float()
     noisy = first * (1 + 0.02 * torch.randn(first.shape, generator=torch.Generator().manual_seed(3)))
     u = torch.rand(scores.numel(), generator=torch.Generator().manual_seed(4))
-    fractions = torch.cat([torch.full((e - b,), f) for (b, e), f in zip(bounds, [0, 0.5, 0.5, [0.3, 0.0, 1.0, 0.3][case]])])
+    last = [0.3, 0.0, 1.0, 0.3][case]
+    fractions = torch.cat([torch.full((e - b,), f) for (b, e), f in zip(bounds, [0, 0.5, 0.5, last])])
     keep = u < fractions
     keep[: SAMPLED_SIZES[0]] = noisy > torch.quantile(noisy, 0.9)
     rate = [0.37, 1.0, 0.5, 0.37][case]

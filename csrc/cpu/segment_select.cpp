@@ -397,7 +397,7 @@ struct Bracket {
 // and 0.99, say): the exact path gathers just the threshold's radix bin.
 template <bool kLargest, typename T, typename K>
 std::optional<Bracket<CompareIn<T>>> bracket_around(const T* values, std::vector<Entry<K>>& sample, double rank,
-                                               double positions, double spread) {
+                                                    double positions, double spread) {
   using V = CompareIn<T>;
   constexpr V kInf = std::numeric_limits<V>::infinity();
   Bracket<V> br{kLargest ? kInf : -kInf, kLargest ? -kInf : kInf};
@@ -558,7 +558,8 @@ void run_pass(SampledPass<K>& pass, const int64_t* off, int64_t num_segments, Ru
     }
     const int64_t l = pass.tallies[i].segment;
     run_piece(pass.tallies[i]);
-    if (pieces_left[l].fetch_sub(1, std::memory_order_acq_rel) == 1) caught(l, [&] { long_exact[l] = !finish_sampled(l); });
+    if (pieces_left[l].fetch_sub(1, std::memory_order_acq_rel) == 1)
+      caught(l, [&] { long_exact[l] = !finish_sampled(l); });
   });
   for (int64_t l = 0; l < num_segments; ++l)
     if (long_exact[l]) caught(l, [&] { exact(l); });
@@ -695,7 +696,8 @@ void popup_pass(const T* scores, const uint8_t* keep, const Bracket<CompareIn<T>
       kept += kp;
       nan |= v != v;
     }
-    for (uint8_t* flags : {kept_flags, pruned_flags, outside_flags}) std::fill(flags + len, flags + (len + 63) / 64 * 64, 0);
+    for (uint8_t* flags : {kept_flags, pruned_flags, outside_flags})
+      std::fill(flags + len, flags + (len + 63) / 64 * 64, 0);
     tally.ahead += ahead_hi;
     tally.counted += kept;
     tally.nan |= nan != 0;
