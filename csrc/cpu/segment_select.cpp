@@ -7,23 +7,26 @@
 // isqrt(n) / 8: about 8 sqrt(n) entries) gives a bracket [hi .. lo] of values that holds
 // the threshold with high probability (kBracketSigmas standard deviations of its rank in
 // the sample either side). One pass over all these segments at once, in pieces that free
-// threads take, decides every entry outside its bracket by comparison alone (counting
-// those ahead of hi), gathers the bracket's entries (and, for popup_swap, the Phi* and
-// Psi* entries outside it), counts the eligible (or kept) entries and checks for NaN;
-// popup_swap's pass also copies keep into the result. The thread that completes a
-// segment's last piece finishes it: if the counts show that the threshold lies in the
-// bracket, a radix nth_element over the gathered entries finds it; otherwise (the sample
-// missed) the exact path redoes the segment.
+// threads take, compares each group of 64 entries with the bracket into bit masks (AVX2
+// compares and movemasks for float where the build has AVX2), decides every entry outside
+// the bracket from them (counting those ahead of hi), gathers the bracket's entries (and,
+// for popup_swap, the Phi* and Psi* entries outside it) from the masks' set bits, counts
+// the eligible (or kept) entries and checks for NaN; popup_swap's pass also copies keep
+// into the result. The thread that completes a segment's last piece finishes it: if the
+// counts show that the threshold lies in the bracket, nth_of (a radix histogram, then
+// nth_element on one bin) finds the threshold among the gathered entries; otherwise (the
+// sample missed) the exact path redoes the segment.
 // Exact path, for the other segments (shorter ones, and those whose bracket ties make
 // wide): two passes. A radix histogram of the order keys finds the bin of the threshold;
 // a second pass decides every entry outside that bin by its bin alone and gathers the
-// bin's entries, among which a radix nth_element places the threshold.
+// bin's entries, among which nth_of finds the threshold.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -32,6 +35,10 @@
 #include <optional>
 #include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "../checks.h"
 #include "order_key.h"
@@ -42,13 +49,13 @@ namespace {
 constexpr int64_t kGrain = 1 << 16;       // entries per parallel chunk of the exact path, at least
 constexpr int64_t kSampledMin = 1 << 16;  // segments at least this long take the sampled path
 constexpr int64_t kPassChunk = 1 << 16;   // entries per task of the sampled pass
-constexpr int64_t kFlagBlock = 4096;      // entries whose flags the sampled pass gathers at once
+constexpr int64_t kFlagBlock = 4096;      // entries whose masks the sampled pass gathers at once
 constexpr double kBracketSigmas = 4.0;    // bracket half-width in standard deviations of the sample rank
 constexpr double kBracketSlack = 2.0;     // and this many sample entries more
 constexpr int64_t kWideBracket = 4;       // a bracket with over 1/4 of the sample: ties; the exact path
 constexpr int64_t kSamplePrefetch = 32;   // sample entries read ahead: each lies in its own cache line
-constexpr int64_t kRadixNthMin = 1024;    // fewer entries: plain nth_element
-constexpr int kRadixNthBits = 11;         // radix nth_element's histogram: 2^11 bins
+constexpr int64_t kRadixNthMin = 1024;    // fewer entries: plain nth_element in nth_of
+constexpr int kRadixNthBits = 11;         // nth_of's histogram: 2^11 bins
 
 // The selection order: larger key first, then lower index.
 template <typename K>
@@ -60,7 +67,7 @@ struct Entry {
 };
 template <typename K>
 inline bool better(const Entry<K>& x, const Entry<K>& y) {
-  return x.key > y.key || (x.key == y.key && x.idx < y.idx);
+  return (x.key > y.key) | ((x.key == y.key) & (x.idx < y.idx));  // no short circuit: no branch to mispredict
 }
 template <typename K>
 inline bool worse(const Entry<K>& x, const Entry<K>& y) {
@@ -77,18 +84,16 @@ Span<K> span_of(const std::vector<Entry<K>>& v) {
   return {v.data(), static_cast<int64_t>(v.size())};
 }
 
-// The entries of `parts`, into `ordered` as std::nth_element(begin, begin + nth, end, order)
-// leaves them, with order `better` (or `worse`); on many entries faster than nth_element,
-// whose compares mispredict: a histogram of the keys' leading bits (above the bits they
-// all share) finds the bin of the nth entry, a branch-free pass puts the bins ahead of it
-// to the front and those behind it to the back, and nth_element runs on that bin alone.
+// The entry of position nth (0-based) of `parts` in the order `better` (or `worse`), as
+// std::nth_element would place it; on many entries faster than nth_element over all of
+// them, whose compares mispredict: a histogram of the keys' leading bits (above the bits
+// they all share) finds the bin of the nth entry, and nth_element runs on that bin alone.
 template <bool kBestFirst, typename K>
-void nth_element_of(const std::vector<Span<K>>& parts, int64_t nth, std::vector<Entry<K>>& ordered) {
+Entry<K> nth_of(const std::vector<Span<K>>& parts, int64_t nth) {
   const auto order = [](const Entry<K>& x, const Entry<K>& y) { return kBestFirst ? better(x, y) : worse(x, y); };
+  const auto rank_key = [](K key) { return kBestFirst ? key : static_cast<K>(~key); };  // larger goes first
   int64_t n = 0;
   for (const Span<K>& p : parts) n += p.size;
-  ordered.resize(n);
-  const auto rank_key = [](K key) { return kBestFirst ? key : static_cast<K>(~key); };  // larger goes first
   K lo = std::numeric_limits<K>::max(), hi = 0;
   if (n >= kRadixNthMin)
     for (const Span<K>& p : parts)
@@ -96,39 +101,31 @@ void nth_element_of(const std::vector<Span<K>>& parts, int64_t nth, std::vector<
         lo = std::min(lo, rank_key(p.data[i].key));
         hi = std::max(hi, rank_key(p.data[i].key));
       }
+  std::vector<Entry<K>> bin_entries;
   if (n < kRadixNthMin || lo == hi) {  // few entries, or one key: no bins to tell them apart
-    Entry<K>* to = ordered.data();
-    for (const Span<K>& p : parts) to = std::copy(p.data, p.data + p.size, to);
-    std::nth_element(ordered.begin(), ordered.begin() + nth, ordered.end(), order);
-    return;
+    bin_entries.reserve(n);
+    for (const Span<K>& p : parts) bin_entries.insert(bin_entries.end(), p.data, p.data + p.size);
+  } else {
+    int shift = 0;
+    while (((hi - lo) >> shift) >> kRadixNthBits) ++shift;
+    const auto bin = [&](const Entry<K>& x) { return static_cast<int64_t>((rank_key(x.key) - lo) >> shift); };
+    std::vector<int64_t> hist(int64_t{1} << kRadixNthBits, 0);
+    for (const Span<K>& p : parts)
+      for (int64_t i = 0; i < p.size; ++i) ++hist[bin(p.data[i])];
+    int64_t nth_bin = static_cast<int64_t>(hist.size()) - 1;
+    for (; hist[nth_bin] <= nth; --nth_bin) nth -= hist[nth_bin];
+    bin_entries.reserve(hist[nth_bin]);
+    for (const Span<K>& p : parts)
+      for (int64_t i = 0; i < p.size; ++i)
+        if (bin(p.data[i]) == nth_bin) bin_entries.push_back(p.data[i]);
   }
-  int shift = 0;
-  while (((hi - lo) >> shift) >> kRadixNthBits) ++shift;
-  const auto bin = [&](const Entry<K>& x) { return static_cast<int64_t>((rank_key(x.key) - lo) >> shift); };
-  std::vector<int64_t> hist(int64_t{1} << kRadixNthBits, 0);
-  for (const Span<K>& p : parts)
-    for (int64_t i = 0; i < p.size; ++i) ++hist[bin(p.data[i])];
-  int64_t nth_bin = static_cast<int64_t>(hist.size()) - 1, ahead = 0;
-  for (; ahead + hist[nth_bin] <= nth; --nth_bin) ahead += hist[nth_bin];
-  int64_t to_front = 0, to_bin = ahead, to_back = ahead + hist[nth_bin];
-  for (const Span<K>& p : parts)
-    for (int64_t i = 0; i < p.size; ++i) {
-      const int64_t b = bin(p.data[i]);
-      const int64_t front = b > nth_bin, in_bin = b == nth_bin, back = b < nth_bin;
-      ordered[front * to_front + in_bin * to_bin + back * to_back] = p.data[i];
-      to_front += front;
-      to_bin += in_bin;
-      to_back += back;
-    }
-  std::nth_element(ordered.begin() + ahead, ordered.begin() + nth, ordered.begin() + ahead + hist[nth_bin], order);
+  std::nth_element(bin_entries.begin(), bin_entries.begin() + nth, bin_entries.end(), order);
+  return bin_entries[nth];
 }
 
-// nth_element_of on one vector, in place.
 template <bool kBestFirst, typename K>
-void nth_element_in(std::vector<Entry<K>>& entries, int64_t nth) {
-  std::vector<Entry<K>> ordered;
-  nth_element_of<kBestFirst>({span_of(entries)}, nth, ordered);
-  entries.swap(ordered);
+Entry<K> nth_of(const std::vector<Entry<K>>& entries, int64_t nth) {
+  return nth_of<kBestFirst>(std::vector<Span<K>>{span_of(entries)}, nth);
 }
 
 // Runs f(chunk, lo, hi) over at most get_num_threads() contiguous chunks of [b, e).
@@ -233,6 +230,14 @@ struct SegmentRadix {
   }
 };
 
+// out[j] = whether entry j of `parts` is not behind t in the selection order (branch-free:
+// the entries near the threshold fall either way).
+template <typename K>
+void select_up_to(const std::vector<Span<K>>& parts, const Entry<K>& t, bool* out) {
+  for (const Span<K>& p : parts)
+    for (int64_t i = 0; i < p.size; ++i) out[p.data[i].idx] = !better(t, p.data[i]);
+}
+
 // One segment of segment_select by the exact path; writes every entry of out there.
 template <typename T, bool kLargest>
 void select_segment(const T* values, const bool* eligible, int64_t k, int64_t b, int64_t e, bool* out) {
@@ -262,9 +267,7 @@ void select_segment(const T* values, const bool* eligible, int64_t k, int64_t b,
       if (kb == bin) lists.lists[0][c].push_back({key, j});
     }
   });
-  std::vector<Entry<K>> cand;
-  nth_element_of<true>(lists.spans(0, chunks), need - 1, cand);
-  for (int64_t i = 0; i < need; ++i) out[cand[i].idx] = true;
+  select_up_to(lists.spans(0, chunks), nth_of<true>(lists.spans(0, chunks), need - 1), out);
 }
 
 // Appends to `to` the entries of `parts` that are (kIn) or are not (!kIn) in T, whose
@@ -292,9 +295,7 @@ int64_t swap(const std::vector<Span<K>>& undecided_kept, const std::vector<Span<
              const std::vector<Span<K>>& decided, int64_t need, double rate, bool* out) {
   std::vector<Span<K>> undecided = undecided_kept;
   undecided.insert(undecided.end(), undecided_pruned.begin(), undecided_pruned.end());
-  std::vector<Entry<K>> ordered;
-  nth_element_of<true>(undecided, need - 1, ordered);
-  const Entry<K> t = ordered[need - 1];
+  const Entry<K> t = nth_of<true>(undecided, need - 1);
   std::vector<Entry<K>> phi, psi;
   append_by_side<false>(phi, undecided_kept, t);
   append_by_side<false>(phi, decided, t);
@@ -303,14 +304,11 @@ int64_t swap(const std::vector<Span<K>>& undecided_kept, const std::vector<Span<
   TORCH_INTERNAL_ASSERT(phi.size() == psi.size(), "popup_swap: |Phi*| != |Psi*|");
   const int64_t s = static_cast<int64_t>(psi.size());
   const int64_t q = static_cast<int64_t>(std::ceil(static_cast<double>(s) * rate));
-  if (q < s) {
-    nth_element_in<false>(phi, q);  // q lowest leave
-    nth_element_in<true>(psi, q);   // q highest join
-  }
-  for (int64_t i = 0; i < q; ++i) {
-    out[phi[i].idx] = false;
-    out[psi[i].idx] = true;
-  }
+  if (q == 0) return 0;
+  // The q lowest of Phi* leave, up to the q-th in the order `worse`; the q highest of Psi* join.
+  const Entry<K> last_leaving = nth_of<false>(phi, q - 1), last_joining = nth_of<true>(psi, q - 1);
+  for (const Entry<K>& x : phi) out[x.idx] = worse(last_leaving, x);  // kept unless it leaves
+  for (const Entry<K>& x : psi) out[x.idx] = !better(last_joining, x);  // pruned unless it joins
   return q;
 }
 
@@ -396,7 +394,7 @@ struct Bracket {
 // None where ties at an end would put over 1/kWideBracket of the sample in it (scores 1
 // and 0.99, say): the exact path gathers just the threshold's radix bin.
 template <bool kLargest, typename T, typename K>
-std::optional<Bracket<CompareIn<T>>> bracket_around(const T* values, std::vector<Entry<K>>& sample, double rank,
+std::optional<Bracket<CompareIn<T>>> bracket_around(const T* values, const std::vector<Entry<K>>& sample, double rank,
                                                     double positions, double spread) {
   using V = CompareIn<T>;
   constexpr V kInf = std::numeric_limits<V>::infinity();
@@ -410,16 +408,15 @@ std::optional<Bracket<CompareIn<T>>> bracket_around(const T* values, std::vector
   int64_t inside = s;  // sample entries in the bracket
   K lo_key = 0, hi_key = std::numeric_limits<K>::max();
   if (lo < s) {
-    nth_element_in<true>(sample, lo);
-    lo_key = sample[lo].key;
-    br.lo = static_cast<V>(values[sample[lo].idx]);
+    const Entry<K> at_lo = nth_of<true>(sample, lo);
+    lo_key = at_lo.key;
+    br.lo = static_cast<V>(values[at_lo.idx]);
     inside = std::count_if(sample.begin(), sample.end(), [lo_key](const Entry<K>& x) { return x.key >= lo_key; });
-    sample.resize(lo);  // hi and the entries ahead of it lie among the entries ahead of lo
   }
   if (hi >= 0) {
-    nth_element_in<true>(sample, hi);
-    hi_key = sample[hi].key;
-    br.hi = static_cast<V>(values[sample[hi].idx]);
+    const Entry<K> at_hi = nth_of<true>(sample, hi);
+    hi_key = at_hi.key;
+    br.hi = static_cast<V>(values[at_hi.idx]);
     inside -= std::count_if(sample.begin(), sample.end(), [hi_key](const Entry<K>& x) { return x.key > hi_key; });
   }
   // A bracket within one tie group stays: the threshold lies in it, and the exact path's
@@ -440,11 +437,13 @@ struct Tally {
   std::vector<Entry<K>> bracket_pruned, outside;  // popup_swap: the pruned ones; those in Phi* or Psi* outside
 };
 
-// The segments long enough to sample.
+// The segments long enough to sample, longest first (for_each_task balances best so).
 std::vector<int64_t> long_segments(const int64_t* off, int64_t num_segments) {
   std::vector<int64_t> long_ones;
   for (int64_t l = 0; l < num_segments; ++l)
     if (off[l + 1] - off[l] >= kSampledMin) long_ones.push_back(l);
+  std::stable_sort(long_ones.begin(), long_ones.end(),
+                   [off](int64_t x, int64_t y) { return off[x + 1] - off[x] > off[y + 1] - off[y]; });
   return long_ones;
 }
 
@@ -486,33 +485,103 @@ struct SampledPass {
   }
 };
 
-// Appends the entries j0 + i of a block's set flags (0 or 1; len of them, zero up to a
-// multiple of 64) to `list`, in order; returns their count. Most flags are clear: each 64
-// are packed into a 64-bit mask (a multiply gathers the low bits of 8 bytes), counted,
-// and its set bits visited.
-template <typename K, typename KeyOf>
-inline int64_t append_flagged(std::vector<Entry<K>>& list, const uint8_t* flags, int64_t len, int64_t j0,
-                              KeyOf key_of) {
-  uint64_t masks[kFlagBlock / 64];
-  const int64_t groups = (len + 63) / 64;
-  int64_t count = 0;
-  for (int64_t g = 0; g < groups; ++g) {
-    uint64_t mask = 0;
-    for (int w = 0; w < 8; ++w) {
-      uint64_t word;
-      std::memcpy(&word, flags + 64 * g + 8 * w, sizeof(word));
-      mask |= ((word * 0x0102040810204080ull) >> 56) << (8 * w);
-    }
-    masks[g] = mask;
-    count += __builtin_popcountll(mask);
+// Bit i of a mask stands for entry i of a group of (at most) kGroup entries.
+constexpr int64_t kGroup = 64;
+
+// A group's comparisons with a bracket: its entries ahead of hi, reaching lo (ahead of or
+// tied with it) and behind lo. NaN is in none of them.
+struct GroupMasks {
+  uint64_t ahead_of_hi = 0, reaches_lo = 0, behind_lo = 0;
+};
+
+#if defined(__AVX2__)
+// compare_group on a full group of floats: one compare and movemask per 8 entries and mask.
+template <bool kLargest>
+inline GroupMasks compare_floats(const float* values, float hi, float lo) {
+  constexpr int kAhead = kLargest ? _CMP_GT_OQ : _CMP_LT_OQ, kReaches = kLargest ? _CMP_GE_OQ : _CMP_LE_OQ,
+                kBehind = kLargest ? _CMP_LT_OQ : _CMP_GT_OQ;
+  const __m256 his = _mm256_set1_ps(hi), los = _mm256_set1_ps(lo);
+  GroupMasks m;
+  for (int q = 0; q < kGroup / 8; ++q) {
+    const __m256 v = _mm256_loadu_ps(values + 8 * q);
+    m.ahead_of_hi |= uint64_t(_mm256_movemask_ps(_mm256_cmp_ps(v, his, kAhead))) << (8 * q);
+    m.reaches_lo |= uint64_t(_mm256_movemask_ps(_mm256_cmp_ps(v, los, kReaches))) << (8 * q);
+    m.behind_lo |= uint64_t(_mm256_movemask_ps(_mm256_cmp_ps(v, los, kBehind))) << (8 * q);
   }
+  return m;
+}
+#endif
+
+// The masks of the `count` (<= kGroup) entries from `values`.
+template <bool kLargest, typename T>
+inline GroupMasks compare_group(const T* values, int64_t count, CompareIn<T> hi, CompareIn<T> lo) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>)
+    if (count == kGroup) return compare_floats<kLargest>(values, hi, lo);
+#endif
+  GroupMasks m;
+  for (int64_t i = 0; i < count; ++i) {
+    const CompareIn<T> v = static_cast<CompareIn<T>>(values[i]);
+    m.ahead_of_hi |= uint64_t{ahead<kLargest>(v, hi)} << i;
+    m.reaches_lo |= uint64_t{ahead_or_tied<kLargest>(v, lo)} << i;
+    m.behind_lo |= uint64_t{ahead<kLargest>(lo, v)} << i;
+  }
+  return m;
+}
+
+// The mask of `count` (<= kGroup) bytes that are 0 or 1 (bools).
+inline uint64_t mask_of_bytes(const uint8_t* bytes, int64_t count) {
+#if defined(__AVX2__)
+  if (count == kGroup) {  // the low bit of each byte to its top, then a movemask per 32
+    const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes));
+    const __m256i high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + 32));
+    return uint64_t(uint32_t(_mm256_movemask_epi8(_mm256_slli_epi16(low, 7)))) |
+           uint64_t(uint32_t(_mm256_movemask_epi8(_mm256_slli_epi16(high, 7)))) << 32;
+  }
+#endif
+  uint64_t mask = 0;
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {  // a multiply gathers the low bits of 8 bytes
+    uint64_t word;
+    std::memcpy(&word, bytes + i, sizeof(word));
+    mask |= ((word * 0x0102040810204080ull) >> 56) << i;
+  }
+  for (; i < count; ++i) mask |= uint64_t{bytes[i]} << i;
+  return mask;
+}
+
+// The 8 bytes (0 or 1) of each 8-bit mask.
+constexpr std::array<uint64_t, 256> kBytesOfBits = [] {
+  std::array<uint64_t, 256> bytes{};
+  for (int bits = 0; bits < 256; ++bits)
+    for (int i = 0; i < 8; ++i) bytes[bits] |= uint64_t((bits >> i) & 1) << (8 * i);
+  return bytes;
+}();
+
+// bytes[i] = bit i of mask, for `count` (<= kGroup) bytes.
+inline void store_bits(uint64_t mask, int64_t count, uint8_t* bytes) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) std::memcpy(bytes + i, &kBytesOfBits[(mask >> i) & 0xff], 8);
+  for (; i < count; ++i) bytes[i] = (mask >> i) & 1;
+}
+
+// All `count` (<= kGroup) bits.
+inline uint64_t first_bits(int64_t count) { return count == kGroup ? ~uint64_t{0} : (uint64_t{1} << count) - 1; }
+
+// Appends the entries of the set bits of a block's group masks (group g's entry i is j0 +
+// kGroup g + i) to `list`, in order; returns their count.
+template <typename K, typename KeyOf>
+inline int64_t append_masked(std::vector<Entry<K>>& list, const uint64_t* masks, int64_t groups, int64_t j0,
+                             KeyOf key_of) {
+  int64_t count = 0;
+  for (int64_t g = 0; g < groups; ++g) count += __builtin_popcountll(masks[g]);
   if (count == 0) return 0;
   const size_t used = list.size();
   list.resize(used + count);
   Entry<K>* next = list.data() + used;
   for (int64_t g = 0; g < groups; ++g)
     for (uint64_t mask = masks[g]; mask != 0; mask &= mask - 1) {
-      const int64_t j = j0 + 64 * g + __builtin_ctzll(mask);
+      const int64_t j = j0 + kGroup * g + __builtin_ctzll(mask);
       *next++ = {key_of(j), j};
     }
   return count;
@@ -568,33 +637,30 @@ void run_pass(SampledPass<K>& pass, const int64_t* off, int64_t num_segments, Ru
 }
 
 // The sampled pass over one piece of segment_select: out[j] = eligible and ahead of hi;
-// gathers the eligible entries in the bracket. Bool arrays are read and written as bytes:
-// GCC does not vectorize the loop through bool.
+// gathers the eligible entries in the bracket. It works on 64-bit masks of groups of
+// entries: bool arrays are read and written as bytes.
 template <typename T, bool kLargest, bool kMasked>
 void select_pass(const T* values, const uint8_t* eligible, const Bracket<CompareIn<T>>& br, uint8_t* out,
                  Tally<typename OrderKey<T>::type>& tally) {
   const CompareIn<T> hi = br.hi, lo = br.lo;  // locals: out's bytes could alias br
-  uint8_t flags[kFlagBlock];
+  uint64_t bracketed[kFlagBlock / kGroup];
   for (int64_t j0 = tally.b; j0 < tally.e; j0 += kFlagBlock) {
-    const int64_t len = std::min(kFlagBlock, tally.e - j0);
-    uint16_t ahead_hi = 0, counted = 0;  // 16 bits hold a block's counts and widen the bytes least
-    uint8_t nan = 0;
-    for (int64_t i = 0; i < len; ++i) {  // branch-free, so that it vectorizes
-      const CompareIn<T> v = static_cast<CompareIn<T>>(values[j0 + i]);
-      const uint8_t el = kMasked ? eligible[j0 + i] : 1;
-      const uint8_t in = el & ahead<kLargest>(v, hi);
-      out[j0 + i] = in;
-      flags[i] = el & ahead_or_tied<kLargest>(hi, v) & ahead_or_tied<kLargest>(v, lo);
-      ahead_hi += in;
-      counted += el;
-      nan |= el & (v != v);
+    const int64_t groups = (std::min(kFlagBlock, tally.e - j0) + kGroup - 1) / kGroup;
+    uint64_t nan = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t j = j0 + kGroup * g, count = std::min(kGroup, tally.e - j);
+      const GroupMasks m = compare_group<kLargest>(values + j, count, hi, lo);
+      const uint64_t el = kMasked ? mask_of_bytes(eligible + j, count) : first_bits(count);
+      const uint64_t in = el & m.ahead_of_hi;
+      store_bits(in, count, out + j);
+      bracketed[g] = el & m.reaches_lo & ~m.ahead_of_hi;
+      tally.ahead += __builtin_popcountll(in);
+      tally.counted += __builtin_popcountll(el);
+      nan |= el & ~(m.reaches_lo | m.behind_lo);
     }
-    std::fill(flags + len, flags + (len + 63) / 64 * 64, 0);
-    tally.ahead += ahead_hi;
-    tally.counted += kMasked ? counted : len;
     tally.nan |= nan != 0;
-    tally.bracketed += append_flagged(tally.bracket, flags, len, j0,
-                                      [values](int64_t j) { return order_key<T, kLargest>(values[j]); });
+    tally.bracketed += append_masked(tally.bracket, bracketed, groups, j0,
+                                     [values](int64_t j) { return order_key<T, kLargest>(values[j]); });
   }
 }
 
@@ -637,10 +703,8 @@ void segment_select_typed(const T* values, const bool* eligible, const int64_t* 
       return true;
     }
     if (total.ahead >= k[l] || k[l] > total.ahead + total.bracketed) return false;
-    const int64_t need = k[l] - total.ahead;
-    std::vector<Entry<K>> cand;
-    nth_element_of<true>(pass.spans(l, &Tally<K>::bracket), need - 1, cand);
-    for (int64_t x = 0; x < need; ++x) out[cand[x].idx] = true;  // the pass wrote false
+    const std::vector<Span<K>> bracket = pass.spans(l, &Tally<K>::bracket);
+    select_up_to(bracket, nth_of<true>(bracket, k[l] - total.ahead - 1), out);
     return true;
   };
   const auto exact = [&](int64_t l) { select_segment<T, kLargest>(values, eligible, k[l], off[l], off[l + 1], out); };
@@ -673,37 +737,32 @@ at::Tensor segment_select_cpu(const at::Tensor& values, const at::Tensor& offset
 
 // The sampled pass over one piece of popup_swap: out[j] = keep[j]; gathers the entries in
 // the bracket (kept and pruned apart) and those outside it in Phi* (kept, behind lo) or
-// Psi* (pruned, ahead of hi).
+// Psi* (pruned, ahead of hi). It works on 64-bit masks of groups of entries.
 template <typename T>
 void popup_pass(const T* scores, const uint8_t* keep, const Bracket<CompareIn<T>>& br, uint8_t* out,
                 Tally<typename OrderKey<T>::type>& tally) {
   const CompareIn<T> hi = br.hi, lo = br.lo;  // locals: out's bytes could alias br
-  uint8_t kept_flags[kFlagBlock], pruned_flags[kFlagBlock], outside_flags[kFlagBlock];
   const auto key_of = [scores](int64_t j) { return OrderKey<T>::of(scores[j]); };
+  std::memcpy(out + tally.b, keep + tally.b, tally.e - tally.b);
+  uint64_t bracketed_kept[kFlagBlock / kGroup], bracketed_pruned[kFlagBlock / kGroup], outside[kFlagBlock / kGroup];
   for (int64_t j0 = tally.b; j0 < tally.e; j0 += kFlagBlock) {
-    const int64_t len = std::min(kFlagBlock, tally.e - j0);
-    uint16_t ahead_hi = 0, kept = 0;  // 16 bits hold a block's counts and widen the bytes least
-    uint8_t nan = 0;
-    for (int64_t i = 0; i < len; ++i) {  // branch-free, so that it vectorizes
-      const CompareIn<T> v = static_cast<CompareIn<T>>(scores[j0 + i]);
-      const uint8_t kp = keep[j0 + i];
-      const uint8_t in = v > hi, mid = (v <= hi) & (v >= lo);
-      out[j0 + i] = kp;
-      kept_flags[i] = kp & mid;
-      pruned_flags[i] = (kp ^ 1) & mid;
-      outside_flags[i] = (kp & (v < lo)) | ((kp ^ 1) & in);
-      ahead_hi += in;
-      kept += kp;
-      nan |= v != v;
+    const int64_t groups = (std::min(kFlagBlock, tally.e - j0) + kGroup - 1) / kGroup;
+    uint64_t nan = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t j = j0 + kGroup * g, count = std::min(kGroup, tally.e - j);
+      const GroupMasks m = compare_group<true>(scores + j, count, hi, lo);
+      const uint64_t kept = mask_of_bytes(keep + j, count), mid = m.reaches_lo & ~m.ahead_of_hi;
+      bracketed_kept[g] = kept & mid;
+      bracketed_pruned[g] = ~kept & mid;
+      outside[g] = (kept & m.behind_lo) | (~kept & m.ahead_of_hi);
+      tally.ahead += __builtin_popcountll(m.ahead_of_hi);
+      tally.counted += __builtin_popcountll(kept);
+      nan |= first_bits(count) & ~(m.reaches_lo | m.behind_lo);
     }
-    for (uint8_t* flags : {kept_flags, pruned_flags, outside_flags})
-      std::fill(flags + len, flags + (len + 63) / 64 * 64, 0);
-    tally.ahead += ahead_hi;
-    tally.counted += kept;
     tally.nan |= nan != 0;
-    tally.bracketed += append_flagged(tally.bracket, kept_flags, len, j0, key_of);
-    tally.bracketed += append_flagged(tally.bracket_pruned, pruned_flags, len, j0, key_of);
-    append_flagged(tally.outside, outside_flags, len, j0, key_of);
+    tally.bracketed += append_masked(tally.bracket, bracketed_kept, groups, j0, key_of);
+    tally.bracketed += append_masked(tally.bracket_pruned, bracketed_pruned, groups, j0, key_of);
+    append_masked(tally.outside, outside, groups, j0, key_of);
   }
 }
 
