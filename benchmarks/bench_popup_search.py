@@ -74,7 +74,8 @@ class MaskUpdateInputs:
 def mask_update_inputs(quick: bool) -> MaskUpdateInputs:
     torch.manual_seed(SEED)
     name = "resnet20" if quick else "resnet50"
-    masked = wrap(build_model(name, num_classes=10 if quick else 1000, in_channels=3))
+    # the conv layers only, ranked per layer: the scope the authors' loop works in
+    masked = wrap(build_model(name, num_classes=10 if quick else 1000, in_channels=3), exclude_classifier=True)
     initialize(masked, SPARSITY)
     # A search state: scores ordered like |w| moved by SCORE_NOISE (relative), so entries near each
     # layer's threshold cross it; stored as their rank in the layer, so no two are equal (on ties
