@@ -380,6 +380,29 @@ inline int64_t sample_stride(int64_t n) {
   return stride;
 }
 
+// The sample of segment [b, e): every sample_stride-th entry that `take(j)` accepts and that
+// is not NaN, as (order key, index), and how many positions were read. `flags` (eligible or
+// keep, may be null) is read ahead with the values; take may count them too.
+template <typename K>
+struct Sample {
+  std::vector<Entry<K>> entries;
+  double positions;
+};
+template <typename T, bool kLargest, typename Take>
+Sample<typename OrderKey<T>::type> strided_sample(const T* values, const bool* flags, int64_t b, int64_t e,
+                                                  Take take) {
+  const int64_t n = e - b, stride = sample_stride(n);
+  Sample<typename OrderKey<T>::type> sample{{}, static_cast<double>((n + stride - 1) / stride)};
+  sample.entries.reserve(n / stride + 1);
+  for (int64_t j = b; j < e; j += stride) {
+    __builtin_prefetch(values + j + kSamplePrefetch * stride);
+    if (flags != nullptr) __builtin_prefetch(flags + j + kSamplePrefetch * stride);
+    const CompareIn<T> v = static_cast<CompareIn<T>>(values[j]);
+    if (take(j) && v == v) sample.entries.push_back({order_key<T, kLargest>(values[j]), j});
+  }
+  return sample;
+}
+
 // Entries ahead of hi are in, entries behind lo are out, those in [hi .. lo] are
 // gathered (hi may be ahead of every value and lo behind every value).
 template <typename V>
@@ -671,16 +694,12 @@ void segment_select_typed(const T* values, const bool* eligible, const int64_t* 
   const std::vector<int64_t> long_ones = long_segments(off, num_segments);
   std::vector<std::optional<Bracket<CompareIn<T>>>> brackets(num_segments);
   for_each_task(static_cast<int64_t>(long_ones.size()), [&](int64_t i) {
-    const int64_t l = long_ones[i], n = off[l + 1] - off[l], stride = sample_stride(n);
-    std::vector<Entry<K>> sample;
-    sample.reserve(n / stride + 1);
-    for (int64_t j = off[l]; j < off[l + 1]; j += stride) {
-      __builtin_prefetch(values + j + kSamplePrefetch * stride);
-      const CompareIn<T> v = static_cast<CompareIn<T>>(values[j]);
-      if ((eligible == nullptr || eligible[j]) && v == v) sample.push_back({order_key<T, kLargest>(values[j]), j});
-    }
-    const double positions = static_cast<double>((n + stride - 1) / stride);
-    brackets[l] = bracket_around<kLargest>(values, sample, static_cast<double>(k[l]) * positions / n, positions, 1.0);
+    const int64_t l = long_ones[i], n = off[l + 1] - off[l];
+    const Sample<K> sample = strided_sample<T, kLargest>(values, eligible, off[l], off[l + 1], [eligible](int64_t j) {
+      return eligible == nullptr || eligible[j];
+    });
+    brackets[l] = bracket_around<kLargest>(values, sample.entries, static_cast<double>(k[l]) * sample.positions / n,
+                                           sample.positions, 1.0);
   });
   SampledPass<K> pass(off, brackets);
 
@@ -773,20 +792,15 @@ void popup_swap_typed(const T* scores, const bool* keep, const int64_t* off, int
   const std::vector<int64_t> long_ones = long_segments(off, num_segments);
   std::vector<std::optional<Bracket<CompareIn<T>>>> brackets(num_segments);
   for_each_task(static_cast<int64_t>(long_ones.size()), [&](int64_t i) {
-    const int64_t l = long_ones[i], n = off[l + 1] - off[l], stride = sample_stride(n);
-    std::vector<Entry<K>> sample;
-    sample.reserve(n / stride + 1);
+    const int64_t l = long_ones[i];
     int64_t kept = 0;
-    for (int64_t j = off[l]; j < off[l + 1]; j += stride) {
-      __builtin_prefetch(scores + j + kSamplePrefetch * stride);
-      __builtin_prefetch(keep + j + kSamplePrefetch * stride);
-      const CompareIn<T> v = static_cast<CompareIn<T>>(scores[j]);
+    const Sample<K> sample = strided_sample<T, true>(scores, keep, off[l], off[l + 1], [keep, &kept](int64_t j) {
       kept += keep[j];
-      if (v == v) sample.push_back({OrderKey<T>::of(scores[j]), j});
-    }
+      return true;
+    });
     // The keep count is estimated from the sample too: twice the variance.
-    const double positions = static_cast<double>((n + stride - 1) / stride);
-    brackets[l] = bracket_around<true>(scores, sample, static_cast<double>(kept), positions, std::sqrt(2.0));
+    brackets[l] = bracket_around<true>(scores, sample.entries, static_cast<double>(kept), sample.positions,
+                                       std::sqrt(2.0));
   });
   SampledPass<K> pass(off, brackets);
 
