@@ -23,7 +23,7 @@ from pathlib import Path
 
 from greedyprune import cli
 from greedyprune.files import replace_atomically
-from greedyprune.greedy.layer_curves import run_layer_curves
+from greedyprune.greedy.layer_curves import DEFAULT_WIDTHS, run_layer_curves
 from greedyprune.greedy.rate_demo import run_rate_demo
 from greedyprune.popup.demo import run_demo as run_popup_demo
 from greedyprune.sparsity.demo import run_demo as run_sap_demo
@@ -60,9 +60,8 @@ def rate_claim(work: Path, quick: bool) -> dict:
 def layer_curves_claim(work: Path, quick: bool) -> dict:
     """Figure 2's reading: local imitation does relatively better near the input, global near the
     output. Per unit: the geometric mean over widths of local / global held-out discrepancy."""
-    r = run_layer_curves(work / "curves", model="cnn" if quick else "vgg11", widths=(1, 4) if quick else
-                         (1, 2, 4, 8, 16, 32), calib_samples=64 if quick else 128, train_epochs=2 if quick else 15,
-                         progress=False)
+    r = run_layer_curves(work / "curves", model="cnn" if quick else "vgg11", widths=(1, 4) if quick else DEFAULT_WIDTHS,
+                         calib_samples=64 if quick else 128, train_epochs=2 if quick else 15, progress=False)
     ratios = [math.exp(statistics.fmean(math.log(lo / gl) for lo, gl in zip(c["local"], c["global"])))
               for c in r["units"]]
     half = len(ratios) // 2

@@ -6,6 +6,7 @@ import torch
 
 from ..files import prepare_output_dir
 from .config import METHODS, PruneConfig
+from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
 from .suffix import DISCREPANCIES
 from .surgery import FOLDS
 
@@ -31,10 +32,7 @@ def register(subparsers) -> None:
         description="Writes rate.json and rate.png (log scale) to --out.")
     rate.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     rate.add_argument("--train-steps", type=int, default=3000)
-    rate.add_argument("--seed", type=int, default=0)
-    rate.add_argument("--out", default="greedyprune-out/rate")
-    rate.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    rate.add_argument("--no-progress", action="store_true")
+    _experiment_arguments(rate, default_out="greedyprune-out/rate")
     rate.set_defaults(func=_rate_command)
 
     curves = subparsers.add_parser(
@@ -44,17 +42,22 @@ def register(subparsers) -> None:
     curves.add_argument("--model", default="vgg11", help="zoo name or a save_model file (default: vgg11, the paper's)")
     curves.add_argument("--data", default="digits", help="'digits' or a folder load_dataset understands")
     curves.add_argument("--weights", help="pre-trained weights for --model (else it is trained on --data and cached)")
-    curves.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    curves.add_argument("--widths", type=int, nargs="+", default=list(DEFAULT_WIDTHS))
     curves.add_argument("--calib-samples", type=int, default=128, help="the batch both methods choose on (128)")
     curves.add_argument("--discrepancy", choices=("kl", "mse"), default="kl")
     curves.add_argument("--taylor", action="store_true",
                         help="global imitation scores the Taylor top 5 instead of every candidate (the paper: exact)")
     curves.add_argument("--train-epochs", type=int, default=15)
-    curves.add_argument("--seed", type=int, default=0)
-    curves.add_argument("--out", default="greedyprune-out/layer-curves")
-    curves.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    curves.add_argument("--no-progress", action="store_true")
+    _experiment_arguments(curves, default_out="greedyprune-out/layer-curves")
     curves.set_defaults(func=_layer_curves_command)
+
+
+def _experiment_arguments(p, *, default_out: str) -> None:
+    """What every paper-figure command takes: its seed, where it writes, and how it reports."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=default_out)
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_samples: int = 512,
@@ -145,8 +148,6 @@ def _rate_command(args) -> int:
 
 
 def _layer_curves_command(args) -> int:
-    from .layer_curves import FIGURE_NAME, RESULTS_NAME, run_layer_curves
-
     prepare_output_dir(args.out, finished=RESULTS_NAME, overwrite=args.overwrite)
     results = run_layer_curves(args.out, model=args.model, data=args.data, weights=args.weights, widths=args.widths,
                                calib_samples=args.calib_samples, discrepancy=args.discrepancy, taylor=args.taylor,
