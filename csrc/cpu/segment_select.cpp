@@ -7,8 +7,9 @@
 // isqrt(n) / 8: about 8 sqrt(n) entries) gives a bracket [hi .. lo] of values that holds
 // the threshold with high probability (kBracketSigmas standard deviations of its rank in
 // the sample either side). One pass over all these segments at once, in pieces that free
-// threads take, compares each group of 64 entries with the bracket into bit masks (AVX2
-// compares and movemasks for float where the build has AVX2), decides every entry outside
+// threads take, compares each group of 64 entries with the bracket into bit masks (for float
+// where the build has AVX2: compares packed to bytes, one movemask per 32 entries, and a NaN
+// test per 8 entries), decides every entry outside
 // the bracket from them (counting those ahead of hi), gathers the bracket's entries (and,
 // for popup_swap, the Phi* and Psi* entries outside it) from the masks' set bits, counts
 // the eligible (or kept) entries and checks for NaN; popup_swap's pass also copies keep
@@ -50,10 +51,12 @@ constexpr int64_t kGrain = 1 << 16;       // entries per parallel chunk of the e
 constexpr int64_t kSampledMin = 1 << 16;  // segments at least this long take the sampled path
 constexpr int64_t kPassChunk = 1 << 16;   // entries per task of the sampled pass
 constexpr int64_t kFlagBlock = 4096;      // entries whose masks the sampled pass gathers at once
-constexpr double kBracketSigmas = 4.0;    // bracket half-width in standard deviations of the sample rank
+constexpr double kBracketSigmas = 3.0;    // bracket half-width in standard deviations of the sample rank    // bracket half-width in standard deviations of the sample rank
 constexpr double kBracketSlack = 2.0;     // and this many sample entries more
 constexpr int64_t kWideBracket = 4;       // a bracket with over 1/4 of the sample: ties; the exact path
-constexpr int64_t kSamplePrefetch = 32;   // sample entries read ahead: each lies in its own cache line
+constexpr int64_t kPrefetchAhead = 2048;  // entries the sampled pass reads ahead (hardware prefetch alone lags)
+constexpr int64_t kSamplePrefetch = 32;
+constexpr int kBracketUnrolled = 2;   // bracket entries a group's gather takes without a branch   // sample entries read ahead: each lies in its own cache line
 constexpr int64_t kRadixNthMin = 1024;    // fewer entries: plain nth_element in nth_of
 constexpr int kRadixNthBits = 11;         // nth_of's histogram: 2^11 bins
 
@@ -512,32 +515,61 @@ struct SampledPass {
 constexpr int64_t kGroup = 64;
 
 // A group's comparisons with a bracket: its entries ahead of hi, reaching lo (ahead of or
-// tied with it) and behind lo. NaN is in none of them.
+// tied with it), and its NaN entries (in neither).
 struct GroupMasks {
-  uint64_t ahead_of_hi = 0, reaches_lo = 0, behind_lo = 0;
+  uint64_t ahead_of_hi = 0, reaches_lo = 0, nan = 0;
+  // The entries behind lo, of the group's `all` (first_bits of its count).
+  uint64_t behind_lo(uint64_t all) const { return all & ~(reaches_lo | nan); }
 };
 
 #if defined(__AVX2__)
-// compare_group on a full group of floats: one compare and movemask per 8 entries and mask.
+// The sign bits of 4 x 8 compare results (all ones or zeros per lane), in entry order: two
+// saturating packs narrow them to bytes (interleaving 4-entry quarters), a permute restores
+// the order, one movemask reads 32 entries.
+inline uint32_t bits_of_compares(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256i ab = _mm256_packs_epi32(_mm256_castps_si256(a), _mm256_castps_si256(b));
+  const __m256i cd = _mm256_packs_epi32(_mm256_castps_si256(c), _mm256_castps_si256(d));
+  const __m256i quarters = _mm256_packs_epi16(ab, cd);  // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
+  return uint32_t(_mm256_movemask_epi8(_mm256_permutevar8x32_epi32(quarters, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))));
+}
+
+inline uint64_t bits_of_compares(const __m256* c) {
+  return uint64_t(bits_of_compares(c[0], c[1], c[2], c[3])) | uint64_t(bits_of_compares(c[4], c[5], c[6], c[7])) << 32;
+}
+
+// compare_group on a full group of floats: two compares per 8 entries, packed into masks;
+// a NaN test per 8 entries that builds the NaN mask only where one is found (an error).
 template <bool kLargest>
 inline GroupMasks compare_floats(const float* values, float hi, float lo) {
-  constexpr int kAhead = kLargest ? _CMP_GT_OQ : _CMP_LT_OQ, kReaches = kLargest ? _CMP_GE_OQ : _CMP_LE_OQ,
-                kBehind = kLargest ? _CMP_LT_OQ : _CMP_GT_OQ;
+  constexpr int kAhead = kLargest ? _CMP_GT_OQ : _CMP_LT_OQ, kReaches = kLargest ? _CMP_GE_OQ : _CMP_LE_OQ;
   const __m256 his = _mm256_set1_ps(hi), los = _mm256_set1_ps(lo);
-  GroupMasks m;
+  __m256 ahead[kGroup / 8], reaches[kGroup / 8], unordered = _mm256_setzero_ps();
   for (int q = 0; q < kGroup / 8; ++q) {
     const __m256 v = _mm256_loadu_ps(values + 8 * q);
-    m.ahead_of_hi |= uint64_t(_mm256_movemask_ps(_mm256_cmp_ps(v, his, kAhead))) << (8 * q);
-    m.reaches_lo |= uint64_t(_mm256_movemask_ps(_mm256_cmp_ps(v, los, kReaches))) << (8 * q);
-    m.behind_lo |= uint64_t(_mm256_movemask_ps(_mm256_cmp_ps(v, los, kBehind))) << (8 * q);
+    ahead[q] = _mm256_cmp_ps(v, his, kAhead);
+    reaches[q] = _mm256_cmp_ps(v, los, kReaches);
+    unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  GroupMasks m;
+  m.ahead_of_hi = bits_of_compares(ahead);
+  m.reaches_lo = bits_of_compares(reaches);
+  if (!_mm256_testz_ps(unordered, unordered)) {
+    for (int q = 0; q < kGroup / 8; ++q) {
+      const __m256 v = _mm256_loadu_ps(values + 8 * q);
+      ahead[q] = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    }
+    m.nan = bits_of_compares(ahead);
   }
   return m;
 }
 #endif
 
-// The masks of the `count` (<= kGroup) entries from `values`.
+// The masks of the `count` (<= kGroup) entries from `values`; the group kPrefetchAhead
+// entries on is prefetched (a prefetch past the end of the data does not fault).
 template <bool kLargest, typename T>
 inline GroupMasks compare_group(const T* values, int64_t count, CompareIn<T> hi, CompareIn<T> lo) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t i = 0; i < kGroup; i += kLine) __builtin_prefetch(values + kPrefetchAhead + i);
 #if defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>)
     if (count == kGroup) return compare_floats<kLargest>(values, hi, lo);
@@ -547,7 +579,7 @@ inline GroupMasks compare_group(const T* values, int64_t count, CompareIn<T> hi,
     const CompareIn<T> v = static_cast<CompareIn<T>>(values[i]);
     m.ahead_of_hi |= uint64_t{ahead<kLargest>(v, hi)} << i;
     m.reaches_lo |= uint64_t{ahead_or_tied<kLargest>(v, lo)} << i;
-    m.behind_lo |= uint64_t{ahead<kLargest>(lo, v)} << i;
+    m.nan |= uint64_t{v != v} << i;
   }
   return m;
 }
@@ -592,21 +624,34 @@ inline void store_bits(uint64_t mask, int64_t count, uint8_t* bytes) {
 inline uint64_t first_bits(int64_t count) { return count == kGroup ? ~uint64_t{0} : (uint64_t{1} << count) - 1; }
 
 // Appends the entries of the set bits of a block's group masks (group g's entry i is j0 +
-// kGroup g + i) to `list`, in order; returns their count.
-template <typename K, typename KeyOf>
+// kGroup g + i) to `list`, in order; returns their count. Where groups hold a few bits each
+// (a bracket's entries), a loop per group would mispredict its exit about once a group: the
+// first kUnrolled bits of each group are taken without a branch (a slot is written whether or
+// not a bit is left; it counts only if one was), a loop takes the rest.
+template <int kUnrolled, typename K, typename KeyOf>
 inline int64_t append_masked(std::vector<Entry<K>>& list, const uint64_t* masks, int64_t groups, int64_t j0,
                              KeyOf key_of) {
   int64_t count = 0;
   for (int64_t g = 0; g < groups; ++g) count += __builtin_popcountll(masks[g]);
   if (count == 0) return 0;
   const size_t used = list.size();
-  list.resize(used + count);
+  list.resize(used + count + kUnrolled);  // room for the slots written past the last entry
   Entry<K>* next = list.data() + used;
-  for (int64_t g = 0; g < groups; ++g)
-    for (uint64_t mask = masks[g]; mask != 0; mask &= mask - 1) {
-      const int64_t j = j0 + kGroup * g + __builtin_ctzll(mask);
+  for (int64_t g = 0; g < groups; ++g) {
+    uint64_t mask = masks[g];
+    const int64_t base = j0 + kGroup * g;
+    for (int r = 0; r < kUnrolled; ++r) {
+      const int64_t j = base + __builtin_ctzll(mask | uint64_t{mask == 0});  // no bit left: the group's first entry
+      *next = {key_of(j), j};
+      next += mask != 0;
+      mask &= mask - 1;
+    }
+    for (; mask != 0; mask &= mask - 1) {
+      const int64_t j = base + __builtin_ctzll(mask);
       *next++ = {key_of(j), j};
     }
+  }
+  list.resize(used + count);
   return count;
 }
 
@@ -679,10 +724,10 @@ void select_pass(const T* values, const uint8_t* eligible, const Bracket<Compare
       bracketed[g] = el & m.reaches_lo & ~m.ahead_of_hi;
       tally.ahead += __builtin_popcountll(in);
       tally.counted += __builtin_popcountll(el);
-      nan |= el & ~(m.reaches_lo | m.behind_lo);
+      nan |= el & m.nan;
     }
     tally.nan |= nan != 0;
-    tally.bracketed += append_masked(tally.bracket, bracketed, groups, j0,
+    tally.bracketed += append_masked<kBracketUnrolled>(tally.bracket, bracketed, groups, j0,
                                      [values](int64_t j) { return order_key<T, kLargest>(values[j]); });
   }
 }
@@ -773,15 +818,15 @@ void popup_pass(const T* scores, const uint8_t* keep, const Bracket<CompareIn<T>
       const uint64_t kept = mask_of_bytes(keep + j, count), mid = m.reaches_lo & ~m.ahead_of_hi;
       bracketed_kept[g] = kept & mid;
       bracketed_pruned[g] = ~kept & mid;
-      outside[g] = (kept & m.behind_lo) | (~kept & m.ahead_of_hi);
+      outside[g] = (kept & m.behind_lo(first_bits(count))) | (~kept & m.ahead_of_hi);
       tally.ahead += __builtin_popcountll(m.ahead_of_hi);
       tally.counted += __builtin_popcountll(kept);
-      nan |= first_bits(count) & ~(m.reaches_lo | m.behind_lo);
+      nan |= m.nan;
     }
     tally.nan |= nan != 0;
-    tally.bracketed += append_masked(tally.bracket, bracketed_kept, groups, j0, key_of);
-    tally.bracketed += append_masked(tally.bracket_pruned, bracketed_pruned, groups, j0, key_of);
-    append_masked(tally.outside, outside, groups, j0, key_of);
+    tally.bracketed += append_masked<kBracketUnrolled>(tally.bracket, bracketed_kept, groups, j0, key_of);
+    tally.bracketed += append_masked<kBracketUnrolled>(tally.bracket_pruned, bracketed_pruned, groups, j0, key_of);
+    append_masked<0>(tally.outside, outside, groups, j0, key_of);
   }
 }
 
