@@ -92,6 +92,15 @@ def sum_numbers(*values: float) -> list[float]:
     return all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
 
 
+def gather_objects(obj) -> list:
+    """Every process's `obj` (picklable), in rank order; [obj] without a process group."""
+    if not active():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def average_buffers(model: nn.Module, weight: float = 1.0) -> None:
     """Floating buffers (BatchNorm running statistics) set to their `weight`-weighted mean over
     the processes, so every process holds the same model after training or re-estimation."""

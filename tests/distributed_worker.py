@@ -2,7 +2,8 @@
 
 Each process loads the same trained CNN, takes every world_size-th calibration image, and saves
 what every driver decided into OUT/rank<r>.pt: the first unit's Gram, Taylor sums and candidate
-discrepancies, the greedy plan, the SR-popup keep mask and the SAP masks (also after a resume).
+discrepancies, the greedy plan, the SR-popup keep mask and the SAP masks (also after a resume),
+and what each process draws after its own random states went through a checkpoint.
 Usage: torchrun --nproc_per_node 2 tests/distributed_worker.py WEIGHTS OUT
 """
 import copy
@@ -18,6 +19,7 @@ from greedyprune.greedy.evaluator import SuffixEvaluator
 from greedyprune.greedy.gram import contribution_gram
 from greedyprune.greedy.plan import select_channels
 from greedyprune.greedy.surgery import UnitGraph
+from greedyprune.harness.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from greedyprune.harness.data import load_dataset
 from greedyprune.harness.training import seeded_model
 from greedyprune.popup import SearchConfig, search, wrap
@@ -51,6 +53,20 @@ def plan(model, x, y) -> dict:
                            labels=y, units=units, progress=False)
 
 
+def rng_round_trip(out: Path, rank: int) -> dict:
+    """Each process seeds its own stream, the checkpoint (written by rank 0) keeps every one, and
+    after a reseed each process restores its own: the draws after the restore repeat those after
+    the save."""
+    torch.manual_seed(1000 + rank)
+    states = rng_states()
+    expected = torch.rand(3)
+    save_checkpoint({"format": 1, "rng": states}, out / "rng.pt")
+    torch.distributed.barrier()
+    torch.manual_seed(0)
+    restore_rng_states(load_checkpoint(out / "rng.pt", kind="test", file_format=1)["rng"])
+    return {"rng_expected": expected, "rng_restored": torch.rand(3)}
+
+
 def main(weights: str, out: str) -> None:
     distributed.init_from_env()
     rank, world = distributed.rank(), distributed.world_size()
@@ -78,6 +94,7 @@ def main(weights: str, out: str) -> None:
                       out_dir=Path(out) / "sap", resume=True, progress=False, figure=False)
     result["resumed_iterations"] = len(resumed.history)
     result["resumed_masks"] = resumed.masks
+    result.update(rng_round_trip(Path(out), rank))
     torch.save(result, Path(out) / f"rank{rank}.pt")
     distributed.finish()
 

@@ -73,6 +73,12 @@ def test_sap_resumes_from_rank_0s_checkpoint_on_every_process(ranks):
     assert all(torch.equal(masks[0][name], masks[1][name]) for name in masks[0])
 
 
+def test_checkpoints_restore_each_process_its_own_random_states(ranks):
+    for r in ranks:
+        assert torch.equal(r["rng_restored"], r["rng_expected"])
+    assert not torch.equal(ranks[0]["rng_expected"], ranks[1]["rng_expected"])  # the streams differ
+
+
 def test_popup_search_swapped_weights(ranks):
     keep = ranks[0]["popup_keep"]
     assert 0 < int(keep.sum()) < keep.numel()

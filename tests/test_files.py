@@ -54,3 +54,24 @@ def test_read_only_output_folder(tmp_path):
             prepare_output_dir(ro, finished="report.json")
     finally:
         ro.chmod(0o700)
+
+
+def test_checkpoint_random_states_round_trip_in_one_process_and_from_older_files(tmp_path):
+    import random
+
+    import torch
+
+    from greedyprune.harness.checkpoint import (load_checkpoint, restore_rng_states, rng_state, rng_states,
+                                                save_checkpoint)
+    torch.manual_seed(5)
+    random.seed(5)
+    save_checkpoint({"format": 1, "rng": rng_states(), "single": rng_state()}, tmp_path / "c.pt")
+    expected = (torch.rand(2), random.random())
+    state = load_checkpoint(tmp_path / "c.pt", kind="test", file_format=1)
+    assert len(state["rng"]["ranks"]) == 1
+    for saved in (state["rng"], state["single"]):  # this format, and one process's states as older files hold
+        torch.manual_seed(0)
+        random.seed(0)
+        restore_rng_states(saved)
+        drawn = (torch.rand(2), random.random())
+        assert torch.equal(drawn[0], expected[0]) and drawn[1] == expected[1]

@@ -390,10 +390,12 @@ def test_layer_curves_cli_writes_both_curves_per_unit(tmp_path, monkeypatch):
     assert main(argv[:-3] + ["--widths", "0", "--out", str(tmp_path / "other")]) == 2
 
 
-def test_first_unit_reads_the_targets_in_the_grams_pass():
-    """Local imitation to a width (fold none, BN re-estimated): the first unit's Gram pass runs on
-    to the logits the export is compared with, so no separate target forward; same plan, same
-    exported discrepancies as with the targets recorded apart (gram_batches given)."""
+def test_grams_pass_reads_the_targets_and_the_previous_units_exported_discrepancy():
+    """Local imitation to a width (fold none, BN re-estimated): every unit's Gram pass runs on to
+    the logits, which are both its targets and the logits the previous unit's export is measured
+    by, so neither the first unit's target forward nor the exported-discrepancy forward of any
+    unit but the last is run; same plan, same exported discrepancies as with the targets recorded
+    apart (gram_batches given)."""
     x = torch.randn(24, 2, 6, 6, generator=torch.Generator().manual_seed(4))
     runs = {}
     for fused in (True, False):
@@ -404,10 +406,13 @@ def test_first_unit_reads_the_targets_in_the_grams_pass():
                               gram_batches=None if fused else [x[:12], x[12:]])
         runs[fused] = (results, len(calls))
     (fused, fused_calls), (apart, apart_calls) = runs[True], runs[False]
+    assert len(fused) >= 2
     assert [r.kept for r in fused] == [r.kept for r in apart]
     assert [r.exported_loss for r in fused] == pytest.approx([r.exported_loss for r in apart], rel=1e-6)
+    assert [r.loss for r in fused] == [r.exported_loss for r in fused]
     assert all(r.exported_loss > 0 for r in fused)
-    assert fused_calls == apart_calls - 2  # the two calibration batches' target forwards
+    # per batch: the first unit's target forward, and each but the last unit's discrepancy forward
+    assert fused_calls == apart_calls - 2 * len(fused)
 
 
 def test_a_model_without_units_is_a_clear_error():

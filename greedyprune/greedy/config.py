@@ -83,6 +83,12 @@ class PruneConfig:
         return channels if self.width_ratio is None else max(1, math.ceil(self.width_ratio * channels))
 
     @property
+    def measured_on_export(self) -> bool:
+        """Local imitation to a width with plain removal and BN re-estimated: no network discrepancy
+        is needed to choose, so a unit's discrepancy is measured once, on the model as exported."""
+        return self.method == "local" and self.tol is None and self.fold == "none" and self.recalibrate_bn
+
+    @property
     def fill(self) -> bool:
         """Whether width_ratio is a width to reach (no tol) rather than a cap."""
         return self.width_ratio is not None and self.tol is None and self.network_budget is None

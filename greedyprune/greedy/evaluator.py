@@ -261,17 +261,25 @@ class SuffixEvaluator:
 
     def discrepancy_now(self) -> float:
         """The discrepancy of the model as it is now (no gates) from the logits recorded before
-        the unit was touched, over every batch visited so far. Its logits stay in `logits_now`."""
-        model = self.graph.model
-        total, images = 0.0, 0
-        self.logits_now = {}
+        the unit was touched, over every batch visited so far (one forward of each). Its logits
+        stay in `logits_now`."""
         with torch.no_grad():
-            for i, target in self._targets.items():
-                x, y = self.batches[i]
-                logits = logits_of(model(x.to(self.device)))
-                self.logits_now[i] = logits
-                y = None if y is None else y.to(self.device)
-                total += float(discrepancy(logits.unsqueeze(0), target, self.kind, y)[0]) * x.shape[0]
-                images += x.shape[0]
+            logits = {i: logits_of(self.graph.model(self.batches[i][0].to(self.device))) for i in self._targets}
+        return self.discrepancy_of(logits)
+
+    def discrepancy_of(self, logits: Mapping[int, torch.Tensor]) -> float:
+        """As `discrepancy_now`, from the model's logits already computed (batch index -> logits,
+        e.g. by the next unit's Gram pass); they stay in `logits_now`."""
+        missing = sorted(set(self._targets) - set(logits))
+        if missing:
+            raise ValueError(f"greedyprune: logits of calibration batches {missing[:5]} are missing")
+        self.logits_now = dict(logits)
+        total, images = 0.0, 0
+        for i, target in self._targets.items():
+            out = self.logits_now[i]
+            y = self.batches[i][1] if self.kind in NEEDS_LABELS else None  # loads the batch only for its labels
+            y = None if y is None else y.to(self.device)
+            total += float(discrepancy(out.unsqueeze(0), target, self.kind, y)[0]) * out.shape[0]
+            images += out.shape[0]
         total, images = distributed.sum_numbers(total, images)
         return total / images

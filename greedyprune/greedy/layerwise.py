@@ -83,12 +83,20 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
         config = replace(config, tol=config.network_budget / len(todo), network_budget=None)
     results = []
     logits_now = None  # per calibration batch, after the last unit's export: the next unit's targets
+    # Where every unit's Gram pass reads the calibration images and runs on to the logits (local
+    # imitation measured on export), that pass also measures the previous unit's exported
+    # discrepancy: the model's logits before a unit are those after the previous one's export.
+    defer_discrepancy = config.measured_on_export and grams_on_calibration
+    pending = None  # (result, evaluator) of the unit whose exported discrepancy the next Gram pass measures
     bar = tqdm(todo, desc=f"prune ({config.method})", unit="unit", disable=not progress)
     try:
-        for unit in bar:
+        for number, unit in enumerate(bar):
             bar.set_postfix_str(unit.name)
-            result, evaluator = _prune_unit(graph, unit, batches, gram_batches, config, progress, logits_now,
-                                            grams_on_calibration)
+            result, evaluator, logits_before = _prune_unit(graph, unit, batches, gram_batches, config, progress,
+                                                           logits_now, grams_on_calibration)
+            if pending is not None:
+                _record_exported(*pending, logits_before)
+                pending = None
             results.append(result)
             bar.set_postfix_str(f"{unit.name}: {unit.channels}->{result.width}")
             if config.recalibrate_bn:
@@ -96,11 +104,11 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
                 if config.fold == "none":
                     _drop_gates(graph, unit, result)
                 recalibrate_batchnorm(model, gram_batches)
-                # what the unit adds as exported (without gates, BN re-estimated)
-                result.exported_loss = evaluator.discrepancy_now()
-                if result.loss is None:  # not measured before the export (local imitation to a width)
-                    result.loss = result.exported_loss
-                logits_now = evaluator.logits_now
+                if defer_discrepancy and number + 1 < len(todo):
+                    pending = (result, evaluator)
+                else:  # what the unit adds as exported (without gates, BN re-estimated): one forward
+                    _record_exported(result, evaluator, None)
+                    logits_now = evaluator.logits_now
                 result.seconds["export"] = time.perf_counter() - start
                 result.seconds["total"] += result.seconds["export"]
         if config.fold == "none" and not config.recalibrate_bn:
@@ -111,13 +119,23 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     return results
 
 
+def _record_exported(result: UnitResult, evaluator: SuffixEvaluator, logits: dict | None) -> None:
+    """The unit's discrepancy as exported, from the model's logits now (None: one forward)."""
+    result.exported_loss = evaluator.discrepancy_now() if logits is None else evaluator.discrepancy_of(logits)
+    if result.loss is None:  # not measured before the export (local imitation to a width)
+        result.loss = result.exported_loss
+
+
 def _drop_gates(graph: UnitGraph, unit: Unit, result: UnitResult) -> None:
     """Undo the consumer fold of a pruned unit's gates (the kept channels are renumbered 0..k-1)."""
     graph.rescale(unit, torch.arange(result.width), 1.0 / torch.tensor(result.scales, dtype=torch.float64))
 
 
-def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: PruneConfig,
-                progress: bool, logits_now=None, grams_on_calibration: bool = False) -> tuple[UnitResult, SuffixEvaluator]:
+def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: PruneConfig, progress: bool,
+                logits_now=None, grams_on_calibration: bool = False
+                ) -> tuple[UnitResult, SuffixEvaluator, dict[int, torch.Tensor] | None]:
+    """Choose and cut one unit's channels. Returns its result, its evaluator and, where the Gram's
+    pass ran on to the logits, the model's logits before the unit (batch index -> logits)."""
     start = time.perf_counter()
     n = unit.channels
     method, tol = config.method, config.tol
@@ -128,18 +146,19 @@ def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: Pru
     # "export": BN re-estimation and the exported discrepancy after the choice (prune_model)
     seconds = {"gram": 0.0, "select": 0.0, "evaluate": 0.0, "taylor": 0.0, "export": 0.0}
     selections = []
+    logits_before = None
     if method in ("local", "hybrid"):
         # Local imitation to a width needs no network discrepancy to choose; when the export
         # measures it anyway (plain removal, BN re-estimated), the gated one would cost a forward.
-        measured_on_export = method == "local" and tol is None and config.fold == "none" and config.recalibrate_bn
-        # The export compares with the model's logits before this unit: the previous unit's export
-        # left them, else (the first unit) the Gram's pass runs on to the end when it reads the
-        # calibration images anyway.
-        fuse_targets = measured_on_export and logits_now is None and grams_on_calibration
-        targets = {} if fuse_targets else logits_now
+        measured_on_export = config.measured_on_export
+        # The export compares with the model's logits before this unit: when the Gram's pass reads
+        # the calibration images anyway it runs on to the end for them, else the previous unit's
+        # export left them (or, on the first unit, one forward records them).
+        if measured_on_export and grams_on_calibration:
+            logits_before = {}
         t = time.perf_counter()
         G = contribution_gram(graph, unit, gram_batches, positions_per_image=config.positions_per_image,
-                              logits=targets if fuse_targets else None)
+                              logits=logits_before)
         seconds["gram"] = time.perf_counter() - t
         if G.is_cuda:
             G = G.float()
@@ -148,7 +167,7 @@ def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: Pru
         if measured_on_export:
             selections[-1].loss = None  # prune_model records the exported discrepancy
             t = time.perf_counter()
-            evaluator.record_targets(targets)  # what the export is compared with (None: one forward)
+            evaluator.record_targets(logits_before if logits_before is not None else logits_now)
             seconds["evaluate"] += time.perf_counter() - t
     if method in ("global", "hybrid", "gfs"):
         steps_bar = tqdm(total=4 * max_neurons, desc=f"  {method} {unit.name}", unit="step", leave=False,
@@ -183,4 +202,4 @@ def _prune_unit(graph: UnitGraph, unit: Unit, batches, gram_batches, config: Pru
                         asked=None if config.width_ratio is None else max_neurons, stop=chosen.stop,
                         fold="none" if fold == "none" else used, order=order,
                         exported_loss=None if fold == "none" else chosen.loss)
-    return result, evaluator
+    return result, evaluator, logits_before

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import pickle
 import random
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import distributed
 from ..checks import arg_error
 from ..files import torch_save_atomically
 
@@ -38,6 +40,26 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_states() -> dict:
+    """Every process's `rng_state`, in rank order, for a checkpoint: under torchrun the processes
+    draw different numbers (DataLoader worker seeds, dropout), and a resumed run restores each
+    its own. A collective: every process calls it (they all build the checkpoint; rank 0 writes)."""
+    return {"ranks": distributed.gather_objects(rng_state())}
+
+
+def restore_rng_states(saved: dict) -> None:
+    """This process's states from `rng_states` (a single `rng_state`, as older checkpoints hold,
+    serves every process). Resumed by another number of processes than wrote it, process r takes
+    the states of process r mod (the writers' count), with a warning: the run goes on, but does
+    not repeat the uninterrupted one."""
+    states = saved["ranks"] if "ranks" in saved else [saved]
+    world, rank = distributed.world_size(), distributed.rank()
+    if len(states) != world and len(states) > 1 and distributed.is_main():
+        warnings.warn(f"greedyprune: the checkpoint's random states come from {len(states)} processes, this run has "
+                      f"{world}: process r resumes with those of process r mod {len(states)}", stacklevel=2)
+    set_rng_state(states[rank % len(states)])
 
 
 def save_checkpoint(state: dict, path) -> None:

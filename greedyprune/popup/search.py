@@ -29,7 +29,7 @@ from tqdm import tqdm
 from .. import distributed, ops
 from ..checks import arg_error, check_choice, check_int, check_real
 from ..harness.data import make_loader
-from ..harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, setting_differences
+from ..harness.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint, setting_differences
 from ..harness.training import cosine_factor, evaluate, recalibrate_batchnorm
 from .masked import MaskedModel, segment_counts
 
@@ -282,7 +282,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
             raise arg_error("masked", "wraps other layers than the checkpoint's model")
         masked.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        restore_rng_states(state["rng"])
         step, history, totals = state["step"], state["history"], state["epoch_totals"]
     else:
         initialize(masked, config.sparsity, method=config.init, eta=config.eta, scores=config.scores,
@@ -294,7 +294,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
     def save() -> None:
         if path is not None:
             save_checkpoint({"format": CHECKPOINT_FORMAT, "config": asdict(config), "layer_names": masked.layer_names,
-                             "model": masked.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                             "model": masked.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_states(),
                              "step": step, "history": history, "epoch_totals": totals}, path)
 
     def stop() -> None:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..checks import arg_error, check_finite_weights, is_real
 from ..harness.data import make_loader
-from ..harness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, setting_differences
+from ..harness.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint, setting_differences
 from ..files import write_json
 from ..models import save_model
 from ..harness.training import evaluate, train
@@ -264,7 +264,7 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
         masks = check_masks({k: v.to(device) for k, v in state["masks"].items()}, prunable_weights(model))
         next_masks = check_masks({k: v.to(device) for k, v in state["next_masks"].items()}, prunable_weights(model))
         history, start, stopped = state["history"], state["next_iteration"], state["stopped"]
-        set_rng_state(state["rng"])
+        restore_rng_states(state["rng"])
     else:
         initial = _clone_state(model)
         masks = full_masks(model)
@@ -308,7 +308,7 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
             save_checkpoint({
                 "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "next_iteration": t + 1,
                 "masks": masks, "next_masks": next_masks, "model_state": model.state_dict(), "init_state": initial,
-                "history": history, "rng": rng_state(), "stopped": stopped}, checkpoint)
+                "history": history, "rng": rng_states(), "stopped": stopped}, checkpoint)
             write_json(out / RESULTS_FILE, run_summary(config, history, stopped))
         if stopped is not None:
             break
