@@ -132,18 +132,37 @@ def test_extreme_magnitudes_match_float64(backend, scale, dtype):
     torch.testing.assert_close(got, exact, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1e-40, 1e-15, 1e-6, 1.0, 1e15])
+@pytest.mark.parametrize("masked", [False, True])
+def test_square_root_chain_matches_float64(backend, scale, masked):
+    """Powers 0.5 .. 2 (PQI's default pair and its chain): rows of odd lengths with zeros and
+    subnormal entries among normal ones, largest |w| from subnormal to huge, masked or not."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(5000, generator=g, dtype=torch.float64) * scale
+    w[::7] = 0.0
+    w[3::11] = 1e-42  # float32 subnormals beside the normal entries
+    w = w.float()
+    offsets = torch.tensor([0, 1, 17, 300, 1283, 3001, 5000])
+    mask = torch.rand(5000, generator=g) < 0.7 if masked else None
+    for powers in ([0.5, 1.0], [0.5, 1.0, 1.5, 2.0]):
+        got = ops.pq_norms(w, powers, offsets, mask, backend=backend)
+        exact = reference.pq_norms(w.double(), offsets, powers, mask)
+        torch.testing.assert_close(got.log_sums, exact[0], rtol=0, atol=1e-5)
+        assert torch.equal(got.counts, exact[1])
+
+
 RESNET50_CONV_WEIGHTS = 23_454_912  # 53 conv layers of torchvision's ResNet-50
 
 
 def test_resnet50_scale_power_sums_within_1e5_of_float64():
     g = torch.Generator().manual_seed(1)
     w = torch.randn(RESNET50_CONV_WEIGHTS, generator=g) * torch.rand(RESNET50_CONV_WEIGHTS, generator=g) * 0.1
-    powers = [0.1, 0.5, 1.0, 2.0]
-    out = ops.pq_norms(w, powers).log_sums
     x = w.double().abs()
-    exact = torch.tensor([[float(torch.log(torch.sum(x**p))) for p in powers]], dtype=torch.float64)
-    rel = (out - exact).exp() - 1  # relative error of the power sums
-    assert float(rel.abs().max()) < 1e-5, rel
+    for powers in ([0.1, 0.5, 1.0, 2.0], [0.5, 1.0]):  # a general chain, and the square-root one
+        out = ops.pq_norms(w, powers).log_sums
+        exact = torch.tensor([[float(torch.log(torch.sum(x**p))) for p in powers]], dtype=torch.float64)
+        rel = (out - exact).exp() - 1  # relative error of the power sums
+        assert float(rel.abs().max()) < 1e-5, rel
 
 
 def test_sap_prune_count_follows_the_bound_and_beta():

@@ -6,7 +6,8 @@
 // terms are summed in float lanes over short runs and flushed into float64, and
 // pieces combine in the log domain. Speed: when all powers are integer multiples
 // of one base power (0.5 and 1; the paper's grid 0.1 .. 2.0) one pow per element
-// gives all of them by products.
+// gives all of them by products; for float and base 0.5 with AVX2, one hand-written
+// pass (Newton-refined rsqrt, software prefetch) keeps the pass near the memory speed.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -16,7 +17,12 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "../checks.h"
 #include "accumulate.h"
@@ -42,6 +48,9 @@ struct PowerPlan {
   std::vector<int64_t> term_of;  // requested power j -> term u
   std::vector<int> term_at_multiple;  // chain mode: multiple k -> term u, or -1
   int kmax = 0;                       // chain mode: the largest multiple
+  // chain mode: the unscaled pass stands when its largest |w| lies in [lo, hi], i.e. every
+  // float term |w|^(k base) keeps |log2| <= 100
+  double fused_max_lo = 0, fused_max_hi = 0;
 };
 
 PowerPlan plan_powers(const std::vector<double>& powers) {
@@ -77,6 +86,8 @@ PowerPlan plan_powers(const std::vector<double>& powers) {
                 : plan.base == 2.0 ? BaseKind::kSquare
                                    : BaseKind::kGeneral;
     plan.kmax = *std::max_element(plan.multiple.begin(), plan.multiple.end());
+    plan.fused_max_lo = std::exp2(-100.0 / plan.base);
+    plan.fused_max_hi = std::exp2(100.0 / (plan.base * plan.kmax));
     plan.term_at_multiple.assign(kMaxMultiple + 1, -1);
     for (size_t u = 0; u < plan.multiple.size(); ++u) plan.term_at_multiple[plan.multiple[u]] = static_cast<int>(u);
   }
@@ -178,6 +189,105 @@ void scaled_pow(const T* w, const bool* mask, int64_t rb, int64_t len,
   }
 }
 
+constexpr double kNewtonMaxFloor = 0x1p-40;  // see fused_sqrt_chain
+constexpr int64_t kPrefetchAhead = 1024;     // floats fused_sqrt_chain reads ahead (hardware prefetch alone lags)
+
+#if defined(__AVX2__)
+// float, base 0.5 (PQI's default p = 0.5, q = 1): vsqrtps takes about 6 cycles per 8 floats on
+// recent Intel cores, which made the pass compute-bound. sqrt_newton is x * rsqrt(x) refined by
+// one Newton step (relative error about 1e-7), on max(x, smallest normal float): rsqrt reads
+// subnormals as 0, and 0 would give 0 * inf. So entries below the smallest normal add
+// sqrt(2^-126) ~ 1e-19 each; the caller keeps this path to pieces whose largest |w| is at least
+// kNewtonMaxFloor, where that changes a sum by less than 1e-13 per entry, relatively.
+GP_ALWAYS_INLINE __m256 sqrt_newton(__m256 x) {
+  const __m256 xm = _mm256_max_ps(x, _mm256_set1_ps(std::numeric_limits<float>::min()));
+  const __m256 r = _mm256_rsqrt_ps(xm);
+  const __m256 s = _mm256_mul_ps(xm, r);
+  return _mm256_mul_ps(_mm256_mul_ps(s, _mm256_set1_ps(0.5f)), _mm256_fnmadd_ps(s, r, _mm256_set1_ps(3.0f)));
+}
+
+GP_ALWAYS_INLINE float sqrt_newton(float x) { return std::sqrt(std::max(x, std::numeric_limits<float>::min())); }
+
+// 8 bools as float lane masks.
+GP_ALWAYS_INLINE __m256 lanes_of(const bool* flags) {
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(flags));
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_cvtepu8_epi32(bytes), _mm256_setzero_si256()));
+}
+
+GP_ALWAYS_INLINE double horizontal_sum(__m256d v) {
+  __m128d x = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(x, _mm_unpackhi_pd(x, x)));
+}
+
+// fused_short_chain for float and base 0.5: 16 entries a step in two sets of float lane sums
+// (the adds' latency would bind one set); each run's lane sums are added into float64 lanes
+// (no horizontal sum per run: its latency chain cost as much as the run on 1,000-entry rows).
+template <bool kMasked, int K>
+float fused_sqrt_chain(const float* w, const bool* mask, int64_t b, int64_t e, double (&totals)[4]) {
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256i top = _mm256_setzero_si256();  // the largest |w| as integer bits (inf and NaN above all)
+  uint32_t top_tail = 0;
+  __m256d wide[K][2];  // float64 lane sums
+  for (auto& pair : wide)
+    for (auto& v : pair) v = _mm256_setzero_pd();
+  double tail[K] = {};
+  for (int64_t rb = b; rb < e; rb += kRunLength) {
+    const int64_t re = std::min(e, rb + kRunLength);
+    __m256 sums[2][K];
+    for (auto& set : sums)
+      for (auto& v : set) v = _mm256_setzero_ps();
+    int64_t j = rb;
+    for (; j + 16 <= re; j += 16) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + j + kPrefetchAhead), _MM_HINT_T0);
+      for (int h = 0; h < 2; ++h) {
+        __m256 x = _mm256_and_ps(_mm256_loadu_ps(w + j + 8 * h), magnitude);
+        if constexpr (kMasked) x = _mm256_and_ps(x, lanes_of(mask + j + 8 * h));
+        top = _mm256_max_epu32(top, _mm256_castps_si256(x));
+        const __m256 xb = sqrt_newton(x);  // the terms |w|^0.5, |w|, |w|^1.5, |w|^2
+        sums[h][0] = _mm256_add_ps(sums[h][0], xb);
+        if constexpr (K > 1) sums[h][1] = _mm256_add_ps(sums[h][1], x);
+        if constexpr (K > 2) sums[h][2] = _mm256_add_ps(sums[h][2], _mm256_mul_ps(x, xb));
+        if constexpr (K > 3) sums[h][3] = _mm256_add_ps(sums[h][3], _mm256_mul_ps(x, x));
+      }
+    }
+    for (int k = 0; k < K; ++k) {
+      const __m256 run = _mm256_add_ps(sums[0][k], sums[1][k]);
+      wide[k][0] = _mm256_add_pd(wide[k][0], _mm256_cvtps_pd(_mm256_castps256_ps128(run)));
+      wide[k][1] = _mm256_add_pd(wide[k][1], _mm256_cvtps_pd(_mm256_extractf128_ps(run, 1)));
+    }
+    float run[K] = {};
+    for (; j < re; ++j) {
+      const float x = kMasked && !mask[j] ? 0.0f : std::abs(w[j]);
+      uint32_t u;
+      std::memcpy(&u, &x, sizeof(u));
+      top_tail = std::max(top_tail, u);
+      const float xb = sqrt_newton(x);
+      run[0] += xb;
+      if constexpr (K > 1) run[1] += x;
+      if constexpr (K > 2) run[2] += x * xb;
+      if constexpr (K > 3) run[3] += x * x;
+    }
+    for (int k = 0; k < K; ++k) tail[k] += run[k];
+  }
+  for (int k = 0; k < K; ++k) totals[k] += horizontal_sum(_mm256_add_pd(wide[k][0], wide[k][1])) + tail[k];
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), top);
+  for (uint32_t u : lanes) top_tail = std::max(top_tail, u);
+  float mx;
+  std::memcpy(&mx, &top_tail, sizeof(mx));
+  return mx;
+}
+#endif
+
+// Whether fused_short_chain flushes entries below the smallest normal to 0 (fused_sqrt_chain).
+template <typename T, BaseKind kKind>
+constexpr bool kFlushesSubnormals =
+#if defined(__AVX2__)
+    std::is_same_v<T, float> && kKind == BaseKind::kSqrt;
+#else
+    false;
+#endif
+
 // One pass over a piece for short chains: sums of |w|^(k base), k = 1 .. K, without
 // scaling, plus the largest |w| as an integer max (see piece_max). Valid only when
 // that max keeps every term of the float arithmetic in range: the caller checks.
@@ -186,6 +296,9 @@ typename ComputeType<T>::type fused_short_chain(const T* w, const bool* mask, in
                                                 typename ComputeType<T>::type base, double (&totals)[4]) {
   using C = typename ComputeType<T>::type;
   using U = typename AbsBits<C>::type;
+#if defined(__AVX2__)
+  if constexpr (kFlushesSubnormals<T, kKind>) return fused_sqrt_chain<kMasked, K>(w, mask, b, e, totals);
+#endif
   U m = 0;
   for (int64_t rb = b; rb < e; rb += kRunLength) {
     const int64_t re = std::min(e, rb + kRunLength);
@@ -302,12 +415,14 @@ void piece_log_sums(const T* w, const bool* mask, int64_t b, int64_t e, const Po
       case BaseKind::kSquare: mx = fused_short_chain<T, kMasked, BaseKind::kSquare>(kmax, w, mask, b, e, base, sums); break;
       case BaseKind::kGeneral: mx = fused_short_chain<T, kMasked, BaseKind::kGeneral>(kmax, w, mask, b, e, base, sums); break;
     }
-    const double log2_mx = std::log2(static_cast<double>(mx));
     if (mx == 0) {
       std::fill(logs, logs + U, kNegInf);
       return;
     }
-    if (std::isfinite(log2_mx) && log2_mx * plan.base * kmax <= 100 && log2_mx * plan.base >= -100) {
+    const double top = static_cast<double>(mx);
+    const bool flushed = plan.kind == BaseKind::kSqrt && kFlushesSubnormals<T, BaseKind::kSqrt>;
+    if (std::isfinite(top) && top <= plan.fused_max_hi && top >= plan.fused_max_lo &&
+        !(flushed && top < kNewtonMaxFloor)) {
       for (int u = 0; u < U; ++u) {
         const double total = sums[plan.multiple[u] - 1];
         logs[u] = total > 0 ? std::log(total) : kNegInf;
