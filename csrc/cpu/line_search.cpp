@@ -102,14 +102,16 @@ int64_t evaluate_all(const double* __restrict diag, const double* __restrict u, 
 template <typename T, bool kTwo>
 void gram_matvec(const T* G, int64_t n, const double* x, double* gx, const double* y, double* gy) {
   at::parallel_for(0, n, lines_per_chunk(n, 64), [&](int64_t r0, int64_t r1) {
+    const double* __restrict px = x;  // local copies: through the captured references GCC's
+    const double* __restrict py = y;  // omp simd loop loaded the operands element by element
     for (int64_t i = r0; i < r1; ++i) {
       const T* __restrict row = G + i * n;
       double sx = 0, sy = 0;
 #pragma omp simd reduction(+ : sx, sy)
       for (int64_t j = 0; j < n; ++j) {
         const double g = static_cast<double>(row[j]);
-        sx += g * x[j];
-        if constexpr (kTwo) sy += g * y[j];
+        sx += g * px[j];
+        if constexpr (kTwo) sy += g * py[j];
       }
       gx[i] = sx;
       if constexpr (kTwo) gy[i] = sy;
@@ -125,17 +127,19 @@ void gram_matvec(const T* G, int64_t n, const double* x, double* gx, const doubl
 // Runs after check_finite_products: a NaN or inf in G fails there as "not finite".
 template <typename T>
 void check_symmetric(const T* G, int64_t n, double tol) {
-  std::vector<double> x(n), gx(n), mag(n), gtx(n, 0.0);
-  for (int64_t j = 0; j < n; ++j) x[j] = static_cast<double>((static_cast<uint64_t>(j) * 2654435761u) & 0xffffffffu) / 4294967296.0 - 0.5;
+  std::vector<double> probe(n), gx(n), mag(n), gtx(n, 0.0);
+  for (int64_t j = 0; j < n; ++j) probe[j] = static_cast<double>((static_cast<uint64_t>(j) * 2654435761u) & 0xffffffffu) / 4294967296.0 - 0.5;
+  const double* __restrict x = probe.data();  // a pointer, not the vector, in the loops (see gram_matvec)
   at::parallel_for(0, n, lines_per_chunk(n, 64), [&](int64_t r0, int64_t r1) {
+    const double* __restrict px = x;
     for (int64_t i = r0; i < r1; ++i) {
       const T* __restrict row = G + i * n;
       double dot = 0, abs_dot = 0;
 #pragma omp simd reduction(+ : dot, abs_dot)
       for (int64_t j = 0; j < n; ++j) {
         const double g = static_cast<double>(row[j]);
-        dot += g * x[j];
-        abs_dot += std::abs(g) * std::abs(x[j]);
+        dot += g * px[j];
+        abs_dot += std::abs(g) * std::abs(px[j]);
       }
       gx[i] = dot;
       mag[i] = abs_dot;
@@ -143,9 +147,12 @@ void check_symmetric(const T* G, int64_t n, double tol) {
   });
   // G^T x by column blocks: each block accumulates over all rows, contiguously.
   at::parallel_for(0, n, lines_per_chunk(n, 256), [&](int64_t c0, int64_t c1) {
+    double* __restrict acc = gtx.data();
+    const double* __restrict px = x;
     for (int64_t i = 0; i < n; ++i) {
-      const T* row = G + i * n;
-      for (int64_t j = c0; j < c1; ++j) gtx[j] += static_cast<double>(row[j]) * x[i];
+      const T* __restrict row = G + i * n;
+      const double xi = px[i];
+      for (int64_t j = c0; j < c1; ++j) acc[j] += static_cast<double>(row[j]) * xi;
     }
   });
   bool ok = true;
