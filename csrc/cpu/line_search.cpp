@@ -98,65 +98,67 @@ int64_t evaluate_all(const double* __restrict diag, const double* __restrict u, 
   return first_argmin(loss, n);
 }
 
-// gx = G x (and gy = G y when kTwo) in float64, one read of G; rows in parallel.
+// G must be symmetric (a Gram matrix): row i stands in for column i. Checked by
+// comparing G p with G^T p for a fixed pseudo-random probe p: both are contiguous
+// passes over G (a pairwise compare would read G with stride N), and any asymmetry
+// A with A p below tolerance is vanishingly unlikely. The tolerance allows for
+// GEMMs that sum in different orders. G p and |G| |p| come with the mat-vecs' pass.
+struct SymmetryProbe {
+  std::vector<double> p, gp, mag;  // the probe, G p, |G| |p|
+  explicit SymmetryProbe(int64_t n) : p(n), gp(n), mag(n) {
+    for (int64_t j = 0; j < n; ++j)
+      p[j] = static_cast<double>((static_cast<uint64_t>(j) * 2654435761u) & 0xffffffffu) / 4294967296.0 - 0.5;
+  }
+};
+
+// gx = G x (and gy = G y when kTwo) in float64 and the probe's products, one read of G;
+// rows in parallel.
 template <typename T, bool kTwo>
-void gram_matvec(const T* G, int64_t n, const double* x, double* gx, const double* y, double* gy) {
+void gram_matvec(const T* G, int64_t n, const double* x, double* gx, const double* y, double* gy,
+                 SymmetryProbe& probe) {
   at::parallel_for(0, n, lines_per_chunk(n, 64), [&](int64_t r0, int64_t r1) {
-    const double* __restrict px = x;  // local copies: through the captured references GCC's
-    const double* __restrict py = y;  // omp simd loop loaded the operands element by element
+    // local restrict copies: through the captured references GCC's omp simd loop loaded the
+    // operands element by element
+    const double* __restrict px = x;
+    const double* __restrict py = y;
+    const double* __restrict pp = probe.p.data();
     for (int64_t i = r0; i < r1; ++i) {
       const T* __restrict row = G + i * n;
-      double sx = 0, sy = 0;
-#pragma omp simd reduction(+ : sx, sy)
+      double sx = 0, sy = 0, sp = 0, mag = 0;
+#pragma omp simd reduction(+ : sx, sy, sp, mag)
       for (int64_t j = 0; j < n; ++j) {
         const double g = static_cast<double>(row[j]);
         sx += g * px[j];
         if constexpr (kTwo) sy += g * py[j];
+        sp += g * pp[j];
+        mag += std::abs(g) * std::abs(pp[j]);
       }
       gx[i] = sx;
       if constexpr (kTwo) gy[i] = sy;
+      probe.gp[i] = sp;
+      probe.mag[i] = mag;
     }
   });
 }
 
-// G must be symmetric (a Gram matrix): row i stands in for column i. Checked by
-// comparing G x with G^T x for a fixed pseudo-random probe x: both are contiguous
-// passes over G (a pairwise compare would read G with stride N), and any asymmetry
-// A with A x below tolerance is vanishingly unlikely. The tolerance allows for
-// GEMMs that sum in different orders. On failure the offending pair is located.
-// Runs after check_finite_products: a NaN or inf in G fails there as "not finite".
+// The symmetry check's verdict: G^T p (one more pass, by column blocks) against the G p of
+// gram_matvec; on failure the offending pair is located. Runs after check_finite_products:
+// a NaN or inf in G fails there as "not finite".
 template <typename T>
-void check_symmetric(const T* G, int64_t n, double tol) {
-  std::vector<double> probe(n), gx(n), mag(n), gtx(n, 0.0);
-  for (int64_t j = 0; j < n; ++j) probe[j] = static_cast<double>((static_cast<uint64_t>(j) * 2654435761u) & 0xffffffffu) / 4294967296.0 - 0.5;
-  const double* __restrict x = probe.data();  // a pointer, not the vector, in the loops (see gram_matvec)
-  at::parallel_for(0, n, lines_per_chunk(n, 64), [&](int64_t r0, int64_t r1) {
-    const double* __restrict px = x;
-    for (int64_t i = r0; i < r1; ++i) {
-      const T* __restrict row = G + i * n;
-      double dot = 0, abs_dot = 0;
-#pragma omp simd reduction(+ : dot, abs_dot)
-      for (int64_t j = 0; j < n; ++j) {
-        const double g = static_cast<double>(row[j]);
-        dot += g * px[j];
-        abs_dot += std::abs(g) * std::abs(px[j]);
-      }
-      gx[i] = dot;
-      mag[i] = abs_dot;
-    }
-  });
-  // G^T x by column blocks: each block accumulates over all rows, contiguously.
+void check_symmetric(const T* G, int64_t n, double tol, const SymmetryProbe& probe) {
+  std::vector<double> gtp(n, 0.0);
+  // G^T p by column blocks: each block accumulates over all rows, contiguously.
   at::parallel_for(0, n, lines_per_chunk(n, 256), [&](int64_t c0, int64_t c1) {
-    double* __restrict acc = gtx.data();
-    const double* __restrict px = x;
+    double* __restrict acc = gtp.data();
+    const double* __restrict pp = probe.p.data();
     for (int64_t i = 0; i < n; ++i) {
       const T* __restrict row = G + i * n;
-      const double xi = px[i];
-      for (int64_t j = c0; j < c1; ++j) acc[j] += static_cast<double>(row[j]) * xi;
+      const double pi = pp[i];
+      for (int64_t j = c0; j < c1; ++j) acc[j] += static_cast<double>(row[j]) * pi;
     }
   });
   bool ok = true;
-  for (int64_t i = 0; i < n; ++i) ok &= std::abs(gx[i] - gtx[i]) <= 2 * tol * mag[i] + 1e-300;
+  for (int64_t i = 0; i < n; ++i) ok &= std::abs(probe.gp[i] - gtp[i]) <= 2 * tol * probe.mag[i] + 1e-300;
   if (ok) return;
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = i + 1; j < n; ++j) {
@@ -191,11 +193,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> line_search_cpu(const at::Tensor&
   const double* pu = u.data_ptr<double>();
   const double* pv = v.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Gc.scalar_type(), "line_search_cpu", [&] {
+    SymmetryProbe probe(n);
     gram_matvec<scalar_t, true>(Gc.data_ptr<scalar_t>(), n, pa, u.data_ptr<double>(), wd.data_ptr<double>(),
-                                v.data_ptr<double>());
+                                v.data_ptr<double>(), probe);
     check_finite_products(pu, n);
     check_finite_products(pv, n);
-    check_symmetric(Gc.data_ptr<scalar_t>(), n, symmetry_tolerance(Gc.scalar_type()));
+    check_symmetric(Gc.data_ptr<scalar_t>(), n, symmetry_tolerance(Gc.scalar_type()), probe);
   });
   const at::Tensor diag = Gc.diagonal().to(at::kDouble).contiguous();
   const double* pw = wd.data_ptr<double>();
@@ -233,9 +236,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> greedy_local_cpu(const at::Tensor
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Gc.scalar_type(), "greedy_local_cpu", [&] {
     const scalar_t* pG = Gc.data_ptr<scalar_t>();
-    gram_matvec<scalar_t, false>(pG, n, wd.data_ptr<double>(), pv, nullptr, nullptr);
+    SymmetryProbe probe(n);
+    gram_matvec<scalar_t, false>(pG, n, wd.data_ptr<double>(), pv, nullptr, nullptr, probe);
     check_finite_products(pv, n);
-    check_symmetric(pG, n, symmetry_tolerance(Gc.scalar_type()));
+    check_symmetric(pG, n, symmetry_tolerance(Gc.scalar_type()), probe);
     const double* pw = wd.data_ptr<double>();
     Scalars s{0, 0, 0, true};
     for (int64_t i = 0; i < n; ++i) s.wGw += pw[i] * pv[i];
