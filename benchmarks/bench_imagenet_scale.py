@@ -35,7 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from greedyprune import distributed  # noqa: E402
-from greedyprune.greedy import prune_model  # noqa: E402
+from greedyprune.greedy import PruneConfig, prune_model  # noqa: E402
 from greedyprune.greedy.suffix import BatchSuffix  # noqa: E402
 from greedyprune.greedy.surgery import UnitGraph  # noqa: E402
 from greedyprune.host_memory import keep_freed_memory  # noqa: E402
@@ -150,12 +150,13 @@ def child(args) -> dict:
     forward_s = full_forward_seconds(model, images, device)
     names = [u.name for u in UnitGraph(model, images[0][:2].to(device)).units]
     chosen = names if args.units is None else names[:args.units]
+    config = PruneConfig(method=args.method, width_ratio=0.5)
     start = time.perf_counter()  # batches stay on the host: prune_model moves each where the model is
-    results = prune_model(model, images, method=args.method, width_ratio=0.5, units=chosen, progress=False)
+    results = prune_model(model, images, config, units=chosen, progress=False)
     seconds = time.perf_counter() - start
     # Local imitation measures a unit's exported discrepancy in the next unit's Gram pass; the last
     # unit run measures its own with one more forward, once per run: timed apart, not per unit.
-    final_s = results[-1].seconds.get("discrepancy", 0.0) if args.method == "local" else 0.0
+    final_s = results[-1].seconds.get("discrepancy", 0.0) if config.measured_on_export else 0.0
     per_unit = [r.seconds["total"] - (final_s if r is results[-1] else 0.0) for r in results]
     return dict(model=args.model, method=args.method, images=args.images, batch=args.batch, device=str(device),
                 world=distributed.world_size(), threads=torch.get_num_threads(), units=len(chosen),

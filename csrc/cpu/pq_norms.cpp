@@ -279,7 +279,8 @@ float fused_sqrt_chain(const float* w, const bool* mask, int64_t b, int64_t e, d
 }
 #endif
 
-// Whether fused_short_chain flushes entries below the smallest normal to 0 (fused_sqrt_chain).
+// Whether fused_short_chain counts entries below the smallest normal float as that normal
+// (fused_sqrt_chain), so pieces with a tiny max must take the scaled path.
 template <typename T, BaseKind kKind>
 constexpr bool kFlushesSubnormals =
 #if defined(__AVX2__)

@@ -655,6 +655,21 @@ inline int64_t append_masked(std::vector<Entry<K>>& list, const uint64_t* masks,
   return count;
 }
 
+// Runs group(g, j, count) for every group of (at most) kGroup entries of a piece, g counting
+// within a block of kFlagBlock entries from j0, and block(j0, groups) after each block's
+// groups: the sampled passes gather a block's masked entries at once.
+template <typename K, typename Group, typename Block>
+inline void for_groups(const Tally<K>& tally, Group group, Block block) {
+  for (int64_t j0 = tally.b; j0 < tally.e; j0 += kFlagBlock) {
+    const int64_t groups = (std::min(kFlagBlock, tally.e - j0) + kGroup - 1) / kGroup;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t j = j0 + kGroup * g;
+      group(g, j, std::min(kGroup, tally.e - j));
+    }
+    block(j0, groups);
+  }
+}
+
 // Runs the sampled pass's pieces (run_piece(tally)) on all threads, and every segment's
 // finish. A sampled segment's (finish_sampled(l): false where the sample missed) by the
 // thread that completes its last piece, while its entries are still in cache. The exact
@@ -711,25 +726,24 @@ template <typename T, bool kLargest, bool kMasked>
 void select_pass(const T* values, const uint8_t* eligible, const Bracket<CompareIn<T>>& br, uint8_t* out,
                  Tally<typename OrderKey<T>::type>& tally) {
   const CompareIn<T> hi = br.hi, lo = br.lo;  // locals: out's bytes could alias br
-  uint64_t bracketed[kFlagBlock / kGroup];
-  for (int64_t j0 = tally.b; j0 < tally.e; j0 += kFlagBlock) {
-    const int64_t groups = (std::min(kFlagBlock, tally.e - j0) + kGroup - 1) / kGroup;
-    uint64_t nan = 0;
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t j = j0 + kGroup * g, count = std::min(kGroup, tally.e - j);
-      const GroupMasks m = compare_group<kLargest>(values + j, count, hi, lo);
-      const uint64_t el = kMasked ? mask_of_bytes(eligible + j, count) : first_bits(count);
-      const uint64_t in = el & m.ahead_of_hi;
-      store_bits(in, count, out + j);
-      bracketed[g] = el & m.reaches_lo & ~m.ahead_of_hi;
-      tally.ahead += __builtin_popcountll(in);
-      tally.counted += __builtin_popcountll(el);
-      nan |= el & m.nan;
-    }
-    tally.nan |= nan != 0;
-    tally.bracketed += append_masked<kBracketUnrolled>(tally.bracket, bracketed, groups, j0,
-                                     [values](int64_t j) { return order_key<T, kLargest>(values[j]); });
-  }
+  uint64_t bracketed[kFlagBlock / kGroup], nan = 0;
+  for_groups(
+      tally,
+      [&](int64_t g, int64_t j, int64_t count) {
+        const GroupMasks m = compare_group<kLargest>(values + j, count, hi, lo);
+        const uint64_t el = kMasked ? mask_of_bytes(eligible + j, count) : first_bits(count);
+        const uint64_t in = el & m.ahead_of_hi;
+        store_bits(in, count, out + j);
+        bracketed[g] = el & m.reaches_lo & ~m.ahead_of_hi;
+        tally.ahead += __builtin_popcountll(in);
+        tally.counted += __builtin_popcountll(el);
+        nan |= el & m.nan;
+      },
+      [&](int64_t j0, int64_t groups) {
+        tally.bracketed += append_masked<kBracketUnrolled>(
+            tally.bracket, bracketed, groups, j0, [values](int64_t j) { return order_key<T, kLargest>(values[j]); });
+      });
+  tally.nan |= nan != 0;
 }
 
 template <typename T, bool kLargest>
@@ -809,25 +823,25 @@ void popup_pass(const T* scores, const uint8_t* keep, const Bracket<CompareIn<T>
   const auto key_of = [scores](int64_t j) { return OrderKey<T>::of(scores[j]); };
   std::memcpy(out + tally.b, keep + tally.b, tally.e - tally.b);
   uint64_t bracketed_kept[kFlagBlock / kGroup], bracketed_pruned[kFlagBlock / kGroup], outside[kFlagBlock / kGroup];
-  for (int64_t j0 = tally.b; j0 < tally.e; j0 += kFlagBlock) {
-    const int64_t groups = (std::min(kFlagBlock, tally.e - j0) + kGroup - 1) / kGroup;
-    uint64_t nan = 0;
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t j = j0 + kGroup * g, count = std::min(kGroup, tally.e - j);
-      const GroupMasks m = compare_group<true>(scores + j, count, hi, lo);
-      const uint64_t kept = mask_of_bytes(keep + j, count), mid = m.reaches_lo & ~m.ahead_of_hi;
-      bracketed_kept[g] = kept & mid;
-      bracketed_pruned[g] = ~kept & mid;
-      outside[g] = (kept & m.behind_lo(first_bits(count))) | (~kept & m.ahead_of_hi);
-      tally.ahead += __builtin_popcountll(m.ahead_of_hi);
-      tally.counted += __builtin_popcountll(kept);
-      nan |= m.nan;
-    }
-    tally.nan |= nan != 0;
-    tally.bracketed += append_masked<kBracketUnrolled>(tally.bracket, bracketed_kept, groups, j0, key_of);
-    tally.bracketed += append_masked<kBracketUnrolled>(tally.bracket_pruned, bracketed_pruned, groups, j0, key_of);
-    append_masked<0>(tally.outside, outside, groups, j0, key_of);
-  }
+  uint64_t nan = 0;
+  for_groups(
+      tally,
+      [&](int64_t g, int64_t j, int64_t count) {
+        const GroupMasks m = compare_group<true>(scores + j, count, hi, lo);
+        const uint64_t kept = mask_of_bytes(keep + j, count), mid = m.reaches_lo & ~m.ahead_of_hi;
+        bracketed_kept[g] = kept & mid;
+        bracketed_pruned[g] = ~kept & mid;
+        outside[g] = (kept & m.behind_lo(first_bits(count))) | (~kept & m.ahead_of_hi);
+        tally.ahead += __builtin_popcountll(m.ahead_of_hi);
+        tally.counted += __builtin_popcountll(kept);
+        nan |= m.nan;
+      },
+      [&](int64_t j0, int64_t groups) {
+        tally.bracketed += append_masked<kBracketUnrolled>(tally.bracket, bracketed_kept, groups, j0, key_of);
+        tally.bracketed += append_masked<kBracketUnrolled>(tally.bracket_pruned, bracketed_pruned, groups, j0, key_of);
+        append_masked<0>(tally.outside, outside, groups, j0, key_of);
+      });
+  tally.nan |= nan != 0;
 }
 
 template <typename T>
