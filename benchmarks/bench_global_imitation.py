@@ -14,7 +14,7 @@ import torch
 
 from greedyprune.harness.data import load_dataset, make_loader
 from greedyprune.greedy import SuffixEvaluator, global_imitation
-from greedyprune.greedy.suffix import discrepancy
+from greedyprune.greedy.outputs import discrepancy
 from greedyprune.greedy.surgery import UnitGraph
 from greedyprune.models import build_model
 from harness import Benchmark, Case, quiet_medians

@@ -34,11 +34,11 @@ from torch.utils.data import TensorDataset
 from greedyprune.harness.data import load_dataset, make_loader
 from greedyprune.files import write_json
 from greedyprune.greedy import apply_plan, select_channels
-from greedyprune.greedy.pipeline import trained_model
 from greedyprune.harness.measure import count_flops, count_params
 from greedyprune.models import build_model
 from greedyprune.greedy.surgery import FOLDS, UnitGraph
-from greedyprune.harness.training import evaluate, finetune, pretrained, recalibrate_batchnorm, train
+from greedyprune.harness.model_source import pretrained, resolve_model
+from greedyprune.harness.training import evaluate, finetune, recalibrate_batchnorm, train
 from harness import Benchmark
 
 # How units are chosen one after another. "default": PruneConfig's defaults (after each unit its
@@ -63,7 +63,7 @@ def setup(model_name: str, data: str | None, progress: bool):
     """(trained model, train set, test set) for a benchmark row."""
     if model_name == "cnn" or data is not None:
         source = data or "digits"
-        return (trained_model(model_name, source, progress=progress).eval(),
+        return (resolve_model(model_name, source, without_weights="train", epochs=15, progress=progress).eval(),
                 load_dataset(source, "train"), load_dataset(source, "test"))
     train_set, test_set = digits_upsampled("train"), digits_upsampled("test")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from greedyprune import ops
-from greedyprune.ops.constants import DIRECTION_EPS
+from greedyprune.constants import DIRECTION_EPS
 from harness import Benchmark, Case, Target
 
 SEED = 0

@@ -1,5 +1,5 @@
 // Numeric constants shared by the CPU and CUDA kernels (plain C++: nvcc includes it too).
-// Their one Python definition is greedyprune/ops/constants.py; tests/test_constants.py
+// Their one Python definition is greedyprune/constants.py; tests/test_constants.py
 // pins the two equal.
 #pragma once
 

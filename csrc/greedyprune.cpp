@@ -1,5 +1,6 @@
 // The one place where every op schema is defined. Backends register implementations
-// with TORCH_LIBRARY_IMPL; fake (meta) kernels are registered from Python (greedyprune/ops.py).
+// with TORCH_LIBRARY_IMPL; fake (meta) kernels are registered from Python, next to each op's
+// wrapper in greedyprune/ops/<family>.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(greedyprune, m) {

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .ops.constants import DIRECTION_EPS
+from .constants import DIRECTION_EPS
 
 
 def _result_dtype(t: torch.Tensor) -> torch.dtype:

@@ -21,7 +21,7 @@ from greedyprune.greedy.plan import select_channels
 from greedyprune.greedy.surgery import UnitGraph
 from greedyprune.harness.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from greedyprune.harness.data import load_dataset
-from greedyprune.harness.training import seeded_model
+from greedyprune.harness.model_source import resolve_model
 from greedyprune.popup import SearchConfig, search, wrap
 from greedyprune.sparsity.sap import SAPConfig, run_sap
 
@@ -70,9 +70,7 @@ def rng_round_trip(out: Path, rank: int) -> dict:
 def main(weights: str, out: str) -> None:
     distributed.init_from_env()
     rank, world = distributed.rank(), distributed.world_size()
-    model = seeded_model("cnn", "digits", 0)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
+    model = resolve_model("cnn", "digits", without_weights="refuse", weights=weights).eval()
     x, y = calibration(rank, world)
     result = {"world": world, **first_unit_statistics(model, x, y), "plan": plan(model, x, y)}
 

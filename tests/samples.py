@@ -3,7 +3,7 @@ correctness tests (every backend against greedyprune.reference) and opcheck.
 
 Odd shapes, every dtype, and the edge cases of docs/DESIGN.md §2: ties, empty segments,
 k = 0 and k = N, all-zero vectors, segments big enough for the parallel paths.
-BAD_CALLS: the bad inputs that every backend must refuse with an error naming the argument.
+BAD_CALLS: the bad inputs that every backend must refuse with an ArgumentError naming the argument.
 """
 from __future__ import annotations
 
@@ -178,8 +178,8 @@ SAMPLES = {
 
 @dataclass
 class BadCall:
-    """greedyprune.ops.<op>(*args, **kwargs) must raise a ValueError whose message says
-    "argument '<arg>' <says>". backends: where it applies (None: every backend that serves op)."""
+    """greedyprune.ops.<op>(*args, **kwargs) must raise greedyprune.checks.ArgumentError whose message
+    says "argument '<arg>' <says>". backends: where it applies (None: every backend that serves op)."""
     name: str
     op: str
     args: tuple
@@ -202,6 +202,9 @@ def _bad_calls() -> list[BadCall]:
     LOG3, C3 = torch.zeros(3, dtype=torch.float64), torch.tensor([4, 5, 6])
     return [
         BadCall("G not square", "line_search", (torch.ones(3, 4),), "G"),
+        BadCall("G not a tensor", "line_search", ([[1.0]],), "G", says="must be a torch.Tensor"),
+        BadCall("w not a tensor", "line_search", (G, [0.25] * 4), "w", says="must be a torch.Tensor"),
+        BadCall("a not a tensor", "line_search", (G, W4, [1.0, 0, 0, 0]), "a", says="must be a torch.Tensor"),
         BadCall("G empty", "greedy_local", (torch.empty(0, 0),), "G"),
         BadCall("G empty, line search", "line_search", (torch.empty(0, 0),), "G"),
         BadCall("G wrong rank", "greedy_local", (torch.ones(4), W4), "G"),
@@ -218,10 +221,12 @@ def _bad_calls() -> list[BadCall]:
         BadCall("max_neurons > N", "greedy_local", (G, W4, 5), "max_neurons"),
         BadCall("max_neurons fractional", "greedy_local", (G, W4, 2.5), "max_neurons"),
         BadCall("tol negative", "greedy_local", (G, W4, 2, -1.0), "tol"),
+        BadCall("tol not a number", "greedy_local", (G, W4, 2, "small"), "tol", says="must be a number"),
         BadCall("max_steps zero", "greedy_local", (G, W4, 2, 0.0, 0), "max_steps"),
         BadCall("max_steps fractional", "greedy_local", (G, W4, 2, 0.0, 7.5), "max_steps"),
         BadCall("grad shape", "taylor_scores", (ACT, torch.randn(2, 3, 5), A3, 1), "grad"),
         BadCall("grad dtype", "taylor_scores", (ACT, ACT.double(), A3, 1), "grad"),
+        BadCall("grad not a tensor", "taylor_scores", (ACT, ACT.tolist(), A3, 1), "grad"),
         BadCall("act rank", "taylor_scores", (torch.randn(3), torch.randn(3), torch.ones(3), 1), "act"),
         BadCall("taylor k > N", "taylor_scores", (ACT, ACT, A3, 4), "k"),
         BadCall("taylor k fractional", "taylor_scores", (ACT, ACT, A3, 1.5), "k"),
@@ -230,6 +235,9 @@ def _bad_calls() -> list[BadCall]:
         BadCall("offsets not ending at n", "pq_norms", (V, [1.0], torch.tensor([0, 4, 9])), "offsets"),
         BadCall("offsets not starting at 0", "segment_select", (V, [1, 1], torch.tensor([1, 4, 10])), "offsets"),
         BadCall("offsets float", "segment_select", (V, [1, 1], torch.tensor([0.0, 4.0, 10.0])), "offsets"),
+        BadCall("offsets empty", "pq_norms", (V, [1.0], torch.tensor([], dtype=torch.int64)), "offsets"),
+        BadCall("offsets 2-D", "popup_swap", (V, KEEP, 0.5, torch.tensor([[0, 10]])), "offsets"),
+        BadCall("offsets not numbers", "segment_select", (V, 1, "0:10"), "offsets"),
         BadCall("k > eligible", "segment_select", (V, [5, 1], OFF), "k"),
         BadCall("k negative", "segment_select", (V, [-1, 1], OFF), "k"),
         BadCall("k wrong length", "segment_select", (V, [1, 1, 1], OFF), "k"),
@@ -241,12 +249,16 @@ def _bad_calls() -> list[BadCall]:
         BadCall("values 2-D", "segment_select", (torch.zeros(2, 5), 1), "values"),
         BadCall("eligible not bool", "segment_select", (V, [1, 1], OFF, torch.ones(10)), "eligible"),
         BadCall("keep wrong length", "popup_swap", (V, KEEP[:9], 0.5, OFF), "keep"),
+        BadCall("keep not bool", "popup_swap", (V, KEEP.float(), 0.5, OFF), "keep", says="must be a bool tensor"),
+        BadCall("rate not a number", "popup_swap", (V, KEEP, "half", OFF), "rate", says="must be a number"),
         BadCall("rate > 1", "popup_swap", (V, KEEP, 1.5, OFF), "rate"),
         BadCall("rate NaN", "popup_swap", (V, KEEP, math.nan, OFF), "rate"),
         BadCall("scores NaN", "popup_swap", (torch.tensor([1.0, math.nan]), torch.tensor([True, False]), 0.5), "scores"),
         BadCall("power zero", "pq_norms", (V, [0.0, 1.0]), "powers"),
         BadCall("power negative", "pq_norms", (V, [-1.0]), "powers"),
         BadCall("no powers", "pq_norms", (V, []), "powers"),
+        BadCall("power not a number", "pq_norms", (V, ["one"]), "powers", says="must be a number"),
+        BadCall("mask not a tensor", "pq_norms", (V, [1.0], None, [True] * 10), "mask"),
         BadCall("w non-finite", "pq_norms", (torch.tensor([1.0, math.inf]), [1.0]), "w"),
         BadCall("w non-finite where masked in", "pq_norms",
                 (torch.tensor([math.nan, 1.0, math.inf]), [1.0], None, torch.tensor([False, True, True])), "w"),
@@ -264,10 +276,12 @@ def _bad_calls() -> list[BadCall]:
         BadCall("log sums q infinite", "pq_index_from_log_sums", (LOG3, LOG3, C3, 0.5, math.inf), "q"),
         BadCall("log sums lengths", "pq_index_from_log_sums", (LOG3, LOG3[:2], C3, 0.5, 1.0), "log_sum_q"),
         BadCall("log sums counts length", "pq_index_from_log_sums", (LOG3, LOG3, C3[:2], 0.5, 1.0), "counts"),
+        BadCall("log sums p not a number", "pq_index_from_log_sums", (LOG3, LOG3, C3, "half", 1.0), "p"),
         BadCall("log sums p length", "pq_index_from_log_sums", (LOG3, LOG3, C3, torch.tensor([0.5, 0.6]), 1.0), "p"),
         BadCall("prune counts negative", "sap_prune_count", (LOG3, torch.tensor([4, -1, 6]), 0.5, 1.0), "counts"),
         BadCall("prune counts length", "sap_prune_count", (LOG3, C3[:2], 0.5, 1.0), "counts"),
         BadCall("prune eta NaN", "sap_prune_count", (LOG3, C3, 0.5, 1.0, math.nan), "eta"),
+        BadCall("prune eta not a number", "sap_prune_count", (LOG3, C3, 0.5, 1.0, "none"), "eta", says="must be a number"),
         BadCall("prune gamma negative", "sap_prune_count", (LOG3, C3, 0.5, 1.0, 0.0, -1.0), "gamma"),
         BadCall("prune beta > 1", "sap_prune_count", (LOG3, C3, 0.5, 1.0, 0.0, 1.0, 1.5), "beta"),
         BadCall("prune p zero", "sap_prune_count", (LOG3, C3, 0.0, 1.0), "p"),

@@ -70,8 +70,8 @@ def _checkpoint_with_prefixes(arch: str, path, seed: int = 7):
     """A DDP-style checkpoint ({"state_dict": {"module.<key>": ...}}) of a seeded zoo model for digits."""
     import torch
 
-    from greedyprune.harness.training import seeded_model
-    model = seeded_model(arch, "digits", seed)
+    from greedyprune.harness.model_source import resolve_model
+    model = resolve_model(arch, "digits", without_weights="init", seed=seed)
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
     return model
 
@@ -79,11 +79,11 @@ def _checkpoint_with_prefixes(arch: str, path, seed: int = 7):
 def test_weights_replace_the_training(tmp_path, monkeypatch):
     import json
 
-    from greedyprune.greedy import pipeline
+    from greedyprune.harness import model_source
     from greedyprune.harness.data import load_dataset, make_loader
     from greedyprune.harness.training import evaluate
 
-    monkeypatch.setattr(pipeline, "pretrained_model", lambda *a, **k: pytest.fail("trained although --weights given"))
+    monkeypatch.setattr(model_source, "pretrained", lambda *a, **k: pytest.fail("trained although --weights given"))
     model = _checkpoint_with_prefixes("mlp", tmp_path / "ckpt.pt")
     out = tmp_path / "out"
     assert main(["prune", "--model", "mlp", "--weights", str(tmp_path / "ckpt.pt"), "--method", "local", "--width",
@@ -140,8 +140,8 @@ def test_finetune_and_eval_a_pruned_model(tmp_path, monkeypatch, capsys):
 def test_non_finite_weights_name_the_layer(tmp_path, capsys):
     import torch
 
-    from greedyprune.harness.training import seeded_model
-    model = seeded_model("mlp", "digits", 0)
+    from greedyprune.harness.model_source import resolve_model
+    model = resolve_model("mlp", "digits", without_weights="init")
     state = model.state_dict()
     name = [k for k in state if k.endswith("weight") and state[k].dim() > 1][1]
     state[name][0, 0] = float("nan")

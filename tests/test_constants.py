@@ -1,12 +1,14 @@
 """The numeric constants of the op contracts have one Python definition
-(greedyprune/ops/constants.py); the C++ and CUDA kernels read theirs from
+(greedyprune/constants.py); the C++ and CUDA kernels read theirs from
 csrc/constants.h. This pins the two equal and keeps copies out of the kernels."""
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
-from greedyprune.ops import constants
+from greedyprune import constants
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -59,3 +61,13 @@ def test_python_users_import_the_constants_not_the_oracle():
     assert reference.DIRECTION_EPS is constants.DIRECTION_EPS
     for path in (ROOT / "greedyprune" / "triton").glob("*.py"):
         assert not re.search(r"^from \.\.(reference| import reference)", path.read_text(), re.M), path.name
+
+
+def test_the_oracle_imports_no_backend_code():
+    """greedyprune.reference, the yardstick of every backend, loads only the constants."""
+    script = ("import sys, greedyprune.reference; "
+              "assert 'greedyprune.ops' not in sys.modules, 'greedyprune.ops imported'; "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'greedyprune'))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(["greedyprune", "greedyprune.constants", "greedyprune.reference"])

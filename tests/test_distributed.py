@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import distributed_worker as worker
-from greedyprune.harness.training import pretrained_model, seeded_model
+from greedyprune.harness.model_source import resolve_model
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -27,7 +27,7 @@ def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("weights")
-    model = pretrained_model("cnn", "digits", epochs=2, progress=False, cache_dir=folder)
+    model = resolve_model("cnn", "digits", without_weights="train", epochs=2, progress=False, cache_dir=folder)
     torch.save(model.state_dict(), folder / "cnn.pt")
     return folder / "cnn.pt"
 
@@ -43,9 +43,7 @@ def ranks(weights, tmp_path_factory) -> list[dict]:
 @pytest.fixture(scope="module")
 def single(weights) -> dict:
     """The same quantities in this one process over all the calibration images."""
-    model = seeded_model("cnn", "digits", 0)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
+    model = resolve_model("cnn", "digits", without_weights="refuse", weights=weights).eval()
     x, y = worker.calibration(0, 1)
     return {**worker.first_unit_statistics(model, x, y), "plan": worker.plan(model, x, y)}
 

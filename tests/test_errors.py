@@ -1,5 +1,6 @@
 """Every bad input of docs/DESIGN.md §2 gives a clear error naming the argument, on every
-backend (samples.BAD_CALLS), both through greedyprune.ops and through torch.ops.greedyprune directly."""
+backend (samples.BAD_CALLS), both through greedyprune.ops (an ArgumentError) and through
+torch.ops.greedyprune directly (the C++ checks' ValueError, or the fake kernels' RuntimeError)."""
 import math
 
 import pytest
@@ -8,6 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from greedyprune import ops
 from greedyprune import triton as gp_triton
+from greedyprune.checks import ArgumentError
 from samples import BACKEND_FREE, BAD_CALLS
 
 G = torch.eye(4)
@@ -53,13 +55,13 @@ CASES = [(backend, bad) for backend in ("reference", "cpu", "cuda", "triton") fo
 @pytest.mark.parametrize("backend,bad", CASES, ids=[f"{b}-{bad.name}" for b, bad in CASES])
 def test_bad_input_names_the_argument(backend, bad):
     device = _device(backend, bad.op)
-    with pytest.raises(ValueError, match=f"argument '{bad.arg}' {bad.says}"):
+    with pytest.raises(ArgumentError, match=f"argument '{bad.arg}' {bad.says}"):
         getattr(ops, bad.op)(*_on(device, bad.args), **{"backend": backend, **bad.kwargs})
 
 
 @pytest.mark.parametrize("bad", [b for b in BAD_CALLS if b.op in BACKEND_FREE], ids=repr)
 def test_bad_input_of_backend_free_helpers_names_the_argument(bad):
-    with pytest.raises(ValueError, match=f"argument '{bad.arg}' {bad.says}"):
+    with pytest.raises(ArgumentError, match=f"argument '{bad.arg}' {bad.says}"):
         getattr(ops, bad.op)(*bad.args, **bad.kwargs)
 
 
@@ -88,9 +90,33 @@ def test_kernels_check_their_arguments(case):
         call(torch.ops.greedyprune)
 
 
+@pytest.mark.skipif(not ops.HAS_C, reason="compiled extension greedyprune._C not built")
+@pytest.mark.parametrize("op,args,arg", [
+    ("line_search", (torch.tensor([[1.0, 0.5], [0.1, 1.0]]), torch.full((2,), 0.5), torch.zeros(2)), "G"),
+    ("popup_swap", (V, torch.tensor([0, 6, 4, 10]), KEEP, 0.5), "offsets"),
+    ("pq_norms", (torch.tensor([1.0, math.nan]), torch.tensor([0, 2]), [1.0], None), "w"),
+], ids=["symmetry", "offsets", "finite"])
+def test_kernel_argument_errors_reach_the_caller_as_argument_error(op, args, arg):
+    """The data checks of the cpu backend are the C++ kernel's, which raise a plain ValueError:
+    the wrapper raises it as ArgumentError with the same message and no chained traceback."""
+    with pytest.raises(ValueError, match=f"argument '{arg}'") as direct:
+        getattr(torch.ops.greedyprune, op)(*args)
+    assert type(direct.value) is ValueError
+    wrapper_args = {"line_search": args, "popup_swap": (V, KEEP, 0.5, args[1]), "pq_norms": (args[0], [1.0])}[op]
+    with pytest.raises(ArgumentError) as wrapped:
+        getattr(ops, op)(*wrapper_args, backend="cpu")
+    assert str(wrapped.value) == str(direct.value)
+    assert wrapped.value.__cause__ is None and wrapped.value.__suppress_context__
+
+
+def test_errors_not_about_an_argument_keep_their_type():
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot serve popup_swap"):
+        ops.popup_swap(V, KEEP, 0.5, OFF, backend="triton")
+
+
 def test_failed_call_leaves_inputs_untouched():
     keep = KEEP.clone()
-    with pytest.raises(ValueError):
+    with pytest.raises(ArgumentError):
         ops.popup_swap(torch.tensor([1.0] * 9 + [math.nan]), keep, 0.5, OFF)
     assert torch.equal(keep, KEEP)
 
@@ -105,6 +131,15 @@ FAKE_BAD_CALLS = {
     "k length": (lambda o, e: o.segment_select(e(10), torch.tensor([0, 4, 10]), torch.tensor([1]), None, True), "k"),
     "keep shape": (lambda o, e: o.popup_swap(e(10), torch.tensor([0, 10]), torch.ones(9, dtype=torch.bool), 0.5), "keep"),
     "mask size": (lambda o, e: o.pq_norms(e(10), torch.tensor([0, 10]), [1.0], torch.ones(3, dtype=torch.bool)), "mask"),
+    "G int dtype": (lambda o, e: o.line_search(e(4, 4, dtype=torch.int32), e(4), e(4)), "G"),
+    "G empty": (lambda o, e: o.line_search(e(0, 0), e(0), e(0)), "G"),
+    "max_neurons > N": (lambda o, e: o.greedy_local(e(4, 4), e(4), 5, 0.0, 8), "max_neurons"),
+    "k int32": (lambda o, e: o.segment_select(e(10), torch.tensor([0, 10]), torch.tensor([1], dtype=torch.int32),
+                                              None, True), "k"),
+    "offsets float": (lambda o, e: o.popup_swap(e(10), torch.tensor([0.0, 10.0]), torch.ones(10, dtype=torch.bool),
+                                                0.5), "offsets"),
+    "rate > 1": (lambda o, e: o.popup_swap(e(10), torch.tensor([0, 10]), torch.ones(10, dtype=torch.bool), 1.5), "rate"),
+    "power zero": (lambda o, e: o.pq_norms(e(10), torch.tensor([0, 10]), [0.0], None), "powers"),
 }
 
 
@@ -115,3 +150,25 @@ def test_fake_kernels_check_shapes(case):
     with FakeTensorMode():
         with pytest.raises(RuntimeError, match=f"argument '{arg}'"):
             call(torch.ops.greedyprune, torch.empty)
+
+
+# The wrapper and the fake kernel call the same spec, so they say the same.
+SPEC_BAD_CALLS = {
+    "w length": (lambda o, e: o.line_search(e(4, 4), e(3), e(4)), lambda: ops.line_search(torch.eye(4), torch.ones(3))),
+    "grad shape": (lambda o, e: o.taylor_scores(e(2, 3, 4), e(2, 3, 5), e(3), 1),
+                   lambda: ops.taylor_scores(ACT, torch.randn(2, 3, 5), torch.ones(3), 1)),
+    "keep shape": (lambda o, e: o.popup_swap(e(10), torch.tensor([0, 10]), torch.ones(9, dtype=torch.bool), 0.5),
+                   lambda: ops.popup_swap(V, KEEP[:9], 0.5)),
+}
+
+
+@pytest.mark.skipif(not ops.HAS_C, reason="compiled extension greedyprune._C not built")
+@pytest.mark.parametrize("case", list(SPEC_BAD_CALLS), ids=list(SPEC_BAD_CALLS))
+def test_fake_kernels_and_wrappers_give_the_same_message(case):
+    fake_call, wrapper_call = SPEC_BAD_CALLS[case]
+    with pytest.raises(ArgumentError) as wrapped:
+        wrapper_call()
+    with FakeTensorMode():
+        with pytest.raises(RuntimeError) as traced:
+            fake_call(torch.ops.greedyprune, torch.empty)
+    assert str(traced.value) == str(wrapped.value)

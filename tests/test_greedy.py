@@ -340,11 +340,14 @@ def test_every_zoo_model_prunes_end_to_end(name):
 
 
 def test_pipeline_writes_report_plan_and_model(tmp_path, monkeypatch):
-    from greedyprune.greedy.pipeline import format_report, run_pruning
+    from greedyprune.greedy import PruneConfig
+    from greedyprune.greedy.pipeline import RunSpec, run_pruning
+    from greedyprune.greedy.report import format_report
     from greedyprune.models import load_model
     monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
-    report = run_pruning(model="mlp", data="digits", out_dir=tmp_path / "out", method="hybrid", tol=0.05,
-                         calib_samples=128, gram_samples=256, train_epochs=3, progress=False)
+    report = run_pruning(PruneConfig(method="hybrid", tol=0.05),
+                         RunSpec(model="mlp", data="digits", out=tmp_path / "out", calib_samples=128, gram_samples=256,
+                                 train_epochs=3, progress=False))
     for name in ("report.json", "report.png", "plan.json", "pruned.pt", "pruned.pt2"):
         assert (tmp_path / "out" / name).is_file()
     assert report["before"]["accuracy"] > 0.85
@@ -358,10 +361,13 @@ def test_pipeline_writes_report_plan_and_model(tmp_path, monkeypatch):
 
 def test_pipeline_reports_the_channel_groups_it_leaves_unpruned(tmp_path, monkeypatch):
     """Residual-tied channels are a limitation (README): the report names them."""
-    from greedyprune.greedy.pipeline import format_report, run_pruning
+    from greedyprune.greedy import PruneConfig
+    from greedyprune.greedy.pipeline import RunSpec, run_pruning
+    from greedyprune.greedy.report import format_report
     monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
-    report = run_pruning(model="resnet20", data="digits", out_dir=tmp_path / "out", method="local", width_ratio=0.5,
-                         calib_samples=32, gram_samples=32, train_epochs=1, progress=False)
+    report = run_pruning(PruneConfig(method="local", width_ratio=0.5),
+                         RunSpec(model="resnet20", data="digits", out=tmp_path / "out", calib_samples=32,
+                                 gram_samples=32, train_epochs=1, progress=False))
     tied = [g["producers"] for g in report["left_unpruned"] if g["reason"] == "tied to a residual add"]
     assert len(tied) == 3 and ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"] in [sorted(p) for p in tied]
     assert {"producers": ["fc"], "reason": "no linear consumer (model output)"} in report["left_unpruned"]
@@ -529,7 +535,7 @@ def test_a_sequence_of_batches_is_read_on_demand_and_prunes_as_the_list(method, 
 
 
 def test_ce_gap_is_the_rise_of_the_true_label_cross_entropy():
-    from greedyprune.greedy.suffix import discrepancy
+    from greedyprune.greedy.outputs import discrepancy
 
     generator = torch.Generator().manual_seed(0)
     target, logits = torch.randn(6, 4, generator=generator), torch.randn(3, 6, 4, generator=generator)
@@ -557,7 +563,7 @@ def test_target_flops_bisects_the_tolerance_and_meets_the_budget():
     from dataclasses import replace
 
     from greedyprune.greedy import PruneConfig
-    from greedyprune.greedy.pipeline import tol_for_flops
+    from greedyprune.greedy.budget import tol_for_flops
     from greedyprune.harness.measure import count_flops
 
     model, x = _bn_cnn(), torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -1,12 +1,12 @@
-"""greedyprune.harness.training (train, finetune, evaluate, pretrained) on the
-bundled digits with tiny models, and greedyprune.harness.measure."""
+"""greedyprune.harness.training (train, finetune, evaluate) and the cache of trained models
+(model_source.pretrained) on the bundled digits with tiny models, and greedyprune.harness.measure."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from greedyprune.harness import data, measure, training
+from greedyprune.harness import data, measure, model_source, training
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -180,8 +180,8 @@ def test_pretrained_trains_once_then_loads_from_cache(tmp_path, digits_loaders):
         fits.append(model)
         training.train(model, train_loader, epochs=1, lr=0.1, progress=False)
 
-    first = training.pretrained("digits-linear_v1.0", _linear_model, fit, cache_dir=tmp_path)
-    second = training.pretrained("digits-linear_v1.0", lambda: _linear_model(seed=1), fit, cache_dir=tmp_path)
+    first = model_source.pretrained("digits-linear_v1.0", _linear_model, fit, cache_dir=tmp_path)
+    second = model_source.pretrained("digits-linear_v1.0", lambda: _linear_model(seed=1), fit, cache_dir=tmp_path)
     assert len(fits) == 1 and fits[0] is first and second is not first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits-linear_v1.0.pt"]  # no temp file left
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
@@ -190,7 +190,7 @@ def test_pretrained_trains_once_then_loads_from_cache(tmp_path, digits_loaders):
 
 def test_pretrained_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
-    training.pretrained("tiny", _linear_model, lambda model: None)
+    model_source.pretrained("tiny", _linear_model, lambda model: None)
     assert (tmp_path / "cache" / "tiny.pt").is_file()
 
 
@@ -199,20 +199,20 @@ def test_pretrained_failed_fit_saves_nothing(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        training.pretrained("tiny", _linear_model, fit, cache_dir=tmp_path)
+        model_source.pretrained("tiny", _linear_model, fit, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_pretrained_mismatched_cache_gives_clear_error(tmp_path):
-    training.pretrained("model", _linear_model, lambda model: None, cache_dir=tmp_path)
+    model_source.pretrained("model", _linear_model, lambda model: None, cache_dir=tmp_path)
     with pytest.raises(RuntimeError, match="delete the file"):
-        training.pretrained("model", _mlp, lambda model: None, cache_dir=tmp_path)
+        model_source.pretrained("model", _mlp, lambda model: None, cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("name_key", ["", "../escape", "a/b", ".hidden", "x" * 201, "bad name", 3])
 def test_pretrained_rejects_unsafe_name_key(tmp_path, name_key):
     with pytest.raises(ValueError, match="'name_key'"):
-        training.pretrained(name_key, _linear_model, lambda model: None, cache_dir=tmp_path)
+        model_source.pretrained(name_key, _linear_model, lambda model: None, cache_dir=tmp_path)
 
 
 def test_count_params_and_flops():

@@ -2,13 +2,13 @@
 subcommands."""
 from __future__ import annotations
 
-import torch
-
 from ..files import prepare_output_dir
-from .config import METHODS, PruneConfig
+from .budget import FLOPS_SEARCHES
+from .config import DEFAULT_TOL, METHODS, PruneConfig
+from .exporters import EXPORTERS
 from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
-from .suffix import DISCREPANCIES
-from .surgery import FOLDS
+from .outputs import DISCREPANCIES
+from .pipeline import DEMO_RUN, RunSpec
 
 
 def register(subparsers) -> None:
@@ -17,14 +17,15 @@ def register(subparsers) -> None:
         "prune", help="structured pruning with greedy local / global imitation (Algorithm 2)",
         description="Prune every unit (hidden channels read by one linear layer) from input to output; writes "
                     "pruned.pt, plan.json, report.json and report.png to --out.")
-    _pruning_arguments(prune, default_out="greedyprune-out/prune")
+    _pruning_arguments(prune, defaults=RunSpec())
     prune.set_defaults(func=_prune_command)
 
     demo = subparsers.add_parser(
         "demo", help="the main job: train (cached) the PQI paper's CNN on the bundled digits and prune it",
-        description="Same as `prune` with the defaults (cnn on digits, hybrid, tol 0.02 nats per unit, "
-                    "256 calibration samples, 3 fine-tuning epochs).")
-    _pruning_arguments(demo, default_out="greedyprune-out/demo", finetune_epochs=3, calib_samples=256, overwrite=True)
+        description=f"Same as `prune` with the defaults ({DEMO_RUN.model} on {DEMO_RUN.data}, {PruneConfig.method}, "
+                    f"tol {DEFAULT_TOL} nats per unit, {DEMO_RUN.calib_samples} calibration samples, "
+                    f"{DEMO_RUN.finetune_epochs} fine-tuning epochs).")
+    _pruning_arguments(demo, defaults=DEMO_RUN)
     demo.set_defaults(func=_prune_command)
 
     rate = subparsers.add_parser(
@@ -60,74 +61,83 @@ def _experiment_arguments(p, *, default_out: str) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _pruning_arguments(p, *, default_out: str, finetune_epochs: int = 0, calib_samples: int = 512,
-                       overwrite: bool = False) -> None:
-    p.add_argument("--model", default="cnn", help="a zoo name (trained on --data and cached) or a save_model file")
-    p.add_argument("--weights", default=None,
+def _pruning_arguments(p, *, defaults: RunSpec) -> None:
+    """The flags of prune and demo: a RunSpec's fields (defaults from `defaults`) and a PruneConfig's."""
+    config = PruneConfig
+    p.add_argument("--model", default=defaults.model,
+                   help="a zoo name (trained on --data and cached) or a save_model file")
+    p.add_argument("--weights", default=defaults.weights,
                    help="weights for the --model name instead of training it: a state dict (torchvision / timm "
                         "layout) or a checkpoint holding one; 'module.' prefixes are stripped")
-    p.add_argument("--data", default="digits",
+    p.add_argument("--data", default=defaults.data,
                    help="'digits' (bundled), a CIFAR-10 python-pickle folder, or an ImageFolder root (torchvision)")
-    p.add_argument("--method", choices=METHODS, default="hybrid")
-    stop = p.add_argument_group("stopping rule (at least one)")
-    stop.add_argument("--max-discrepancy", "--tol", dest="tol", type=float, default=None,
+    p.add_argument("--method", choices=METHODS, default=config.method)
+    stop = p.add_argument_group("stopping rule")
+    stop.add_argument("--max-discrepancy", "--tol", dest="tol", type=float, default=config.tol,
                       help="network discrepancy each unit may add, measured against the network as pruned so far "
-                           "(seed 000's epsilon; not the op's local tol); default 0.02 unless --width/--target-flops")
-    stop.add_argument("--width", type=float, default=None, help="keep at most this fraction of each unit's channels")
-    stop.add_argument("--network-budget", type=float, default=None,
+                           f"(seed 000's epsilon; not the op's local tol); {DEFAULT_TOL} without --width, "
+                           "--network-budget or --target-flops")
+    stop.add_argument("--width", type=float, default=config.width_ratio,
+                      help="keep at most this fraction of each unit's channels")
+    stop.add_argument("--network-budget", type=float, default=config.network_budget,
                       help="instead of --max-discrepancy: the discrepancy the whole network may gain, split evenly "
                            "over the units")
-    stop.add_argument("--target-flops", type=float, default=None,
+    stop.add_argument("--target-flops", type=float, default=defaults.target_flops,
                       help="fraction of the FLOPs to keep, by bisection on --max-discrepancy (per-unit widths, the "
                            "paper's way) or, with --flops-search width, on one uniform --width")
-    stop.add_argument("--flops-search", choices=("epsilon", "width"), default="epsilon",
-                      help="what --target-flops bisects (default epsilon; each step prunes a copy)")
-    p.add_argument("--discrepancy", choices=DISCREPANCIES[:3], default="kl",
+    stop.add_argument("--flops-search", choices=FLOPS_SEARCHES, default=defaults.flops_search,
+                      help=f"what --target-flops bisects (default {defaults.flops_search}; each step prunes a copy)")
+    p.add_argument("--discrepancy", choices=[d for d in DISCREPANCIES if d != "ce"], default=config.discrepancy,
                    help="kl or mse of the logits, or ce-gap: the rise of the cross-entropy on true labels (the "
                         "training-loss gap the paper's epsilon bounds)")
-    p.add_argument("--fold", choices=FOLDS, default=PruneConfig.fold,
+    p.add_argument("--fold", choices=tuple(EXPORTERS), default=config.fold,
                    help="where the kept channels' gates go: 'none' removes the others plainly (fine-tunes best), "
                         "'consumer'/'producer'/'split' keep the pruned network's function")
     p.add_argument("--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
                    help="keep the original BatchNorm statistics (default: re-estimate them on the calibration "
                         "images after each unit)")
-    p.add_argument("--calib-samples", type=int, default=calib_samples, help="samples the discrepancy is measured on")
-    p.add_argument("--gram-samples", type=int, default=2048, help="samples streamed into each Gram")
-    p.add_argument("--positions", type=int, default=None, help="subsample this many positions per image for Grams")
-    p.add_argument("--exact-until", type=int, default=25, help="global imitation: exact candidates while nnz <= this")
-    p.add_argument("--taylor-top", type=int, default=5, help="global imitation: candidates re-checked after Taylor")
-    p.add_argument("--step-batch", type=int, default=PruneConfig.step_batch,
+    p.add_argument("--calib-samples", type=int, default=defaults.calib_samples,
+                   help="samples the discrepancy is measured on")
+    p.add_argument("--gram-samples", type=int, default=defaults.gram_samples, help="samples streamed into each Gram")
+    p.add_argument("--positions", type=int, default=config.positions_per_image,
+                   help="subsample this many positions per image for Grams")
+    p.add_argument("--exact-until", type=int, default=config.exact_until,
+                   help="global imitation: exact candidates while nnz <= this")
+    p.add_argument("--taylor-top", type=int, default=config.taylor_top,
+                   help="global imitation: candidates re-checked after Taylor")
+    p.add_argument("--step-batch", type=int, default=config.step_batch,
                    help="global imitation: a fresh mini-batch of this many calibration samples per step "
                         "(Algorithm 1 line 4); 0: every step on all of them")
     p.add_argument("--max-batch-memory", type=float, default=None, metavar="MIB",
                    help="MiB for candidate batches and cached prefixes (default: a quarter of the free memory)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where the model runs (under torchrun with CUDA: each process on its own GPU)")
-    p.add_argument("--finetune-epochs", type=int, default=finetune_epochs)
-    p.add_argument("--train-epochs", type=int, default=15, help="epochs when a zoo model must be trained first")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=default_out)
-    p.add_argument("--overwrite", action="store_true", default=overwrite,
-                   help="replace a finished run in --out" + (" (the demo always does)" if overwrite else ""))
+    p.add_argument("--device", default=defaults.device,
+                   help="where the model runs (default: cuda when available, else cpu; under torchrun with CUDA: "
+                        "each process on its own GPU)")
+    p.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs)
+    p.add_argument("--train-epochs", type=int, default=defaults.train_epochs,
+                   help="epochs when a zoo model must be trained first")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--out", default=str(defaults.out))
+    p.add_argument("--overwrite", action="store_true", default=defaults.overwrite,
+                   help="replace a finished run in --out" + (" (the demo always does)" if defaults.overwrite else ""))
     p.add_argument("--no-progress", action="store_true")
 
 
 def _prune_command(args) -> int:
-    from .pipeline import format_report, run_pruning
+    from .pipeline import run_pruning
+    from .report import format_report
 
-    tol = args.tol
-    if tol is None and args.width is None and args.target_flops is None and args.network_budget is None:
-        tol = 0.02
-    report = run_pruning(model=args.model, data=args.data, out_dir=args.out, target_flops=args.target_flops,
-                         calib_samples=args.calib_samples, gram_samples=args.gram_samples,
-                         finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, seed=args.seed,
-                         progress=not args.no_progress, method=args.method, tol=tol, width_ratio=args.width,
+    config = PruneConfig(method=args.method, tol=args.tol, width_ratio=args.width, network_budget=args.network_budget,
                          discrepancy=args.discrepancy, positions_per_image=args.positions,
-                         exact_until=args.exact_until, taylor_top=args.taylor_top, fold=args.fold,
-                         recalibrate_bn=args.recalibrate_bn, overwrite=args.overwrite, weights=args.weights,
-                         device=args.device, flops_search=args.flops_search, network_budget=args.network_budget,
-                         step_batch=args.step_batch or None,
-                         memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20))
+                         exact_until=args.exact_until, taylor_top=args.taylor_top, step_batch=args.step_batch or None,
+                         memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20),
+                         fold=args.fold, recalibrate_bn=args.recalibrate_bn)
+    run = RunSpec(model=args.model, data=args.data, weights=args.weights, out=args.out, device=args.device,
+                  seed=args.seed, calib_samples=args.calib_samples, gram_samples=args.gram_samples,
+                  target_flops=args.target_flops, flops_search=args.flops_search,
+                  finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, overwrite=args.overwrite,
+                  progress=not args.no_progress)
+    report = run_pruning(config, run)
     print(format_report(report))
     print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt (load_model) "
           f"and pruned.pt2 (torch.export.load(path).module())")

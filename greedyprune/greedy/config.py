@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..checks import ArgumentError, arg_error, check_choice, check_int, check_real
-from .suffix import DISCREPANCIES
-from .surgery import FOLDS
+from .criteria import CRITERIA, METHODS
+from .exporters import EXPORTERS
+from .outputs import DISCREPANCIES
 
-METHODS = ("local", "global", "hybrid", "gfs")
+# The network discrepancy each unit may add when no stopping rule is given.
+DEFAULT_TOL = 0.02
 
 
 @dataclass(frozen=True)
@@ -16,8 +18,10 @@ class PruneConfig:
     """How `prune_model` chooses and exports each unit's channels.
 
     method: local | global | hybrid (Algorithm 2: both, the narrower wins) | gfs (the authors'
-        released forward selection, scored on true labels).
+        released forward selection, scored on true labels): a criteria.CRITERIA name.
     tol: the network discrepancy each unit may add (per unit, against the network as pruned so far).
+    prune_model needs a stopping rule: tol, network_budget or width_ratio (or a width with either);
+        run_pruning takes DEFAULT_TOL (0.02) where none is given and no FLOP target sets one.
     network_budget: instead of tol, the discrepancy the whole network may gain, split evenly over
         the units pruned (each unit's tol = network_budget / units; the per-unit gains add up
         approximately, as each is measured against the network as pruned so far).
@@ -33,8 +37,9 @@ class PruneConfig:
         it per process; run_pruning (the CLI's --step-batch) as the global mini-batch.
     memory_budget: bytes for candidate chunks and cached prefixes (None: a quarter of the free
         memory, at most 8 GiB).
-    fold: where the kept channels' gates N a_i go (surgery.FOLDS); "none" removes the others
-        plainly, which fine-tunes best (benchmarks/RESULTS.md, "Against Torch-Pruning").
+    fold: how a unit is exported (exporters.EXPORTERS): where the kept channels' gates N a_i go,
+        or "none": the other channels are removed plainly, which fine-tunes best
+        (benchmarks/RESULTS.md, "Against Torch-Pruning").
     recalibrate_bn: re-estimate BatchNorm statistics on the calibration images after each unit,
         so each unit imitates the network as it is exported and as fine-tuning starts.
     """
@@ -59,15 +64,12 @@ class PruneConfig:
             if self.tol is not None:
                 raise ArgumentError("greedyprune: give argument 'tol' (per unit) or 'network_budget' (split over the "
                                     "units), not both")
-        if self.tol is None and self.width_ratio is None and self.network_budget is None:
-            raise ArgumentError("greedyprune: give argument 'tol' (discrepancy per unit), 'network_budget' or "
-                                "'width_ratio' (or a width with either)")
         if self.tol is not None:
             check_real("tol", self.tol, low=0.0)
         if self.width_ratio is not None:
             check_real("width_ratio", self.width_ratio, low=0.0, high=1.0, low_open=True)
         check_choice("discrepancy", self.discrepancy, DISCREPANCIES)
-        check_choice("fold", self.fold, FOLDS)
+        check_choice("fold", self.fold, tuple(EXPORTERS))
         for name, low in (("exact_until", 0), ("taylor_top", 1)):
             check_int(name, getattr(self, name), minimum=low)
         for name in ("step_batch", "memory_budget"):
@@ -82,14 +84,35 @@ class PruneConfig:
         """The widest a unit of `channels` channels may end."""
         return channels if self.width_ratio is None else max(1, math.ceil(self.width_ratio * channels))
 
+    def check_stopping_rule(self) -> None:
+        if self.tol is None and self.width_ratio is None and self.network_budget is None:
+            raise ArgumentError("greedyprune: give argument 'tol' (discrepancy per unit), 'network_budget' or "
+                                "'width_ratio' (or a width with either)")
+
+    def per_unit(self, units: int) -> PruneConfig:
+        """The rule each of `units` units follows: network_budget split evenly (each unit may add its
+        share)."""
+        self.check_stopping_rule()
+        if self.network_budget is not None:
+            return replace(self, tol=self.network_budget / units, network_budget=None)
+        return self
+
+    def with_default_tol(self) -> PruneConfig:
+        """This config, with tol = DEFAULT_TOL where it gives no stopping rule."""
+        if self.tol is None and self.width_ratio is None and self.network_budget is None:
+            return replace(self, tol=DEFAULT_TOL)
+        return self
+
     @property
     def measured_on_export(self) -> bool:
-        """Local imitation to a width with plain removal and BN re-estimated: no network discrepancy
-        is needed to choose, so a unit's discrepancy is measured once, on the model as exported."""
-        return self.method == "local" and self.tol is None and self.fold == "none" and self.recalibrate_bn
+        """Whether a unit's discrepancy is measured once, on the model as exported: the criterion
+        chooses without the network discrepancy (local imitation to a width) and the export changes
+        the gated function (plain removal, BN re-estimated)."""
+        rule = self.with_default_tol()
+        return (not CRITERIA[self.method].needs_evaluator(rule) and not EXPORTERS[self.fold].keeps_function
+                and self.recalibrate_bn)
 
     @property
     def fill(self) -> bool:
         """Whether width_ratio is a width to reach (no tol) rather than a cap."""
         return self.width_ratio is not None and self.tol is None and self.network_budget is None
-

@@ -13,8 +13,45 @@ from typing import Callable
 
 import torch
 
+from ..checks import arg_error
+from .criterion import Criterion, UnitContext
 from .evaluator import SuffixEvaluator
 from .selection import Selection
+
+# The default step cap per allowed channel: steps that re-weight a kept channel add none.
+STEPS_PER_NEURON = 4
+
+
+class GlobalImitation(Criterion):
+    """Global imitation: fixed steps scored by the network discrepancy of gated candidates,
+    exactly while the unit is small, by Taylor scores and an exact re-check after."""
+
+    name = "global"
+
+    def progress_total(self, max_neurons: int) -> int:
+        return STEPS_PER_NEURON * max_neurons
+
+    def select(self, context: UnitContext) -> Selection:
+        config = context.config
+        return global_imitation(context.evaluator, max_neurons=context.max_neurons, tol=config.tol,
+                                exact_until=config.exact_until, taylor_top=config.taylor_top, fill=config.fill,
+                                progress=context.progress)
+
+
+class ForwardSelection(GlobalImitation):
+    """The authors' released forward selection (GFS): every candidate scored exactly on the
+    cross-entropy of true labels."""
+
+    name = "gfs"
+    needs_labels = True
+
+    def discrepancy_kind(self, config) -> str:
+        return "ce"
+
+    def select(self, context: UnitContext) -> Selection:
+        config = context.config
+        return forward_selection(context.evaluator, max_neurons=context.max_neurons, tol=config.tol, fill=config.fill,
+                                 progress=context.progress)
 
 
 def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float | None = None,
@@ -22,7 +59,7 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
                      fill: bool = False, progress=None, method: str = "global",
                      on_step: Callable[[torch.Tensor], None] | None = None) -> Selection:
     """Stop when the discrepancy <= tol, nnz(a) reaches max_neurons, or after max_steps
-    steps (default 4 * max_neurons; steps that re-weight a kept channel add none).
+    steps (default STEPS_PER_NEURON * max_neurons; steps that re-weight a kept channel add none).
 
     fill: max_neurons is a width to reach, not a cap: when max_steps ends the path short of it,
     every further step adds the best channel not yet kept, until nnz(a) = max_neurons (or tol
@@ -33,14 +70,14 @@ def global_imitation(evaluator: SuffixEvaluator, *, max_neurons: int, tol: float
     the loss over all calibration images meets it too (a lucky mini-batch does not end the path)."""
     n = evaluator.channels
     if not 1 <= max_neurons <= n:
-        raise ValueError(f"greedyprune: argument 'max_neurons' must be in [1, {n}], got {max_neurons}")
+        raise arg_error("max_neurons", f"must be in [1, {n}], got {max_neurons}")
     if exact_until < 0:
-        raise ValueError(f"greedyprune: argument 'exact_until' must be >= 0, got {exact_until}")
+        raise arg_error("exact_until", f"must be >= 0, got {exact_until}")
     if not 1 <= taylor_top <= n:
-        raise ValueError(f"greedyprune: argument 'taylor_top' must be in [1, {n}], got {taylor_top}")
-    max_steps = 4 * max_neurons if max_steps is None else max_steps
+        raise arg_error("taylor_top", f"must be in [1, {n}], got {taylor_top}")
+    max_steps = STEPS_PER_NEURON * max_neurons if max_steps is None else max_steps
     if max_steps < 1:
-        raise ValueError(f"greedyprune: argument 'max_steps' must be >= 1, got {max_steps}")
+        raise arg_error("max_steps", f"must be >= 1, got {max_steps}")
     timing = {"evaluate": 0.0, "taylor": 0.0}
     start = time.perf_counter()
     device = evaluator.device

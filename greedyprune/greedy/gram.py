@@ -16,7 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed
-from .surgery import Unit, UnitGraph, logits_of
+from ..checks import arg_error
+from .outputs import logits_of
+from .surgery import Unit, UnitGraph
 
 
 class _StopForward(Exception):
@@ -54,15 +56,25 @@ def gram_from_columns(xtx: torch.Tensor, rows: int, weight: torch.Tensor, channe
 
 
 def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tensor], *,
-                      positions_per_image: int | None = None, generator: torch.Generator | None = None,
-                      logits: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+                      positions_per_image: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Stream `batches` (model inputs) through the model up to the unit's consumer and
     return G [N, N] (float64). `positions_per_image` subsamples that many output positions
-    of a conv consumer per image. Summed across ranks when torch.distributed is initialised.
-    logits: a dict to fill with every batch's model output (batch index -> logits); the
-    forwards then run to the end, so one pass gives the Gram and the targets to imitate."""
+    of a conv consumer per image. Summed across ranks when torch.distributed is initialised."""
+    return _stream(graph, unit, batches, positions_per_image, generator, keep_logits=False)[0]
+
+
+def contribution_gram_and_logits(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tensor], *,
+                                 positions_per_image: int | None = None, generator: torch.Generator | None = None
+                                 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """As `contribution_gram`, with the forwards run on to the end: also every batch's logits
+    (batch index -> logits of the model as it is), from the same pass."""
+    return _stream(graph, unit, batches, positions_per_image, generator, keep_logits=True)
+
+
+def _stream(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tensor], positions_per_image: int | None,
+            generator: torch.Generator | None, *, keep_logits: bool) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     if positions_per_image is not None and positions_per_image < 1:
-        raise ValueError("greedyprune: argument 'positions_per_image' must be >= 1")
+        raise arg_error("positions_per_image", f"must be >= 1, got {positions_per_image}")
     consumer = graph.module(unit.consumer)
     if isinstance(consumer, nn.Conv2d) and consumer.groups != 1:
         raise ValueError(f"greedyprune: consumer {unit.consumer} is a grouped conv; it cannot be a unit's consumer")
@@ -72,13 +84,14 @@ def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tens
                          f"not a whole block per channel of {unit.name}")
     xtx = torch.zeros(n_cols, n_cols, dtype=torch.float64, device=consumer.weight.device)
     rows = 0
+    logits: dict[int, torch.Tensor] = {}
 
     def capture(_module, args):
         nonlocal rows
         x2 = consumer_columns(consumer, args[0].detach(), positions_per_image, generator).float()
         xtx.add_((x2.T @ x2).to(torch.float64))
         rows += x2.shape[0]
-        if logits is None:
+        if not keep_logits:
             raise _StopForward
 
     model = graph.model
@@ -99,5 +112,5 @@ def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tens
     distributed.all_reduce_sum(xtx)
     rows = int(distributed.sum_numbers(rows)[0])
     if rows == 0:
-        raise ValueError("greedyprune: argument 'batches' gave no data")
-    return gram_from_columns(xtx, rows, consumer.weight, unit.channels)
+        raise arg_error("batches", "gave no data")
+    return gram_from_columns(xtx, rows, consumer.weight, unit.channels), logits

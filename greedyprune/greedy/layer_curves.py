@@ -16,17 +16,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checks import check_int
+from ..checks import arg_error, check_int
 from ..extras import pyplot
 from ..files import save_figure, write_json
 from ..harness.data import load_dataset, make_loader
-from ..harness.training import check_weights_source
+from ..harness.model_source import check_model_source, resolve_model
 from .evaluator import SuffixEvaluator
 from .global_imitation import global_imitation
 from .gram import contribution_gram
 from .local import local_imitation
-from .pipeline import check_model_source, trained_model
-from .suffix import DISCREPANCIES, NEEDS_LABELS
+from .outputs import DISCREPANCIES, NEEDS_LABELS
 from .surgery import UnitGraph
 
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16, 32)
@@ -46,15 +45,14 @@ def run_layer_curves(out_dir: str | os.PathLike = "greedyprune-out/layer-curves"
     reads the gates where the path first keeps that many neurons."""
     widths = sorted(set(int(w) for w in widths))
     if not widths or widths[0] < 1:
-        raise ValueError(f"greedyprune: argument 'widths' must be integers >= 1, got {widths}")
+        raise arg_error("widths", f"must be integers >= 1, got {widths}")
     between_networks = tuple(d for d in DISCREPANCIES if d not in NEEDS_LABELS)
     if discrepancy not in between_networks:
-        raise ValueError(f"greedyprune: argument 'discrepancy' must be one of {between_networks}, got {discrepancy!r}")
+        raise arg_error("discrepancy", f"must be one of {between_networks}, got {discrepancy!r}")
     check_int("calib_samples", calib_samples, minimum=1)
-    check_model_source(model)
-    if weights is not None:
-        check_weights_source(model, weights)
-    net = trained_model(model, data, epochs=train_epochs, seed=seed, progress=progress, weights=weights).eval()
+    check_model_source(model, weights, without_weights="train")
+    net = resolve_model(model, data, without_weights="train", weights=weights, seed=seed, epochs=train_epochs,
+                        progress=progress).eval()
     calib, _ = next(iter(make_loader(load_dataset(data, "train"), calib_samples, shuffle=True, seed=seed + 1)))
     held_out = torch.cat([x for x, _ in make_loader(load_dataset(data, "test"), 256, shuffle=False)])
     graph = UnitGraph(net, calib[:2])

@@ -3,12 +3,34 @@ the closed-form line search runs in one `greedy_local` op call on the Gram of co
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 
 from .. import ops
+from ..checks import arg_error
+from .criterion import Criterion, UnitContext
 from .evaluator import SuffixEvaluator
 from .selection import Selection
+
+
+class LocalImitation(Criterion):
+    """Local imitation: the closed-form greedy path on the Gram of the unit's contributions to its
+    consumer. It needs the network discrepancy only to meet a tolerance (or to report its loss)."""
+
+    name = "local"
+    needs_gram = True
+
+    def needs_evaluator(self, config) -> bool:
+        return not config.fill
+
+    def select(self, context: UnitContext) -> Selection:
+        config = context.config
+        if not context.measure_network:  # its loss would be the consumer's, not the network's: left to the export
+            chosen = local_imitation(context.gram, max_neurons=context.max_neurons, fill=config.fill)
+            return replace(chosen, loss=None)
+        return local_imitation(context.gram, max_neurons=context.max_neurons, tol=config.tol, fill=config.fill,
+                               evaluator=context.evaluator)
 
 
 def local_imitation(G: torch.Tensor, *, max_neurons: int, evaluator: SuffixEvaluator | None = None,
@@ -26,9 +48,9 @@ def local_imitation(G: torch.Tensor, *, max_neurons: int, evaluator: SuffixEvalu
     """
     n = G.shape[0]
     if not 1 <= max_neurons <= n:
-        raise ValueError(f"greedyprune: argument 'max_neurons' must be in [1, {n}], got {max_neurons}")
+        raise arg_error("max_neurons", f"must be in [1, {n}], got {max_neurons}")
     if tol is not None and evaluator is None:
-        raise ValueError("greedyprune: argument 'tol' needs an 'evaluator' (network discrepancy)")
+        raise arg_error("tol", "needs an 'evaluator' (network discrepancy)")
     start = time.perf_counter()
     timing = {"select": 0.0, "evaluate": 0.0}
 

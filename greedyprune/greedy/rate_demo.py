@@ -13,6 +13,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..checks import check_int
+from ..extras import pyplot
 from ..files import save_figure, write_json
 from ..models.demo_nets import two_layer_net
 from .evaluator import SuffixEvaluator
@@ -78,9 +79,7 @@ def run_rate_demo(out_dir: str | os.PathLike = "greedyprune-out/rate", *, widths
 
 
 def _plot(results: dict, path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for key, label, style in (("local", "local imitation", "o-"), ("global", "global imitation", "s-"),

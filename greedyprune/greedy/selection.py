@@ -14,12 +14,18 @@ class Selection:
 
     method: str
     a: torch.Tensor
-    loss: float | None  # None: not measured (local imitation to a width; prune_model records the exported one)
+    loss: float | None  # None: not measured (local imitation to a width; the export measures it)
     steps: int
     path: list[float] = field(default_factory=list)  # discrepancy after each step
     seconds: dict[str, float] = field(default_factory=dict)
     stop: str = ""  # the rule that ended the path: tol, width, step cap, no improvement, ...
     filled: int = 0  # channels added by forced steps to reach the asked width
+    considered: list[Selection] = field(default_factory=list)  # what a criterion chose among (hybrid: each member's)
+
+    @property
+    def outcomes(self) -> list[Selection]:
+        """Every selection the criterion weighed: `considered`, or this one alone."""
+        return self.considered or [self]
 
     @property
     def kept(self) -> torch.Tensor:

@@ -14,36 +14,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .surgery import Unit, UnitGraph, apply_gates, logits_of
-
-DISCREPANCIES = ("kl", "mse", "ce-gap", "ce")
-NEEDS_LABELS = ("ce-gap", "ce")
-
-
-def discrepancy(logits: torch.Tensor, target: torch.Tensor, kind: str, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-candidate discrepancy of logits [K, B, *, C] from the original logits [B, *, C]
-    (* = e.g. tokens): "kl" = KL(original || pruned) averaged over samples and positions,
-    "mse" = squared error summed over a sample's outputs, averaged over samples, "ce-gap" = the
-    rise of the cross-entropy on true labels [B, *] over the original's (the training-loss gap
-    that seed 000's epsilon bounds, section 3.2), "ce" = that cross-entropy itself (the authors'
-    forward selection)."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits, target = logits.float(), target.float()
-    k = logits.shape[0]
-    if kind == "mse":
-        return (logits - target).pow(2).flatten(2).sum(-1).mean(-1)
-    if kind == "kl":
-        t = F.log_softmax(target, dim=-1)
-        return (t.exp() * (t - F.log_softmax(logits, dim=-1))).sum(-1).reshape(k, -1).mean(-1)
-    if kind in NEEDS_LABELS:
-        if labels is None:
-            raise ValueError(f"greedyprune: discrepancy {kind!r} needs argument 'labels'")
-        flat = logits.reshape(-1, logits.shape[-1])
-        ce = F.cross_entropy(flat, labels.reshape(-1).repeat(k), reduction="none").view(k, -1).mean(-1)
-        if kind == "ce":
-            return ce
-        return ce - F.cross_entropy(target.reshape(-1, target.shape[-1]), labels.reshape(-1))
-    raise ValueError(f"greedyprune: argument 'discrepancy' must be one of {DISCREPANCIES}, got {kind!r}")
+from ..checks import arg_error
+from .outputs import check_discrepancy, discrepancy, logits_of
+from .surgery import Unit, UnitGraph, apply_gates
 
 
 class BatchSuffix:
@@ -57,10 +30,9 @@ class BatchSuffix:
     def __init__(self, graph: UnitGraph, unit: Unit, inputs: torch.Tensor, *, kind: str = "kl",
                  labels: torch.Tensor | None = None, target: torch.Tensor | None = None, max_rows: int = 4096,
                  use_fx: bool = True):
-        if kind not in DISCREPANCIES:
-            raise ValueError(f"greedyprune: argument 'discrepancy' must be one of {DISCREPANCIES}, got {kind!r}")
+        check_discrepancy(kind)
         if max_rows < 1:
-            raise ValueError("greedyprune: argument 'max_rows' must be >= 1")
+            raise arg_error("max_rows", f"must be >= 1, got {max_rows}")
         self.graph, self.unit, self.kind, self.labels = graph, unit, kind, labels
         self.model = graph.model
         self.inputs = inputs

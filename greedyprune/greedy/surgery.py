@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ..checks import check_choice
+from .outputs import logits_of
 
 
 @dataclass
@@ -69,20 +70,6 @@ FOLDS = ("consumer", "producer", "split", "none")
 _HOMOGENEOUS = re.compile(
     r"(Relu|LeakyRelu|MaxPool\w*|AvgPool\w*|AdaptiveAvgPool\w*|AdaptiveMaxPool\w*|Mean|Sum|View|UnsafeView|"
     r"ReshapeAlias|Permute|Transpose|Clone|Squeeze\w*|Unsqueeze\w*|Expand|NativeDropout|Flatten)Backward\d*")
-
-
-def logits_of(output) -> torch.Tensor:
-    """The logits in a model's output: a tensor, or the `logits` of a Hugging Face style output
-    (attribute or key), or the first entry of a tuple/list."""
-    if isinstance(output, torch.Tensor):
-        return output
-    found = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
-    if found is None and isinstance(output, (tuple, list)) and output:
-        found = output[0]
-    if not isinstance(found, torch.Tensor):
-        raise ValueError(f"greedyprune: the model returned {type(output).__name__}; it must return a logits tensor, "
-                         "an output with .logits or a tuple starting with the logits")
-    return found
 
 
 def check_fold(fold: str) -> str:

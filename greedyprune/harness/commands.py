@@ -4,18 +4,18 @@ greedy-imitation authors' workflow (docs/DESIGN.md, seed 000: SGD momentum 0.9, 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
 
 from .. import distributed
-from ..checks import arg_error, check_device, check_int
+from ..checks import check_device, check_int
 from ..files import prepare_output_dir, write_json
-from ..models import load_model, save_model
+from ..models import save_model
 from .data import load_dataset, make_loader
 from .measure import model_stats
-from .training import PRECISIONS, check_weights_source, finetune, model_with_weights
+from .model_source import check_model_source, resolve_model
+from .training import PRECISIONS, finetune
 
 REPORT_NAME = "report.json"
 MODEL_NAME = "finetuned.pt"
@@ -59,13 +59,9 @@ def _model_arguments(p) -> None:
 
 
 def _load(args) -> torch.nn.Module:
-    """The model the arguments name (checked before any work)."""
-    if args.weights is not None:
-        check_weights_source(args.model, args.weights)
-        return model_with_weights(args.model, args.data, args.weights)
-    if not os.path.isfile(args.model):
-        raise arg_error("model", f"{args.model!r} is not a file; give a save_model file, or a model name with --weights")
-    return load_model(args.model)[0]
+    """The model the arguments name (checked before any work): nothing is trained here."""
+    check_model_source(args.model, args.weights, without_weights="refuse", source_flag="model")
+    return resolve_model(args.model, args.data, without_weights="refuse", weights=args.weights)
 
 
 def _finetune_command(args: argparse.Namespace) -> int:

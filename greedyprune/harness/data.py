@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
 from .. import distributed
-from ..checks import arg_error, check_int
+from ..checks import ArgumentError, arg_error, check_int
 from ..extras import require
 
 SPLITS = ("train", "test", "val")  # "val" is an alias of "test"
@@ -80,13 +80,13 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
     if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
         raise arg_error("dataset", f"must be a map-style Dataset, got {type(dataset).__name__}")
     if len(dataset) == 0:
-        raise ValueError("greedyprune: argument 'dataset' is empty")
+        raise arg_error("dataset", "is empty")
     check_int("batch_size", batch_size, minimum=1)
     check_int("seed", seed, minimum=0)
     check_int("num_workers", num_workers, minimum=0)
     if drop_last and batch_size > len(dataset):
-        raise ValueError(f"greedyprune: argument 'batch_size' ({batch_size}) exceeds the dataset's "
-                         f"{len(dataset)} samples with drop_last=True: the loader would be empty")
+        raise arg_error("batch_size", f"({batch_size}) exceeds the dataset's {len(dataset)} samples with "
+                                      "drop_last=True: the loader would be empty")
     if shard is None:
         shard = distributed.active()
     world, rank = (distributed.world_size(), distributed.rank()) if shard else (1, 0)
@@ -152,7 +152,7 @@ class CIFAR10(Dataset):
 
 def _check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"greedyprune: argument 'split' must be one of {SPLITS}, got {split!r}")
+        raise arg_error("split", f"must be one of {SPLITS}, got {split!r}")
     return "test" if split == "val" else split
 
 
@@ -164,15 +164,15 @@ def _classify_source(source) -> tuple[str, Path | None]:
         return "digits", None
     root = Path(source).expanduser()
     if not root.is_dir():
-        raise ValueError(f"greedyprune: argument 'source' must be 'digits' or an existing folder "
-                         f"(CIFAR-10 pickle batches or an ImageFolder root), got {str(source)!r}")
+        raise arg_error("source", "must be 'digits' or an existing folder (CIFAR-10 pickle batches or an "
+                                  f"ImageFolder root), got {str(source)!r}")
     for folder in (root, root / CIFAR10_FOLDER):
         if (folder / CIFAR10_TEST_FILE).is_file() or (folder / CIFAR10_TRAIN_FILES[0]).is_file():
             return "cifar10", folder
     if (root / "train").is_dir() and _eval_folder(root) is not None:
         return "imagefolder", root
-    raise ValueError(f"greedyprune: argument 'source' folder {str(source)!r} holds neither CIFAR-10 pickle "
-                     "batches (data_batch_1..5, test_batch) nor train/ and val/ ImageFolder subfolders")
+    raise arg_error("source", f"folder {str(source)!r} holds neither CIFAR-10 pickle batches (data_batch_1..5, "
+                              "test_batch) nor train/ and val/ ImageFolder subfolders")
 
 
 def _eval_folder(root: Path) -> Path | None:
@@ -203,7 +203,7 @@ def _digits(split: str) -> TensorDataset:
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [n, 3, 32, 32], int64 [n]) from one pickle batch (rows are R, G, B planes of 32x32)."""
     if not path.is_file():
-        raise ValueError(f"greedyprune: argument 'source': CIFAR-10 batch file {str(path)!r} is missing")
+        raise ArgumentError(f"greedyprune: argument 'source': CIFAR-10 batch file {str(path)!r} is missing")
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")  # the format is a pickle: the folder must be trusted
@@ -215,8 +215,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise arg_error("source", f"{str(path)!r} is not a CIFAR-10 python batch (a pickled dict with b'data' and "
                                   f"b'labels'; {type(err).__name__}); is the folder cifar-10-batches-py?") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-        raise ValueError(f"greedyprune: argument 'source': {str(path)!r} is not a CIFAR-10 batch "
-                         f"(data {data.shape}, {len(labels)} labels)")
+        raise ArgumentError(f"greedyprune: argument 'source': {str(path)!r} is not a CIFAR-10 batch "
+                            f"(data {data.shape}, {len(labels)} labels)")
     return data.reshape(-1, 3, 32, 32), labels
 
 

@@ -1,15 +1,12 @@
-"""Training, fine-tuning and evaluation loops for the pruning drivers, and a cache of
-trained models (`pretrained`).
+"""Training, fine-tuning and evaluation loops for the pruning drivers.
 
-Loaders yield (inputs, targets) batches.
+Loaders yield (inputs, targets) batches. Finding and building the model to train is
+model_source's.
 """
 from __future__ import annotations
 
 import math
-import os
-import re
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -18,11 +15,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import distributed
-from ..checks import arg_error, check_callable, check_choice, check_file, check_int, check_module, check_real
-from ..files import torch_save_atomically
+from ..checks import arg_error, check_callable, check_choice, check_int, check_module, check_real
 
 PRECISIONS = ("auto", "fp32", "bf16")
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
@@ -140,7 +135,7 @@ def evaluate(model: nn.Module, loader, *, device=None) -> dict:
         loss_sum, correct, samples = distributed.sum_numbers(loss_sum, correct, samples)
         correct, samples = int(correct), int(samples)
     if samples == 0:
-        raise ValueError("greedyprune: argument 'loader' yielded no samples")
+        raise arg_error("loader", "yielded no samples")
     return dict(loss=loss_sum / samples, accuracy=correct / samples, samples=samples)
 
 
@@ -169,7 +164,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device=None) -
                 model(inputs.to(device))
                 seen += 1
             if seen == 0:
-                raise ValueError("greedyprune: argument 'batches' yielded no batch")
+                raise arg_error("batches", "yielded no batch")
         except BaseException:  # leave the old statistics, not half-estimated ones
             for m, (mean, var, count) in zip(norms, saved):
                 m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
@@ -179,84 +174,6 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device=None) -
                 m.momentum = momentum
     distributed.average_buffers(nn.ModuleList(norms), weight=seen)
     return len(norms)
-
-
-def pretrained(name_key: str, build: Callable[[], nn.Module], fit: Callable[[nn.Module], object], *,
-               cache_dir: str | os.PathLike | None = None) -> nn.Module:
-    """`build()` with the weights cached under `name_key`; on a cache miss `fit(model)` trains it
-    and its state_dict is saved atomically (temp file, then os.replace).
-
-    cache_dir: default $GREEDYPRUNE_CACHE, else ~/.cache/greedyprune. name_key: letters,
-    digits, '.', '_', '-' (not first), at most 200 characters.
-    """
-    if not isinstance(name_key, str) or not _SAFE_NAME.fullmatch(name_key):
-        raise ValueError("greedyprune: argument 'name_key' must be a safe file name (letters, digits, '.', '_', '-', "
-                         f"not starting with '.', '_' or '-', at most 200 characters), got {name_key!r}")
-    check_callable("build", build)
-    check_callable("fit", fit)
-    folder = Path(cache_dir or os.environ.get("GREEDYPRUNE_CACHE") or Path.home() / ".cache" / "greedyprune")
-    folder = folder.expanduser()
-    path = folder / f"{name_key}.pt"
-
-    model = build()
-    check_module(model, name="build()'s result")
-    if path.is_file():
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as err:
-            raise RuntimeError(f"greedyprune: cached weights {str(path)!r} do not load into build()'s model "
-                               f"({err}); delete the file to retrain") from err
-        return model
-
-    fit(model)
-    torch_save_atomically(model.state_dict(), path)
-    return model
-
-
-def seeded_model(arch: str, data: str, seed: int) -> nn.Module:
-    """`build_model(arch)` sized for dataset `data`, its initial weights drawn from `seed`."""
-    from .data import dataset_info
-    from ..models import build_model
-
-    info = dataset_info(data)
-    torch.manual_seed(seed)
-    return build_model(arch, num_classes=info["num_classes"], in_channels=info["in_channels"],
-                       image_size=info["image_size"])
-
-
-def check_weights_source(model: str, weights) -> None:
-    """`--weights` names an existing file and goes with a model name, not with a saved model
-    file (which holds its own weights); checked before any work."""
-    check_file("--weights", weights)
-    if os.path.isfile(model):
-        raise arg_error("--weights", "goes with a model name (resnet50, torchvision:vit_b_16, ...), not with the "
-                                     f"saved model {model!r}, which holds its own weights")
-
-
-def model_with_weights(arch: str, data: str, weights, *, seed: int = 0) -> nn.Module:
-    """Model `arch` (zoo or torchvision:/timm: name) sized for dataset `data`, with the weights in
-    the file `weights`: a state dict (torchvision / timm layout) or a checkpoint holding one under
-    state_dict / model / ...; `module.` prefixes are stripped; missing, unexpected or misshapen
-    keys are one error naming a few of them."""
-    from ..models import load_weights_into
-
-    return load_weights_into(seeded_model(arch, data, seed), weights)
-
-
-def pretrained_model(arch: str, data: str, *, epochs: int, lr: float = 0.05, batch_size: int = 64, seed: int = 0,
-                     device=None, progress: bool = True, cache_dir=None) -> nn.Module:
-    """Zoo model `arch` trained on `data` (`train`: SGD, cosine, `epochs`), cached by its settings
-    (see `pretrained`): the drivers' stand-in for a pretrained model when none is given."""
-    from .data import load_dataset, make_loader
-
-    source = data if data == "digits" else Path(data).name
-    key = re.sub(r"[^A-Za-z0-9._-]", "-", f"{arch}-{source}-e{epochs}-lr{lr:g}-b{batch_size}-s{seed}")
-
-    def fit(model):
-        loader = make_loader(load_dataset(data, "train"), batch_size, shuffle=True, seed=seed)
-        train(model, loader, epochs=epochs, lr=lr, device=device, progress=progress, desc=f"train {arch}")
-
-    return pretrained(key, lambda: seeded_model(arch, data, seed), fit, cache_dir=cache_dir)
 
 
 @contextmanager
@@ -297,7 +214,7 @@ def _check_loader(loader) -> int:
         raise arg_error("loader", f"must be an iterable with len() (e.g. a DataLoader), "
                         f"got {type(loader).__name__}") from None
     if steps < 1:
-        raise ValueError("greedyprune: argument 'loader' has no batches")
+        raise arg_error("loader", "has no batches")
     return steps
 
 
@@ -305,14 +222,15 @@ def _check_params(model: nn.Module, params) -> list[torch.Tensor]:
     if params is None:
         trained = [p for p in model.parameters() if p.requires_grad]
         if not trained:
-            raise ValueError("greedyprune: argument 'model' has no parameter that requires grad")
+            raise arg_error("model", "has no parameter that requires grad")
         return trained
     if torch.is_tensor(params):
         raise arg_error("params", "must be an iterable of tensors, not a single tensor")
     trained = list(params)
     if not trained:
-        raise ValueError("greedyprune: argument 'params' is empty")
+        raise arg_error("params", "is empty")
     for p in trained:
         if not torch.is_tensor(p) or not p.is_leaf or not p.requires_grad:
-            raise ValueError("greedyprune: argument 'params' must hold leaf tensors that require grad")
+            raise arg_error("params", "must hold leaf tensors that require grad")
     return trained
+

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import arg_error
+
 WIDTH, DEPTH, HEADS, MLP_RATIO = 192, 12, 3, 4
 
 
@@ -73,8 +75,7 @@ class ViT(nn.Module):
         super().__init__()
         patch = patch_size_for(image_size)
         if image_size % patch:
-            raise ValueError(f"greedyprune: argument 'image_size' must be a multiple of the ViT's patch size {patch}, "
-                             f"got {image_size}")
+            raise arg_error("image_size", f"must be a multiple of the ViT's patch size {patch}, got {image_size}")
         tokens = (image_size // patch) ** 2
         self.patch_embed = PatchEmbed(in_channels, width, patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))

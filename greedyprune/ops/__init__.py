@@ -4,9 +4,14 @@ Every op exists as `torch.ops.greedyprune.<name>` (schemas in csrc/greedyprune.c
 and as a documented wrapper here, one module per op family as in csrc/cpu/ and
 greedyprune/triton/: line_search.py (line_search, greedy_local), taylor_scores.py,
 segment_select.py (segment_select, popup_swap) and pq_norms.py (pq_norms, pq_index,
-pq_index_from_log_sums, sap_prune_count); each registers its ops' fake kernels.
-backend.py chooses the backend, checks.py and offsets.py check arguments, and
-constants.py holds the numeric constants that the kernels share. Contracts:
+pq_index_from_log_sums, sap_prune_count). Each family module writes its ops' shape, dtype
+and device rules once, as spec functions that its wrappers and its fake kernels both call,
+and its ops' data checks (finite, symmetric, simplex, offsets, k), which `backend.call`
+runs for the backends without C++ checks. backend.py chooses the backend and calls the
+kernel; checks.py holds the shared specs, their two `require` callables and the value
+checks; offsets.py the offsets argument, its spec and its value check. Every bad
+argument raises `greedyprune.checks.ArgumentError` naming it, on every backend. The
+numeric constants that the kernels share are in `greedyprune.constants`. Contracts:
 docs/DESIGN.md §2; the oracle of every op is in `greedyprune.reference`.
 
 Backends (BACKENDS): "auto" (the compiled kernel for the tensors' device: C++ on CPU;

@@ -12,7 +12,7 @@ import torch
 
 from .. import reference
 from .. import triton as gp_triton
-from .checks import arg_error
+from ..checks import ArgumentError, arg_error
 
 try:
     from .. import _C  # noqa: F401  (registers torch.ops.greedyprune.*)
@@ -30,8 +30,11 @@ except ImportError as _err:  # pragma: no cover - exercised only in broken insta
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 _default_backend = "auto"
 
-# Backends whose data checks (offsets, NaN, simplex, symmetry) run in the Python wrappers, not in a C++ kernel.
+# Backends whose data checks (offsets, NaN, simplex, symmetry) run in Python (`call`), not in a C++ kernel.
 PYTHON_CHECKED = ("reference", "triton")
+
+# How every message of a C++ argument check starts (GP_CHECK_ARG, csrc/checks.h).
+KERNEL_ARGUMENT_ERROR = "greedyprune: argument '"
 
 
 def set_backend(name: str) -> None:
@@ -90,10 +93,22 @@ def resolve_backend(op: str, backend: str | None, t: torch.Tensor) -> str:
     return name
 
 
-def call(op: str, name: str, *args):
-    """Run op on the resolved backend: the dispatcher picks the CPU or CUDA kernel."""
+def call(op: str, name: str, *args, check_values=None):
+    """Run op on backend `name` (resolve_backend's choice; the dispatcher picks the CPU or
+    CUDA kernel). On the backends in PYTHON_CHECKED, check_values(*args) first makes the
+    data checks that the C++ kernels make. A kernel's argument error (a ValueError naming
+    the argument) is raised as ArgumentError, as every bad argument of the wrappers is."""
+    if name in PYTHON_CHECKED and check_values is not None:
+        check_values(*args)
     if name == "reference":
-        return getattr(reference, op)(*args)
-    if name == "triton":
-        return getattr(torch.ops.greedyprune_triton, op)(*args)
-    return getattr(torch.ops.greedyprune, op)(*args)
+        kernel = getattr(reference, op)
+    elif name == "triton":
+        kernel = getattr(torch.ops.greedyprune_triton, op)
+    else:
+        kernel = getattr(torch.ops.greedyprune, op)
+    try:
+        return kernel(*args)
+    except ValueError as err:
+        if not str(err).startswith(KERNEL_ARGUMENT_ERROR):
+            raise
+        raise ArgumentError(str(err)) from None

@@ -1,35 +1,70 @@
-"""Argument checks of the op wrappers. Every message names the argument, as the C++
-checks do (csrc/checks.h); the data checks here serve the backends without C++ checks."""
+"""Argument checks of the op wrappers and fake kernels. Every bad argument raises
+`greedyprune.checks.ArgumentError` naming it, with the wording of the C++ checks (csrc/checks.h).
+
+An op's shape, dtype and device rules are written once, as spec functions (here and in the
+op's family module) that take a `require(cond, arg, message)`: the wrapper passes
+`require_argument`, the fake kernel `require_traced`. `message` is a string, or a
+zero-argument callable that builds it, so that only a failing check formats sizes (on fake
+tensors they may be symbolic). The value checks here (finite, not NaN) serve the backends
+without C++ checks (backend.PYTHON_CHECKED).
+"""
 from __future__ import annotations
 
 import numbers
+from typing import Callable, Union
 
 import torch
 
+from ..checks import arg_error
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-
-def arg_error(arg: str, msg: str) -> ValueError:
-    return ValueError(f"greedyprune: argument '{arg}' {msg}")
-
-
-def check_float(t, arg: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise arg_error(arg, f"must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES or (t.dtype == torch.float64 and t.device.type != "cpu"):
-        raise arg_error(arg, f"must be float32, float16 or bfloat16 (or float64 on CPU), got {t.dtype} on {t.device}")
+Message = Union[str, Callable[[], str]]
+Require = Callable[[object, str, Message], None]
 
 
-def check_dim(t: torch.Tensor, dim: int, arg: str) -> None:
-    if t.dim() != dim:
-        raise arg_error(arg, f"must have {dim} dimension(s), got shape {tuple(t.shape)}")
+def _text(message: Message) -> str:
+    return message() if callable(message) else message
 
 
-def check_bool(t, n: int, arg: str, n_arg: str) -> None:
-    if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
-        raise arg_error(arg, f"must be a bool tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-    if t.numel() != n:
-        raise arg_error(arg, f"must have as many entries as '{n_arg}' ({n}), got {t.numel()}")
+def require_argument(cond, arg: str, message: Message) -> None:
+    """The wrappers' require: an ArgumentError naming `arg` unless cond holds."""
+    if not cond:
+        raise arg_error(arg, _text(message))
+
+
+def require_traced(cond, arg: str, message: Message) -> None:
+    """The fake kernels' require: cond may be a symbolic SymBool, which torch._check defers."""
+    torch._check(cond, lambda: str(arg_error(arg, _text(message))))
+
+
+# ---------------------------------------------------------------- shared specs
+
+
+def float_spec(t, arg: str, require: Require) -> None:
+    """A float tensor; float64 on CPU only (a meta tensor may stand for a CPU one)."""
+    require(isinstance(t, torch.Tensor), arg, lambda: f"must be a torch.Tensor, got {type(t).__name__}")
+    require(t.dtype in FLOAT_DTYPES and (t.dtype != torch.float64 or t.device.type in ("cpu", "meta")), arg,
+            lambda: f"must be float32, float16 or bfloat16 (or float64 on CPU), got {t.dtype} on {t.device}")
+
+
+def dim_spec(t: torch.Tensor, dim: int, arg: str, require: Require) -> None:
+    require(t.dim() == dim, arg, lambda: f"must have {dim} dimension(s), got shape {tuple(t.shape)}")
+
+
+def bool_spec(t, n, arg: str, n_arg: str, require: Require) -> None:
+    """A bool tensor with n entries, one per entry of argument `n_arg`."""
+    require(isinstance(t, torch.Tensor) and t.dtype == torch.bool, arg,
+            lambda: f"must be a bool tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    require(t.numel() == n, arg, lambda: f"must have as many entries as '{n_arg}' ({n}), got {t.numel()}")
+
+
+def device_spec(t: torch.Tensor, ref: torch.Tensor, arg: str, ref_arg: str, require: Require) -> None:
+    """On the device of `ref`: a kernel reads its inputs through one device's pointers."""
+    require(t.device == ref.device, arg, lambda: f"must be on the same device as '{ref_arg}' ({ref.device}), got {t.device}")
+
+
+# ------------------------------------------------------ argument conversions
 
 
 def check_integer(value, arg: str) -> int:
@@ -43,9 +78,25 @@ def check_integer(value, arg: str) -> int:
     raise arg_error(arg, f"must be a whole number, got {value!r}")
 
 
+def check_number(value, arg: str) -> float:
+    """value as a float; its range is the op's spec."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise arg_error(arg, f"must be a number, got {value!r}") from None
+
+
+def as_tensor(value, arg: str, device) -> torch.Tensor:
+    """value (a number, a sequence or a tensor) as a tensor on `device`."""
+    try:
+        return torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise arg_error(arg, f"must be a tensor or a sequence of numbers, got {type(value).__name__}") from None
+
+
 def integer_tensor(value, arg: str, device) -> torch.Tensor:
     """value (a number, a sequence or a tensor) as int64: fractional entries are refused, not truncated."""
-    t = torch.as_tensor(value, device=device)
+    t = as_tensor(value, arg, device)
     if t.dtype == torch.bool or t.is_complex():
         raise arg_error(arg, f"must hold whole numbers, got {t.dtype}")
     if t.is_floating_point():
@@ -53,6 +104,9 @@ def integer_tensor(value, arg: str, device) -> torch.Tensor:
         if bool(fractional.any()):
             raise arg_error(arg, f"must hold whole numbers, got {t[fractional].flatten()[0].item()}")
     return t.to(torch.int64)
+
+
+# ------------------------------------------------------------- value checks
 
 
 def check_finite(t: torch.Tensor, arg: str, where: torch.Tensor | None = None, where_arg: str = "") -> None:
@@ -73,8 +127,3 @@ def _check_entries(t, bad, arg: str, rule: str, where, where_arg: str) -> None:
     if bool(bad.any()):
         idx = tuple(int(i) for i in torch.nonzero(bad)[0])
         raise arg_error(arg, f"{rule}, but {arg}[{', '.join(map(str, idx))}] = {t[idx].item()}")
-
-
-def check_shape(cond, arg: str, msg: str) -> None:
-    """A shape check of a fake (meta) kernel: cond may be symbolic (torch._check defers it)."""
-    torch._check(cond, lambda: f"greedyprune: argument '{arg}' {msg}")

@@ -6,10 +6,13 @@ import math
 from typing import NamedTuple
 
 import torch
+from torch.fx.experimental.symbolic_shapes import sym_and
 
-from .backend import HAS_C, PYTHON_CHECKED, call, resolve_backend
-from .checks import arg_error, check_dim, check_finite, check_float, check_integer, check_shape
-from .constants import simplex_tolerance, symmetry_tolerance
+from ..checks import arg_error
+from ..constants import simplex_tolerance, symmetry_tolerance
+from .backend import HAS_C, call, resolve_backend
+from .checks import (Require, check_finite, check_integer, check_number, device_spec, dim_spec, float_spec,
+                     require_argument, require_traced)
 
 
 class LineSearch(NamedTuple):
@@ -27,28 +30,42 @@ class GreedyPath(NamedTuple):
 
 # The default max_steps per allowed neuron. On random Grams with duplicated columns
 # (N = 32..256, each column 2-4 times, 432 paths) the paths re-weight the copies: 60%
-# stop by their own rule within 4 steps per neuron (the old default), 92% within 64, 96%
-# within 256; the rest creep towards loss 0 for up to millions of steps, at the cap of 64
-# already within 1e-4 of w'Gw (median 1e-11). `capped` tells those apart.
+# stop by their own rule within 4 steps per neuron, 92% within 64, 96% within 256; the
+# rest creep towards loss 0 for up to millions of steps, at the cap of 64 already within
+# 1e-4 of w'Gw (median 1e-11). `capped` tells those apart.
 MAX_STEPS_PER_NEURON = 64
 
 
 def _uniform_weights(G, w):
-    """w defaults to 1/N (the paper's F is the mean of the N contributions)."""
+    """w defaults to 1/N (the paper's F is the mean of the N contributions); a bad G is left to _gram_spec."""
     if w is None and isinstance(G, torch.Tensor) and G.dim() == 2 and G.shape[0] > 0:
         return torch.full((G.shape[0],), 1.0 / G.shape[0], dtype=G.dtype, device=G.device)
     return w
 
 
-def _check_gram(G, w) -> None:
-    check_float(G, "G")
-    check_dim(G, 2, "G")
-    if G.shape[0] != G.shape[1] or G.shape[0] == 0:
-        raise arg_error("G", f"must be a non-empty square matrix, got shape {tuple(G.shape)}")
-    check_float(w, "w")
-    check_dim(w, 1, "w")
-    if w.shape[0] != G.shape[0]:
-        raise arg_error("w", f"must have N = {G.shape[0]} entries (G is N x N), got {w.shape[0]}")
+def _gram_spec(G, w, require: Require) -> None:
+    """G [N, N], N > 0, and w [N] on its device: the Gram pair of line_search and greedy_local."""
+    float_spec(G, "G", require)
+    dim_spec(G, 2, "G", require)
+    require(sym_and(G.shape[0] == G.shape[1], G.shape[0] > 0), "G",
+            lambda: f"must be a non-empty square matrix, got shape {tuple(G.shape)}")
+    _per_neuron_spec(G, w, "w", require)
+
+
+def _per_neuron_spec(G: torch.Tensor, v, arg: str, require: Require) -> None:
+    """A float [N] on G's device, one entry per neuron: w, and line_search's a."""
+    float_spec(v, arg, require)
+    dim_spec(v, 1, arg, require)
+    require(v.shape[0] == G.shape[0], arg, lambda: f"must have N = {G.shape[0]} entries (G is N x N), got {v.shape[0]}")
+    device_spec(v, G, arg, "G", require)
+
+
+def _path_limits_spec(n, max_neurons: int, tol: float, max_steps: int, require: Require) -> None:
+    """greedy_local's stopping rules for a Gram of N = n neurons."""
+    require(sym_and(max_neurons >= 1, max_neurons <= n), "max_neurons",
+            lambda: f"must lie in [1, N = {n}], got {max_neurons}")
+    require(math.isfinite(tol) and tol >= 0, "tol", lambda: f"must be finite and >= 0, got {tol}")
+    require(max_steps >= 1, "max_steps", lambda: f"must be >= 1, got {max_steps}")
 
 
 def _check_gram_values(G, w) -> None:
@@ -74,6 +91,17 @@ def _check_simplex_values(a) -> None:
         raise arg_error("a", f"must be all zeros (empty start) or sum to 1 (a point of the simplex), sums to {s}")
 
 
+def _check_line_search_values(G, w, a) -> None:
+    """line_search's data checks, on the kernel's arguments."""
+    _check_gram_values(G, w)
+    _check_simplex_values(a)
+
+
+def _check_greedy_local_values(G, w, *limits) -> None:
+    """greedy_local's data checks, on the kernel's arguments: the Gram pair's (_path_limits_spec checks the limits)."""
+    _check_gram_values(G, w)
+
+
 def line_search(G: torch.Tensor, w: torch.Tensor | None = None, a: torch.Tensor | None = None, *, backend=None) -> LineSearch:
     """Closed-form line search of local imitation over all N candidate neurons at once.
 
@@ -84,17 +112,11 @@ def line_search(G: torch.Tensor, w: torch.Tensor | None = None, a: torch.Tensor 
     optimal gamma_i in [lo_i, 1] (gamma_i = lo_i removes neuron i) gives loss_i.
     """
     w = _uniform_weights(G, w)
-    _check_gram(G, w)
+    _gram_spec(G, w, require_argument)
     a = torch.zeros_like(w) if a is None else a
-    check_float(a, "a")
-    check_dim(a, 1, "a")
-    if a.shape[0] != G.shape[0]:
-        raise arg_error("a", f"must have N = {G.shape[0]} entries (G is N x N), got {a.shape[0]}")
+    _per_neuron_spec(G, a, "a", require_argument)
     name = resolve_backend("line_search", backend, G)
-    if name in PYTHON_CHECKED:
-        _check_gram_values(G, w)
-        _check_simplex_values(a)
-    return LineSearch(*call("line_search", name, G, w, a))
+    return LineSearch(*call("line_search", name, G, w, a, check_values=_check_line_search_values))
 
 
 def greedy_local(
@@ -124,20 +146,14 @@ def greedy_local(
     max_steps there.
     """
     w = _uniform_weights(G, w)
-    _check_gram(G, w)
-    n = G.shape[0]
-    max_neurons = n if max_neurons is None else check_integer(max_neurons, "max_neurons")
-    if not 1 <= max_neurons <= n:
-        raise arg_error("max_neurons", f"must lie in [1, N = {n}], got {max_neurons}")
-    if not (math.isfinite(tol) and tol >= 0):
-        raise arg_error("tol", f"must be finite and >= 0, got {tol}")
+    _gram_spec(G, w, require_argument)
+    max_neurons = G.shape[0] if max_neurons is None else check_integer(max_neurons, "max_neurons")
+    tol = check_number(tol, "tol")
     max_steps = MAX_STEPS_PER_NEURON * max_neurons if max_steps is None else check_integer(max_steps, "max_steps")
-    if max_steps < 1:
-        raise arg_error("max_steps", f"must be >= 1, got {max_steps}")
+    _path_limits_spec(G.shape[0], max_neurons, tol, max_steps, require_argument)
     name = resolve_backend("greedy_local", backend, G)
-    if name in PYTHON_CHECKED:
-        _check_gram_values(G, w)
-    a, order, losses = call("greedy_local", name, G, w, max_neurons, float(tol), max_steps)
+    a, order, losses = call("greedy_local", name, G, w, max_neurons, tol, max_steps,
+                            check_values=_check_greedy_local_values)
     steps = int((order >= 0).sum())
     order, losses = order[:steps], losses[:steps]
     capped = steps == max_steps and not (float(losses[-1]) <= tol or int((a > 0).sum()) >= max_neurons)
@@ -147,28 +163,20 @@ def greedy_local(
 # ---------------------------------------------------------------- fake kernels
 
 
-def _check_fake_gram(G, w) -> None:
-    check_shape(G.dim() == 2, "G", "must be a matrix")
-    check_shape(G.shape[0] == G.shape[1], "G", "must be square")
-    check_shape(w.dim() == 1, "w", "must have 1 dimension")
-    check_shape(w.shape[0] == G.shape[0], "w", "must have N entries (G is N x N)")
-
-
 if HAS_C:
 
     @torch.library.register_fake("greedyprune::line_search")
     def _(G, w, a):
-        _check_fake_gram(G, w)
-        check_shape(a.dim() == 1, "a", "must have 1 dimension")
-        check_shape(a.shape[0] == G.shape[0], "a", "must have N entries (G is N x N)")
+        _gram_spec(G, w, require_traced)
+        _per_neuron_spec(G, a, "a", require_traced)
         n = G.shape[0]
         f64 = dict(dtype=torch.float64, device=G.device)
         return G.new_empty(n, **f64), G.new_empty(n, **f64), G.new_empty((), dtype=torch.int64, device=G.device)
 
     @torch.library.register_fake("greedyprune::greedy_local")
     def _(G, w, max_neurons, tol, max_steps):
-        _check_fake_gram(G, w)
-        check_shape(max_steps >= 1, "max_steps", "must be >= 1")
+        _gram_spec(G, w, require_traced)
+        _path_limits_spec(G.shape[0], max_neurons, tol, max_steps, require_traced)
         n = G.shape[0]
         return (G.new_empty(n, dtype=torch.float64), G.new_empty(max_steps, dtype=torch.int64),
                 G.new_empty(max_steps, dtype=torch.float64))

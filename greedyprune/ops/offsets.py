@@ -5,7 +5,8 @@ from typing import Sequence
 
 import torch
 
-from .checks import arg_error, check_dim
+from ..checks import arg_error
+from .checks import Require, as_tensor, device_spec, dim_spec, require_argument
 
 
 def offsets_from_sizes(sizes: Sequence[int], device=None) -> torch.Tensor:
@@ -16,18 +17,24 @@ def offsets_from_sizes(sizes: Sequence[int], device=None) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)]).to(device)
 
 
-def segment_offsets(offsets, n: int, device) -> torch.Tensor:
-    """None means one segment over everything. Structure only: the kernels check
-    the values (start 0, end n, non-decreasing); see check_offset_values."""
+def offsets_argument(offsets, t: torch.Tensor, t_arg: str) -> torch.Tensor:
+    """An op's offsets argument for the segments of tensor `t` (argument `t_arg`), as a tensor on
+    its device, checked by offsets_spec; None means one segment over all of t. Its values
+    (start 0, end numel, non-decreasing) are checked by the kernels, or check_offset_values."""
     if offsets is None:
-        return torch.tensor([0, n], dtype=torch.int64, device=device)
-    offsets = torch.as_tensor(offsets, device=device)
-    if offsets.dtype != torch.int64:
-        raise arg_error("offsets", f"must be int64, got {offsets.dtype}")
-    check_dim(offsets, 1, "offsets")
-    if offsets.numel() == 0:
-        raise arg_error("offsets", "must hold at least one entry (L+1 for L segments)")
+        offsets = torch.tensor([0, t.numel()], dtype=torch.int64, device=t.device)
+    else:
+        offsets = as_tensor(offsets, "offsets", t.device)
+    offsets_spec(offsets, t, t_arg, require_argument)
     return offsets
+
+
+def offsets_spec(offsets: torch.Tensor, t: torch.Tensor, t_arg: str, require: Require) -> None:
+    """Offsets [L+1] of the segments of argument `t_arg`: int64, on its device."""
+    dim_spec(offsets, 1, "offsets", require)
+    require(offsets.dtype == torch.int64, "offsets", lambda: f"must be int64, got {offsets.dtype}")
+    require(offsets.shape[0] >= 1, "offsets", "must hold at least one entry (L+1 for L segments)")
+    device_spec(offsets, t, "offsets", t_arg, require)
 
 
 def check_offset_values(offsets: torch.Tensor, n: int, n_arg: str) -> None:

@@ -7,9 +7,11 @@ from typing import NamedTuple
 
 import torch
 
-from .backend import HAS_C, PYTHON_CHECKED, call, resolve_backend
-from .checks import arg_error, check_bool, check_finite, check_float, check_shape
-from .offsets import check_offset_values, segment_offsets
+from ..checks import arg_error
+from .backend import HAS_C, call, resolve_backend
+from .checks import (Require, as_tensor, bool_spec, check_finite, check_number, device_spec, float_spec,
+                     require_argument, require_traced)
+from .offsets import check_offset_values, offsets_argument, offsets_spec
 
 
 class PQNorms(NamedTuple):
@@ -17,15 +19,31 @@ class PQNorms(NamedTuple):
     counts: torch.Tensor  # [L] int64, masked entries per segment
 
 
-def _check_powers(powers, arg: str = "powers") -> list[float]:
-    """Finite powers > 0, as floats; a single number is a list of one."""
-    powers = [float(p) for p in (powers if isinstance(powers, (list, tuple)) else [powers])]
-    if not powers:
-        raise arg_error(arg, "must name at least one power")
+def _powers_spec(powers, arg: str, require: Require) -> None:
+    """At least one power, each finite and > 0."""
+    require(len(powers) > 0, arg, "must name at least one power")
     for p in powers:
-        if not (math.isfinite(p) and p > 0):
-            raise arg_error(arg, f"must all be finite and > 0, got {p}")
+        require(math.isfinite(p) and p > 0, arg, lambda: f"must all be finite and > 0, got {p}")
+
+
+def _powers_argument(powers, arg: str) -> list[float]:
+    """powers (a number or a sequence of them) as a checked list of floats."""
+    powers = [check_number(p, arg) for p in (powers if isinstance(powers, (list, tuple)) else [powers])]
+    _powers_spec(powers, arg, require_argument)
     return powers
+
+
+def _mask_spec(w: torch.Tensor, mask, require: Require) -> None:
+    """pq_norms' mask: None, or bool with one entry per entry of w, on its device."""
+    if mask is not None:
+        bool_spec(mask, w.numel(), "mask", "w", require)
+        device_spec(mask, w, "mask", "w", require)
+
+
+def _check_pq_norms_values(w, offsets, powers, mask) -> None:
+    """pq_norms' data checks, on the kernel's arguments."""
+    check_offset_values(offsets, w.numel(), "w")
+    check_finite(w, "w", mask, "mask")
 
 
 def pq_norms(w: torch.Tensor, powers, offsets=None, mask: torch.Tensor | None = None, *, backend=None) -> PQNorms:
@@ -36,26 +54,20 @@ def pq_norms(w: torch.Tensor, powers, offsets=None, mask: torch.Tensor | None = 
     segment, the global scope); powers: floats > 0; mask: bool like w (None: all entries).
     The Triton backend sums in float32 and refuses float64 w.
     """
-    check_float(w, "w")
-    n = w.numel()
-    offsets = segment_offsets(offsets, n, w.device)
-    powers = _check_powers(powers)
-    if mask is not None:
-        check_bool(mask, n, "mask", "w")
-        mask = mask.reshape(-1)
-    flat = w.reshape(-1)
+    float_spec(w, "w", require_argument)
+    offsets = offsets_argument(offsets, w, "w")
+    powers = _powers_argument(powers, "powers")
+    _mask_spec(w, mask, require_argument)
     name = resolve_backend("pq_norms", backend, w)
     if name == "triton" and w.dtype == torch.float64:
         raise arg_error("w", "must be float32, float16 or bfloat16 on the Triton backend (it sums in float32), got float64")
-    if name in PYTHON_CHECKED:
-        check_offset_values(offsets, n, "w")
-        check_finite(flat, "w", mask, "mask")
-    return PQNorms(*call("pq_norms", name, flat, offsets, powers, mask))
+    flat, mask = w.reshape(-1), None if mask is None else mask.reshape(-1)
+    return PQNorms(*call("pq_norms", name, flat, offsets, powers, mask, check_values=_check_pq_norms_values))
 
 
 def _check_pair(p, q) -> None:
     """0 < p < q, both finite: numbers or tensors (every entry)."""
-    pt, qt = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(q, dtype=torch.float64)
+    pt, qt = as_tensor(p, "p", None).to(torch.float64), as_tensor(q, "q", None).to(torch.float64)
     if not bool((torch.isfinite(pt) & (pt > 0)).all()):
         raise arg_error("p", f"must be finite and > 0, got p = {p}")
     if not bool(torch.isfinite(qt).all()):
@@ -65,7 +77,7 @@ def _check_pair(p, q) -> None:
 
 
 def _check_broadcasts(t, shape: torch.Size, arg: str, to_arg: str) -> None:
-    t_shape = torch.as_tensor(t).shape
+    t_shape = as_tensor(t, arg, None).shape
     try:
         fits = torch.broadcast_shapes(t_shape, shape) == shape
     except RuntimeError:
@@ -99,7 +111,7 @@ def pq_index(w: torch.Tensor, p=0.5, q=1.0, offsets=None, mask=None, *, backend=
     [L, len(p), len(q)], NaN where p >= q (e.g. the paper's p in 0.1..1.0, q in 1.0..2.0).
     """
     grid = isinstance(p, (list, tuple)) or isinstance(q, (list, tuple))
-    ps, qs = _check_powers(p, "p"), _check_powers(q, "q")
+    ps, qs = _powers_argument(p, "p"), _powers_argument(q, "q")
     if not grid and not ps[0] < qs[0]:
         raise arg_error("p", f"must satisfy 0 < p < q, got p = {ps[0]}, q = {qs[0]}")
     powers = sorted(set(ps + qs))
@@ -129,6 +141,7 @@ def sap_prune_count(pqi: torch.Tensor, counts: torch.Tensor, p: float, q: float,
     if not bool((counts >= 0).all()):
         raise arg_error("counts", f"must all be >= 0, got {counts[~(counts >= 0)][0].item()}")
     _check_pair(p, q)
+    eta, gamma, beta = check_number(eta, "eta"), check_number(gamma, "gamma"), check_number(beta, "beta")
     for value, arg in ((eta, "eta"), (gamma, "gamma")):
         if not (math.isfinite(value) and value >= 0):
             raise arg_error(arg, f"must be finite and >= 0, got {value}")
@@ -146,10 +159,9 @@ if HAS_C:
 
     @torch.library.register_fake("greedyprune::pq_norms")
     def _(w, offsets, powers, mask):
-        check_shape(offsets.dim() == 1, "offsets", "must have 1 dimension")
-        check_shape(offsets.shape[0] >= 1, "offsets", "must hold at least one entry")
-        check_shape(len(powers) > 0, "powers", "must name at least one power")
-        if mask is not None:
-            check_shape(mask.numel() == w.numel(), "mask", "must have as many entries as 'w'")
+        float_spec(w, "w", require_traced)
+        offsets_spec(offsets, w, "w", require_traced)
+        _powers_spec(powers, "powers", require_traced)
+        _mask_spec(w, mask, require_traced)
         L = offsets.shape[0] - 1
         return w.new_empty((L, len(powers)), dtype=torch.float64), w.new_empty(L, dtype=torch.int64)

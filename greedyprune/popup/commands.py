@@ -11,8 +11,9 @@ from .. import distributed
 from ..checks import arg_error, check_device, check_file, check_int
 from ..harness.data import load_dataset, make_loader
 from ..files import prepare_output_dir
-from ..models import load_model, save_model
-from ..harness.training import evaluate, model_with_weights, pretrained_model
+from ..models import save_model
+from ..harness.model_source import check_model_source, resolve_model
+from ..harness.training import evaluate
 from .demo import run_demo
 from .masked import export, wrap
 from .report import REPORT_NAME, covers, write_search_report
@@ -77,15 +78,24 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_search_command)
 
 
-def _pretrained_model(args) -> torch.nn.Module:
+def _check_model_arguments(args) -> None:
+    """--pretrained (a save_model file) or --model with --weights or pre-training, before any work."""
+    check_int("--pretrain-epochs", args.pretrain_epochs, minimum=1)
+    if args.pretrained is not None and args.weights is not None:
+        raise arg_error("--weights", "give --pretrained (a save_model file) or --weights (a state dict), not both")
     if args.pretrained is not None:
-        model, _ = load_model(args.pretrained)
-        return model
-    if args.weights is not None:
-        return model_with_weights(args.model, args.data, args.weights)
-    return pretrained_model(args.model, args.data, epochs=args.pretrain_epochs, lr=PRETRAIN_LR,
-                            batch_size=args.batch_size, seed=args.seed, device=args.device,
-                            progress=not args.no_progress)
+        check_file("--pretrained", args.pretrained)  # a file, never a model name
+    check_model_source(_model_source(args), args.weights, without_weights="train")
+
+
+def _model_source(args):
+    return args.model if args.pretrained is None else args.pretrained
+
+
+def _pretrained_model(args) -> torch.nn.Module:
+    return resolve_model(_model_source(args), args.data, without_weights="train", weights=args.weights,
+                         seed=args.seed, epochs=args.pretrain_epochs, lr=PRETRAIN_LR, batch_size=args.batch_size,
+                         device=args.device, progress=not args.no_progress)
 
 
 def run_search_command(args: argparse.Namespace) -> int:
@@ -94,12 +104,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         run_demo(args.out, quick=args.quick, progress=not args.no_progress)
         return 0
     args.device = check_device("--device", args.device)
-    check_int("--pretrain-epochs", args.pretrain_epochs, minimum=1)
-    if args.pretrained is not None and args.weights is not None:
-        raise arg_error("--weights", "give --pretrained (a save_model file) or --weights (a state dict), not both")
-    for flag, path in (("--pretrained", args.pretrained), ("--weights", args.weights)):
-        if path is not None:
-            check_file(flag, path)
+    _check_model_arguments(args)
     config = SearchConfig(sparsity=args.sparsity, schedule=args.schedule, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
                           eta=args.eta, seed=args.seed, bn=args.bn, scores=args.scores, scope=args.scope)

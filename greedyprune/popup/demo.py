@@ -18,7 +18,8 @@ from torch import nn
 from ..harness.data import load_dataset, make_loader
 from ..files import write_json
 from ..models.demo_nets import SMALL_CNN_WIDTHS, small_cnn
-from ..harness.training import evaluate, pretrained, train
+from ..harness.model_source import pretrained
+from ..harness.training import evaluate, train
 from . import report
 from .masked import wrap
 from .search import SearchConfig, initialize, overlap, reestimate_batchnorm, search
@@ -65,7 +66,7 @@ def run_demo(out_dir, *, quick: bool = False, cache_dir=None, progress: bool = F
     """Run the comparison, print its table, write out_dir/demo.json and out_dir/demo_curves.png.
 
     quick: fewer pre-training and search epochs, one search seed (seconds on a laptop CPU).
-    cache_dir: where the pre-trained CNN is cached (training.pretrained's default if None).
+    cache_dir: where the pre-trained CNN is cached (model_source.pretrained's default if None).
     Returns dict(settings, rows, table, json, png).
     """
     out_dir = Path(out_dir)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import prune
 
-from ..checks import check_finite_weights
+from ..checks import ArgumentError, check_finite_weights
 from .. import ops
 
 WRAPPED_TYPES = (nn.Conv2d, nn.Linear)
@@ -108,7 +108,7 @@ def _check_patterns(patterns, argument: str) -> list[str] | None:
         patterns = [patterns]
     patterns = list(patterns)
     if not all(isinstance(p, str) for p in patterns):
-        raise ValueError(f"wrap: argument '{argument}' must be module-name patterns (str), got {patterns!r}")
+        raise ArgumentError(f"wrap: argument '{argument}' must be module-name patterns (str), got {patterns!r}")
     return patterns
 
 
@@ -124,18 +124,18 @@ def select_layers(model: nn.Module, include: Iterable[str] | None = None, exclud
     include, exclude = _check_patterns(include, "include"), _check_patterns(exclude, "exclude")
     candidates = [name for name, m in model.named_modules() if type(m) in WRAPPED_TYPES]
     if not candidates:
-        raise ValueError(f"wrap: argument 'model' ({type(model).__name__}) has no nn.Conv2d or nn.Linear module")
+        raise ArgumentError(f"wrap: argument 'model' ({type(model).__name__}) has no nn.Conv2d or nn.Linear module")
     for patterns, argument in ((include, "include"), (exclude, "exclude")):
         for p in patterns or []:
             if not any(fnmatch.fnmatchcase(name, p) for name in candidates):
-                raise ValueError(f"wrap: argument '{argument}' pattern {p!r} matches no Conv2d/Linear module "
-                                 f"(candidates: {', '.join(candidates)})")
+                raise ArgumentError(f"wrap: argument '{argument}' pattern {p!r} matches no Conv2d/Linear module "
+                                    f"(candidates: {', '.join(candidates)})")
     chosen = [name for name in candidates
               if (include is None or any(fnmatch.fnmatchcase(name, p) for p in include))
               and not any(fnmatch.fnmatchcase(name, p) for p in exclude or [])
               and not (exclude_classifier and name == candidates[-1])]
     if not chosen:
-        raise ValueError("wrap: arguments 'include'/'exclude'/'exclude_classifier' leave no layer to mask")
+        raise ArgumentError("wrap: arguments 'include'/'exclude'/'exclude_classifier' leave no layer to mask")
     return chosen
 
 
@@ -197,7 +197,7 @@ def wrap(model: nn.Module, *, include: Iterable[str] | None = None, exclude: Ite
     keep starts all True and scores all 1 (see `search.initialize` for magnitude init).
     """
     if not isinstance(model, nn.Module):
-        raise ValueError(f"wrap: argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
+        raise ArgumentError(f"wrap: argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
     check_finite_weights("model", model)
     names = select_layers(model, include, exclude, exclude_classifier)
     model = copy.deepcopy(model)
@@ -215,7 +215,7 @@ def export(masked: MaskedModel, *, prune_masks: bool = False) -> nn.Module:
     further training and `prune.remove` gives the baked weight back.
     """
     if not isinstance(masked, MaskedModel):
-        raise ValueError(f"export: argument 'masked' must be a MaskedModel, got {type(masked).__name__}")
+        raise ArgumentError(f"export: argument 'masked' must be a MaskedModel, got {type(masked).__name__}")
     # The memo entry stops the copy at the layers' owner reference (the scores are not copied).
     model = copy.deepcopy(masked.model, memo={id(masked): None})
     keep = masked.keep

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from ..checks import ArgumentError
 from ..extras import pyplot
 from ..files import save_figure, write_json
 from .masked import MaskedModel
@@ -17,7 +18,7 @@ def sparsity_report(masked: MaskedModel) -> dict:
     sparsity counts) and over every parameter of the model ("model": pruned = wrapped weights not
     kept)."""
     if not isinstance(masked, MaskedModel):
-        raise ValueError(f"sparsity_report: argument 'masked' must be a MaskedModel, got {type(masked).__name__}")
+        raise ArgumentError(f"sparsity_report: argument 'masked' must be a MaskedModel, got {type(masked).__name__}")
     counts = masked.keep_counts().tolist()
     layers = []
     for name, layer, kept in zip(masked.layer_names, masked.layers, counts):
@@ -47,7 +48,7 @@ def plot_curves(runs: dict[str, list[dict]], path, title: str | None = None) -> 
     plt = pyplot()
 
     if not runs:
-        raise ValueError("plot_curves: argument 'runs' is empty")
+        raise ArgumentError("plot_curves: argument 'runs' is empty")
     figure, (loss_ax, accuracy_ax, overlap_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
     for index, (label, history) in enumerate(runs.items()):
         color = f"C{index}"

@@ -5,11 +5,11 @@ import argparse
 from pathlib import Path
 
 from .. import distributed
-from ..checks import check_file
+from ..checks import arg_error
 from ..harness.data import load_dataset
 from ..files import prepare_output_dir, write_json
 from ..models import load_weights
-from ..harness.training import model_with_weights, seeded_model
+from ..harness.model_source import check_model_source, resolve_model
 from .pqi import PAPER_PAIR, format_grid, format_table, grid_pairs, pqi_report
 from .report import results_table
 from .sap import METHODS, MODEL_FILE, SAPConfig, run_sap
@@ -22,7 +22,8 @@ def register(subparsers) -> None:
         "sap", help="Sparsity-informed Adaptive Pruning (or the one-shot / lottery-ticket baselines)",
         description="Iterative prune -> rewind -> retrain with the pruning count from the PQI bound (PQI paper, "
                     "Algorithm 1). Writes results.json, results.png, model.pt and a checkpoint per iteration to --out.")
-    sap.add_argument("--model", default="mlp", help="build_model name (default mlp; the paper's: mlp, cnn)")
+    sap.add_argument("--model", default="mlp",
+                     help="build_model name (default mlp; the paper's: mlp, cnn) or a save_model file")
     sap.add_argument("--data", default="digits", help="'digits' or a path load_dataset understands")
     sap.add_argument("--method", "--baseline", dest="method", choices=METHODS, default="sap",
                      help="sap (default), one-shot or lottery (fixed ratio)")
@@ -101,11 +102,10 @@ def sap_command(args: argparse.Namespace) -> int:
     explicit = [f"--{n}" for n in RECIPE_FIELDS if getattr(args, n) != recipe[n]]
     print(f"recipe: {args.recipe} ({config.epochs} epochs x {config.iterations} iterations, batch {config.batch_size}, "
           f"lr {config.lr:g}{'; ' + ', '.join(explicit) + ' given' if explicit else ''})")
-    if args.weights is not None:
-        check_file("--weights", args.weights)
+    check_model_source(args.model, args.weights, without_weights="init")
     prepare_output_dir(args.out, finished=MODEL_FILE, resume=args.resume, overwrite=args.overwrite)
-    model = (model_with_weights(args.model, args.data, args.weights, seed=config.seed) if args.weights is not None
-             else seeded_model(args.model, args.data, config.seed))
+    # without --weights, --seed's initialisation: what SAP rewinds to
+    model = resolve_model(args.model, args.data, without_weights="init", weights=args.weights, seed=config.seed)
     result = run_sap(model, load_dataset(args.data, "train"), load_dataset(args.data, "test"), config,
                      out_dir=args.out, resume=args.resume, progress=not args.no_progress)
     print(results_table({config.label: result.history}), end="")
@@ -118,11 +118,11 @@ def sap_command(args: argparse.Namespace) -> int:
 def _pairs(args: argparse.Namespace) -> list[tuple[float, float]]:
     if args.grid:
         if args.p or args.q:
-            raise ValueError("greedyprune: argument '--grid' cannot be combined with '--p'/'--q'")
+            raise arg_error("--grid", "cannot be combined with '--p'/'--q'")
         return grid_pairs()
     ps, qs = args.p or [PAPER_PAIR[0]], args.q or [PAPER_PAIR[1]]
     if len(ps) != len(qs):
-        raise ValueError(f"greedyprune: argument '--q' needs as many values as '--p' ({len(ps)}), got {len(qs)}")
+        raise arg_error("--q", f"needs as many values as '--p' ({len(ps)}), got {len(qs)}")
     return list(zip(ps, qs))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..harness.data import load_dataset
 from ..files import replace_atomically, write_json
-from ..harness.training import seeded_model
+from ..harness.model_source import resolve_model
 from .report import plot_runs, results_table
 from .sap import SAPConfig, run_sap
 
@@ -43,7 +43,7 @@ def run_demo(out_dir, *, quick: bool = False, progress: bool = True, seed: int =
         runs[arch] = {}
         for method in DEMO_METHODS:
             config = SAPConfig(scope="global", seed=seed, **settings, **method)
-            model = seeded_model(arch, "digits", seed)
+            model = resolve_model(arch, "digits", without_weights="init", seed=seed)
             result = run_sap(model, train_set, test_set, config, out_dir=out / arch / _slug(config.label),
                              progress=progress, figure=False)
             runs[arch][config.label] = result.history

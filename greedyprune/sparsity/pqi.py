@@ -153,9 +153,9 @@ class PQIReport:
 
         def values(stats: ScopeStats, rows) -> dict:
             cell = {"kept": int(stats.counts[rows].sum()), "size": int(stats.sizes[rows].sum())}
-            cell["pqi"] = {k: _number(v) for k, v in zip(keys, stats.pqi[rows].tolist())}
+            cell["pqi"] = {k: json_number(v) for k, v in zip(keys, stats.pqi[rows].tolist())}
             if stats.gini is not None:
-                cell["gini"] = _number(float(stats.gini[rows]))
+                cell["gini"] = json_number(float(stats.gini[rows]))
             return cell
 
         out: dict = {"pairs": [list(pair) for pair in self.pairs]}
@@ -175,7 +175,8 @@ class PQIReport:
         return out
 
 
-def _number(x: float) -> float | None:
+def json_number(x: float) -> float | None:
+    """`x` for a JSON file: NaN (no kept weight to measure) as None, which JSON can hold."""
     return None if math.isnan(x) else x
 
 
@@ -193,9 +194,9 @@ def _neuron_summary(stats: ScopeStats, rows: slice, keys: list[str], every_neuro
         out["gini"] = _nan_stats(stats.gini[rows])
     if every_neuron:
         out["kept"] = stats.counts[rows].tolist()
-        out["pqi_each"] = {k: [_number(v) for v in pqi[:, j].tolist()] for j, k in enumerate(keys)}
+        out["pqi_each"] = {k: [json_number(v) for v in pqi[:, j].tolist()] for j, k in enumerate(keys)}
         if stats.gini is not None:
-            out["gini_each"] = [_number(v) for v in stats.gini[rows].tolist()]
+            out["gini_each"] = [json_number(v) for v in stats.gini[rows].tolist()]
     return out
 
 
@@ -273,7 +274,8 @@ def _scope_gini(scope: str, tensors: dict, masks: dict | None) -> torch.Tensor:
 # ---------------------------------------------------------------- text output
 
 
-def _fmt(x: float | None) -> str:
+def format_number(x: float | None) -> str:
+    """A PQI or Gini value for a text table: 4 decimals, "nan" when there is none."""
     return "nan" if x is None or math.isnan(x) else f"{x:.4f}"
 
 
@@ -299,17 +301,18 @@ def format_table(report: PQIReport, pairs=None, max_pairs: int = 4) -> str:
         return f"{c:,}/{s:,} ({100 * c / s:.1f}%)" if s else "0/0"
 
     def gini(stats: ScopeStats, i: int) -> list[str]:
-        return [] if stats.gini is None else [_fmt(float(stats.gini[i]))]
+        return [] if stats.gini is None else [format_number(float(stats.gini[i]))]
 
     for scope in [s for s in SCOPES[::-1] if s in report.scopes]:
         st = report.scopes[scope]
         gini_head = [] if st.gini is None else ["Gini"]
         if scope == "global":
-            rows = [["all weights", kept(st, 0)] + [_fmt(float(st.pqi[0, j])) for j in columns] + gini(st, 0)]
+            rows = [["all weights", kept(st, 0)] + [format_number(float(st.pqi[0, j])) for j in columns] + gini(st, 0)]
             header = ["segment", "kept/size"]
         elif scope == "layer":
-            rows = [[name, "x".join(map(str, shape)), kept(st, i)] + [_fmt(float(st.pqi[i, j])) for j in columns]
-                    + gini(st, i) for i, (name, shape) in enumerate(zip(report.names, report.shapes))]
+            rows = [[name, "x".join(map(str, shape)), kept(st, i)]
+                    + [format_number(float(st.pqi[i, j])) for j in columns] + gini(st, i)
+                    for i, (name, shape) in enumerate(zip(report.names, report.shapes))]
             header = ["layer", "shape", "kept/size"]
         else:
             rows = []
@@ -317,10 +320,10 @@ def format_table(report: PQIReport, pairs=None, max_pairs: int = 4) -> str:
                 cells = [name, str(rows_of.stop - rows_of.start), kept(st, rows_of)]
                 for j in columns:
                     s = _nan_stats(st.pqi[rows_of, j])
-                    cells.append(f"{_fmt(s['mean'])} [{_fmt(s['min'])}, {_fmt(s['max'])}]")
+                    cells.append(f"{format_number(s['mean'])} [{format_number(s['min'])}, {format_number(s['max'])}]")
                 if st.gini is not None:
                     s = _nan_stats(st.gini[rows_of])
-                    cells.append(f"{_fmt(s['mean'])} [{_fmt(s['min'])}, {_fmt(s['max'])}]")
+                    cells.append(f"{format_number(s['mean'])} [{format_number(s['min'])}, {format_number(s['max'])}]")
                 rows.append(cells)
             header = ["layer", "neurons", "kept/size"]
         title = f"scope: {scope}" + (" (mean [min, max] over each layer's neurons)" if scope == "neuron" else "")
@@ -336,6 +339,7 @@ def format_grid(report: PQIReport, scope: str = "global", segment: int = 0) -> s
     ps = sorted({p for p, _ in report.pairs})
     qs = sorted({q for _, q in report.pairs})
     index = {pair: j for j, pair in enumerate(report.pairs)}
-    rows = [[f"p={p:g}"] + [_fmt(float(stats.pqi[segment, index[(p, q)]])) if (p, q) in index else "-" for q in qs]
+    rows = [[f"p={p:g}"] + [format_number(float(stats.pqi[segment, index[(p, q)]])) if (p, q) in index else "-"
+                            for q in qs]
             for p in ps]
     return "\n".join([f"PQI, scope {scope}, segment {segment}"] + _table(["", *[f"q={q:g}" for q in qs]], rows)) + "\n"

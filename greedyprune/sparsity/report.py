@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from ..checks import arg_error
 from ..extras import pyplot
 from ..files import save_figure
+from .pqi import format_number
 
 # (history key, y label, percent) of the paper's Figure 2 panels
 RETRAINED_PANELS = (("accuracy", "Accuracy (%)", True), ("remaining_percent", "Percent of remaining weights", False),
@@ -35,7 +37,7 @@ def plot_runs(runs: Mapping[str, Sequence[dict]], path, title: str = "") -> None
     plt = pyplot()
 
     if not runs:
-        raise ValueError("greedyprune: argument 'runs' must hold at least one run")
+        raise arg_error("runs", "must hold at least one run")
     fig, axes = plt.subplots(2, 4, figsize=(18, 8), constrained_layout=True)
     for row, (panels, caption) in enumerate(((RETRAINED_PANELS, "(a) Retrained models"),
                                              (PRUNED_PANELS, "(b) Pruned models"))):
@@ -66,14 +68,11 @@ def results_table(runs: Mapping[str, Sequence[dict]]) -> str:
         best = max(history, key=lambda e: e["accuracy"])
         rows.append([label, str(len(history)), f"{last['remaining_percent']:.2f}", f"{100 * last['accuracy']:.2f}",
                      f"{100 * best['accuracy']:.2f} @ {best['remaining_percent']:.1f}%",
-                     _fmt(last.get("pqi")), _fmt(last.get("gini")), "yes" if last.get("stopped") else ""])
+                     format_number(last.get("pqi")), format_number(last.get("gini")),
+                     "yes" if last.get("stopped") else ""])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]) + "\n"
-
-
-def _fmt(x) -> str:
-    return "nan" if x is None else f"{x:.4f}"

@@ -31,7 +31,7 @@ from ..files import write_json
 from ..models import save_model
 from ..harness.training import evaluate, train
 from . import report as reporting
-from .pqi import PAPER_PAIR, PQIReport, pqi_report, warn_outside_theorem
+from .pqi import PAPER_PAIR, PQIReport, json_number, pqi_report, warn_outside_theorem
 from .weights import SCOPES, check_masks, prunable_weights, segment_offsets, segment_sums
 
 METHODS = ("sap", "lottery", "one-shot")
@@ -329,8 +329,8 @@ def _entry(t: int, measured: PQIReport, masks: dict, total: int, retrained: dict
     kept = _kept(masks)
     layer = measured.stats("layer")
     layers = {name: {"remaining_percent": 100 * int(layer.counts[i]) / int(layer.sizes[i]),
-                     "pqi": _number(float(layer.pqi[i, measured.column(*PAPER_PAIR)])),
-                     "gini": _number(float(layer.gini[i]))}
+                     "pqi": json_number(float(layer.pqi[i, measured.column(*PAPER_PAIR)])),
+                     "gini": json_number(float(layer.gini[i]))}
               for i, name in enumerate(measured.names)}
     return {
         "iteration": t,
@@ -338,9 +338,9 @@ def _entry(t: int, measured: PQIReport, masks: dict, total: int, retrained: dict
         "loss": retrained["loss"],
         "remaining": kept,
         "remaining_percent": 100 * kept / total,
-        "pqi": _number(float(measured.pqi("global", *PAPER_PAIR)[0])),
-        "pqi_pq": _number(float(measured.pqi("global", config.p, config.q)[0])),
-        "gini": _number(float(measured.stats("global").gini[0])),
+        "pqi": json_number(float(measured.pqi("global", *PAPER_PAIR)[0])),
+        "pqi_pq": json_number(float(measured.pqi("global", config.p, config.q)[0])),
+        "gini": json_number(float(measured.stats("global").gini[0])),
         "train_loss": losses[-1] if losses else None,
         "layers": layers,
     }
@@ -358,11 +358,7 @@ def _pruned_entry(model: nn.Module, weights: dict, masks: dict, next_masks: dict
         for name, r in removed.items():
             params[name][r] = saved[name]
     return {"pruned": sum(int(r.sum()) for r in removed.values()), "pruned_accuracy": pruned["accuracy"],
-            "pruned_loss": pruned["loss"], "pruned_pqi": _number(float(pruned_pqi.pqi("global")[0]))}
-
-
-def _number(x: float) -> float | None:
-    return None if math.isnan(x) else x
+            "pruned_loss": pruned["loss"], "pruned_pqi": json_number(float(pruned_pqi.pqi("global")[0]))}
 
 
 def _rose(before: float | None, now: float | None) -> bool:

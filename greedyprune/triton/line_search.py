@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ..ops.constants import DIRECTION_EPS
+from ..constants import DIRECTION_EPS
 
 BLOCK_ROWS, BLOCK_COLS, BLOCK = 32, 64, 1024
 

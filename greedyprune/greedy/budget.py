@@ -1,0 +1,75 @@
+"""Reaching a FLOP budget: the per-unit tolerance (the paper's way: each unit keeps what its own
+discrepancy needs) or one uniform width ratio, found by bisection on pruned copies."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+
+from ..checks import check_real
+from ..harness.measure import count_flops
+from .config import PruneConfig
+from .layerwise import prune_model
+from .surgery import UnitGraph
+
+FLOPS_SEARCHES = ("epsilon", "width")
+
+
+def check_target_flops(target: float) -> float:
+    return check_real("target_flops", target, low=0.0, high=1.0, low_open=True)
+
+
+def tol_for_flops(model: nn.Module, calib_x: torch.Tensor, target: float, config: PruneConfig, *,
+                  labels: torch.Tensor | None = None, gram_batches=None, iterations: int = 8,
+                  bounds: tuple[float, float] = (1e-4, 10.0)) -> float:
+    """The per-unit tolerance (epsilon) whose pruned model keeps at most `target` x the FLOPs:
+    bisection on a log scale within `bounds`, each step pruning a copy with `config` (tol set,
+    no width cap). This is how seed 000 reaches a size: each unit then keeps as many channels as
+    its own discrepancy needs. Returns the upper end of the final bracket (the larger bound when
+    even that keeps more FLOPs)."""
+    check_target_flops(target)
+    example = calib_x[:1]
+    full = count_flops(model, example)
+
+    def flops_at(tol: float) -> int:
+        pruned = copy.deepcopy(model)
+        prune_model(pruned, calib_x, replace(config, tol=tol, width_ratio=None), labels=labels,
+                    gram_batches=gram_batches, progress=False)
+        return count_flops(pruned, example)
+
+    lo, hi = bounds
+    if flops_at(hi) > target * full:
+        return hi
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        if flops_at(mid) > target * full:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float, *, iterations: int = 12) -> float:
+    """The uniform width ratio whose pruned model has about `target` x the FLOPs (bisection
+    on copies pruned to ceil(ratio * N) channels per unit)."""
+    check_target_flops(target)
+    full = count_flops(model, example)
+
+    def flops_at(ratio: float) -> int:
+        m = copy.deepcopy(model).eval()
+        graph = UnitGraph(m, example)
+        for unit in graph.units:
+            graph.prune(unit, torch.arange(max(1, math.ceil(ratio * unit.channels))))
+        return count_flops(m, example)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if flops_at(mid) > target * full:
+            hi = mid
+        else:
+            lo = mid
+    return max(lo, 1e-3)

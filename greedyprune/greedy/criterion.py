@@ -1,0 +1,67 @@
+"""The protocol of a channel criterion: a way of choosing which of a unit's channels survive.
+
+A criterion says what it needs (a Gram of contributions, the network discrepancy of gated
+candidates, true labels, which discrepancy it scores, how many steps its progress bar counts),
+and `select(context)` returns its `Selection` for one unit. `prune_model` prepares the context
+from those declarations; criteria are registered by name in `criteria.CRITERIA`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .selection import Selection
+
+if TYPE_CHECKING:
+    from .config import PruneConfig
+    from .evaluator import SuffixEvaluator
+    from .surgery import Unit, UnitGraph
+
+
+@dataclass
+class UnitContext:
+    """What a criterion (and an exporter) may use for one unit.
+
+    gram: the unit's Gram of contributions (float64, or float32 on CUDA), None unless the
+        criterion needs one; evaluator: the network discrepancy of gated candidates (it runs
+        nothing until asked); measure_network: whether a selection's loss must be the network
+        discrepancy (False: the export measures it, so a criterion that can choose without it
+        skips it); progress: a tqdm bar the criterion advances per step, or None.
+    """
+
+    graph: UnitGraph
+    unit: Unit
+    config: PruneConfig
+    evaluator: SuffixEvaluator
+    gram: torch.Tensor | None = None
+    measure_network: bool = True
+    progress: object = None
+
+    @property
+    def max_neurons(self) -> int:
+        return self.config.max_neurons(self.unit.channels)
+
+
+class Criterion:
+    """Base of the criteria: `name` is the method name PruneConfig.method takes."""
+
+    name = ""
+    needs_gram = False  # prune_model builds the unit's Gram of contributions first
+    needs_labels = False  # the calibration batches must carry true labels
+
+    def needs_evaluator(self, config: PruneConfig) -> bool:
+        """Whether choosing needs the network discrepancy of gated candidates."""
+        return True
+
+    def discrepancy_kind(self, config: PruneConfig) -> str:
+        """The discrepancy the criterion scores and each unit's export is measured in."""
+        return config.discrepancy
+
+    def progress_total(self, max_neurons: int) -> int | None:
+        """Steps its progress bar counts for a unit of at most max_neurons channels (None: no bar)."""
+        return None
+
+    def select(self, context: UnitContext) -> Selection:
+        raise NotImplementedError

@@ -1,0 +1,66 @@
+"""The report of a pruning run: the before/after table and the per-unit widths as text, and
+report.png (widths and the time of each unit)."""
+from __future__ import annotations
+
+from collections import Counter
+
+from ..extras import pyplot
+from ..files import save_figure
+
+
+def format_report(report: dict) -> str:
+    """The before/after table and the per-unit widths as text."""
+    rows = [("", "params", "MFLOPs", "accuracy", "ms (batch 1)", "ms (batch 64)")]
+    for key in ("before", "after_prune", "after_finetune"):
+        if key in report:
+            s = report[key]
+            rows.append((key.replace("_", " "), f"{s['params']:,}", f"{s['flops'] / 1e6:.2f}", f"{s['accuracy']:.4f}",
+                         f"{s['latency_ms_batch1']:.3f}", f"{s['latency_ms_batch64']:.3f}"))
+    lines = ["  ".join(f"{c:>14}" for c in row) for row in rows]
+    s = report["before"]
+    lines.append(f"(latency: median of repeated CPU forwards, {s['latency_threads']} threads, load average "
+                 f"{s['latency_load'][0]:.1f}-{s['latency_load'][1]:.1f})")
+    lines.append("")
+    lines.append(f"{'unit':>28}  {'width':>11}  {'asked':>5}  {'method':>7}  {'discrepancy':>11}  {'gram s':>7}  "
+                 f"{'select s':>8}  {'eval s':>7}  {'export s':>8}  {'total s':>7}  stopped by")
+    for u in report["units"]:
+        t = u["seconds"]
+        asked = "-" if u["asked"] is None else u["asked"]
+        lines.append(f"{u['unit']:>28}  {u['channels']:>5}->{u['kept']:<5}  {asked:>5}  {u['method']:>7}  "
+                     f"{u['discrepancy']:>11.5f}  {t['gram']:>7.3f}  {t['select']:>8.3f}  "
+                     f"{t['evaluate'] + t['taylor']:>7.3f}  {t['export']:>8.3f}  {t['total']:>7.3f}  {u['stop']}")
+    left = report.get("left_unpruned") or []
+    if left:
+        reasons = Counter(g["reason"] for g in left)
+        lines.append(f"left unpruned: {len(left)} channel group(s) ("
+                     + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+                     + "; residual-tied channels are a limitation, see the README)")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path) -> None:
+    plt = pyplot()
+    units = report["units"]
+    idx = range(len(units))
+    fig, (ax_w, ax_t) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax_w.bar(idx, [u["channels"] for u in units], color="#bbbbbb", label="before")
+    ax_w.bar(idx, [u["kept"] for u in units], color="#3b75af", label="after")
+    ax_w.set_xticks(list(idx), [u["unit"] for u in units], rotation=60, ha="right", fontsize=7)
+    ax_w.set_ylabel("channels")
+    b, a = report["before"], report["after_prune"]
+    ax_w.set_title(f"{report['model']} ({report['method']}): FLOPs x{a['flops'] / b['flops']:.2f}, "
+                   f"acc {b['accuracy']:.3f} -> {a['accuracy']:.3f}")
+    ax_w.legend()
+    bottom = [0.0] * len(units)
+    for part, color in (("gram", "#e3a33b"), ("select", "#3b75af"), ("evaluate", "#59a14f"), ("taylor", "#b07aa1"),
+                        ("export", "#9c755f")):
+        vals = [u["seconds"][part] for u in units]
+        ax_t.bar(idx, vals, bottom=bottom, color=color, label=part)
+        bottom = [x + y for x, y in zip(bottom, vals)]
+    ax_t.set_xticks(list(idx), [u["unit"] for u in units], rotation=60, ha="right", fontsize=7)
+    ax_t.set_ylabel("seconds")
+    ax_t.set_title("time per unit")
+    ax_t.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
