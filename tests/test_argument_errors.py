@@ -5,9 +5,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from greedyprune import files, popup, sparsity
+from greedyprune import files, greedy, popup, sparsity
 from greedyprune.checks import ArgumentError
 from greedyprune.cli import main
+from greedyprune.greedy.pipeline import RunSpec
 from greedyprune.harness import data, model_source, training
 from greedyprune.models import build_model
 from greedyprune.popup.report import plot_curves, sparsity_report
@@ -50,6 +51,13 @@ def _batches():
     (lambda tmp: files.prepare_output_dir(tmp / "file.txt", finished="report.json"), "--out"),
     (lambda tmp: main(["--debug", "pqi", "model.pt", "--grid", "--p", "0.5"]), "--grid"),
     (lambda tmp: main(["--debug", "pqi", "model.pt", "--p", "0.5", "0.7", "--q", "1.0"]), "--q"),
+    (lambda tmp: greedy.PruneConfig(method="magic", tol=0.1), "method"),
+    (lambda tmp: greedy.PruneConfig(fold="nowhere", tol=0.1), "fold"),
+    (lambda tmp: greedy.prune_model(_linear(), torch.randn(2, 4), method="local", progress=False), "tol"),
+    (lambda tmp: greedy.prune_model(_linear(), torch.randn(2, 4), method="gfs", tol=0.1, progress=False), "labels"),
+    (lambda tmp: greedy.load_plan(tmp / "file.txt"), "path"),
+    (lambda tmp: greedy.discrepancy(torch.zeros(1, 2, 3), torch.zeros(2, 3), "ce"), "labels"),
+    (lambda tmp: RunSpec(flops_search="depth"), "flops_search"),
 ])
 def test_bad_argument_raises_argument_error_naming_it(call, name, tmp_path):
     (tmp_path / "file.txt").write_text("not a folder")

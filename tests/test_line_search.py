@@ -140,7 +140,7 @@ def duplicated_columns_gram(n=64, rows=64, seed=0):
 
 
 def test_default_max_steps_lets_duplicated_columns_reach_the_stopping_rule(backend):
-    """The path re-weights the copies for many steps per neuron: 4 * N (the old default)
+    """The path re-weights the copies for many steps per neuron: a cap of 4 * N steps
     cut it short, the default reaches its own stopping rule."""
     n = 64
     G = duplicated_columns_gram(n)

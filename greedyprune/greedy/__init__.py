@@ -2,8 +2,8 @@
 
 Layers: `run_pruning` (pipeline.py) -> `prune_model` (layerwise.py) -> a criterion
 (criteria.CRITERIA) and an exporter (exporters.EXPORTERS) per unit -> greedyprune.ops."""
-from .config import DEFAULT_TOL, METHODS, PruneConfig
-from .criteria import CRITERIA
+from .config import DEFAULT_TOL, PruneConfig
+from .criteria import CRITERIA, METHODS
 from .criterion import Criterion, UnitContext
 from .evaluator import SuffixEvaluator
 from .exporters import EXPORTERS, Exporter

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..files import prepare_output_dir
 from .budget import FLOPS_SEARCHES
-from .config import DEFAULT_TOL, METHODS, PruneConfig
+from .config import DEFAULT_TOL, PruneConfig
+from .criteria import METHODS
 from .exporters import EXPORTERS
 from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
 from .outputs import DISCREPANCIES

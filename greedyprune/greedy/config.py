@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ..checks import ArgumentError, arg_error, check_choice, check_int, check_real
-from .criteria import CRITERIA, METHODS
+from .criteria import CRITERIA
 from .exporters import EXPORTERS
 from .outputs import DISCREPANCIES
 
@@ -58,7 +58,7 @@ class PruneConfig:
     recalibrate_bn: bool = True
 
     def __post_init__(self):
-        check_choice("method", self.method, METHODS)
+        check_choice("method", self.method, tuple(CRITERIA))
         if self.network_budget is not None:
             check_real("network_budget", self.network_budget, low=0.0)
             if self.tol is not None:

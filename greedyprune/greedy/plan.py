@@ -10,6 +10,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from ..checks import arg_error
 from ..files import write_json
 from ..harness.training import recalibrate_batchnorm
 from .config import PruneConfig
@@ -46,9 +47,9 @@ def load_plan(path) -> dict:
     try:
         plan = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"greedyprune: argument 'path' is not a readable plan file: {err}") from err
+        raise arg_error("path", f"is not a readable plan file: {err}") from err
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT or not isinstance(plan.get("units"), list):
-        raise ValueError(f"greedyprune: argument 'path' ({path}) is not a greedyprune plan (format {PLAN_FORMAT})")
+        raise arg_error("path", f"({path}) is not a greedyprune plan (format {PLAN_FORMAT})")
     return plan
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..checks import check_int
+from ..checks import arg_error, check_int
 from ..extras import pyplot
 from ..files import save_figure, write_json
 from ..models.demo_nets import two_layer_net
@@ -49,7 +49,7 @@ def run_rate_demo(out_dir: str | os.PathLike = "greedyprune-out/rate", *, widths
     check_int("train_steps", train_steps, minimum=1)
     widths = sorted(set(int(w) for w in widths))
     if not widths or widths[0] < 1 or widths[-1] > 100:
-        raise ValueError(f"greedyprune: argument 'widths' must lie in [1, 100], got {widths}")
+        raise arg_error("widths", f"must lie in [1, 100], got {widths}")
     gen = torch.Generator().manual_seed(seed)
     x, y = simulated_data(samples, inputs, gen)
     x_eval, _ = simulated_data(eval_samples, inputs, torch.Generator().manual_seed(seed + 1))

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..checks import check_choice
+from ..checks import arg_error, check_choice
 from .outputs import logits_of
 
 
@@ -98,7 +98,7 @@ class UnitGraph:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor):
         if not isinstance(model, nn.Module):
-            raise ValueError(f"greedyprune: argument 'model' must be an nn.Module, got {type(model).__name__}")
+            raise arg_error("model", f"must be an nn.Module, got {type(model).__name__}")
         self.model = model
         self._names = {m: n for n, m in model.named_modules()}
         was_training = model.training
@@ -250,9 +250,9 @@ class UnitGraph:
         keep = torch.as_tensor(keep, dtype=torch.long).flatten()
         n = self._current_channels(unit)
         if keep.numel() == 0:
-            raise ValueError(f"greedyprune: argument 'keep' must keep at least one channel of {unit.name}")
+            raise arg_error("keep", f"must keep at least one channel of {unit.name}")
         if keep.min() < 0 or keep.max() >= n or keep.unique().numel() != keep.numel():
-            raise ValueError(f"greedyprune: argument 'keep' must hold distinct channel indices in [0, {n}) for {unit.name}")
+            raise arg_error("keep", f"must hold distinct channel indices in [0, {n}) for {unit.name}")
         keep = keep.sort().values
         fold = self.fold_used(unit, fold)
         if scales is not None and fold != "none":
@@ -274,9 +274,9 @@ class UnitGraph:
         keep = torch.as_tensor(keep, dtype=torch.long).flatten()
         scales = torch.as_tensor(scales, dtype=torch.float64).flatten()
         if scales.numel() != keep.numel():
-            raise ValueError(f"greedyprune: argument 'scales' must have one value per kept channel ({keep.numel()})")
+            raise arg_error("scales", f"must have one value per kept channel ({keep.numel()})")
         if fold != "consumer" and not bool((scales > 0).all()):
-            raise ValueError(f"greedyprune: argument 'scales' must be > 0 to fold into the producer of {unit.name}")
+            raise arg_error("scales", f"must be > 0 to fold into the producer of {unit.name}")
         full = torch.ones(self._current_channels(unit), dtype=torch.float64)
         full[keep] = scales
         producer_part = full if fold == "producer" else full.sqrt() if fold == "split" else None
