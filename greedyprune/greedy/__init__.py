@@ -8,7 +8,8 @@ from .criterion import Criterion, UnitContext
 from .evaluator import SuffixEvaluator
 from .exporters import EXPORTERS, Exporter
 from .global_imitation import forward_selection, global_imitation
-from .gram import contribution_gram, contribution_gram_and_logits
+from .gram import contribution_gram
+from .moments import ConsumerMoments, stream_moments
 from .hybrid import choose
 from .layerwise import prune_model
 from .local import local_imitation
@@ -16,7 +17,8 @@ from .outputs import discrepancy, logits_of
 from .plan import apply_plan, load_plan, make_plan, save_plan, select_channels
 from .selection import Selection, UnitResult
 
-__all__ = ["CRITERIA", "Criterion", "DEFAULT_TOL", "EXPORTERS", "Exporter", "METHODS", "PruneConfig", "Selection",
-           "SuffixEvaluator", "UnitContext", "UnitResult", "apply_plan", "choose", "contribution_gram",
-           "contribution_gram_and_logits", "discrepancy", "forward_selection", "global_imitation", "load_plan",
-           "local_imitation", "logits_of", "make_plan", "prune_model", "save_plan", "select_channels"]
+__all__ = ["CRITERIA", "ConsumerMoments", "Criterion", "DEFAULT_TOL", "EXPORTERS", "Exporter", "METHODS",
+           "PruneConfig", "Selection", "SuffixEvaluator", "UnitContext", "UnitResult", "apply_plan", "choose",
+           "contribution_gram", "discrepancy", "forward_selection", "global_imitation", "load_plan",
+           "local_imitation", "logits_of", "make_plan", "prune_model", "save_plan", "select_channels",
+           "stream_moments"]

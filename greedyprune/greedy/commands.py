@@ -6,7 +6,7 @@ from ..files import prepare_output_dir
 from .budget import FLOPS_SEARCHES
 from .config import DEFAULT_TOL, PruneConfig
 from .criteria import METHODS
-from .exporters import EXPORTERS
+from .exporters import EXPORTERS, REFIT_TARGETS
 from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
 from .outputs import DISCREPANCIES
 from .pipeline import DEMO_RUN, RunSpec
@@ -91,9 +91,15 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
     p.add_argument("--discrepancy", choices=[d for d in DISCREPANCIES if d != "ce"], default=config.discrepancy,
                    help="kl or mse of the logits, or ce-gap: the rise of the cross-entropy on true labels (the "
                         "training-loss gap the paper's epsilon bounds)")
-    p.add_argument("--fold", choices=tuple(EXPORTERS), default=config.fold,
-                   help="where the kept channels' gates go: 'none' removes the others plainly (fine-tunes best), "
-                        "'consumer'/'producer'/'split' keep the pruned network's function")
+    p.add_argument("--export", "--fold", dest="fold", choices=tuple(EXPORTERS), default=config.fold,
+                   help="how each unit is exported: 'reconstruct' refits the consumer's weights to the kept channels "
+                        "by least squares; 'none' removes the others plainly; 'consumer'/'producer'/'split' fold the "
+                        "gates and keep the gated network's function (--fold: the same)")
+    p.add_argument("--refit-target", choices=REFIT_TARGETS, default=config.refit_target,
+                   help="reconstruct: match the unpruned network's consumer output ('original': also corrects "
+                        "earlier units) or the output just before the unit ('current')")
+    p.add_argument("--refit-damping", type=float, default=config.refit_damping,
+                   help="reconstruct: ridge damping, a fraction of the mean diagonal of the refit's system")
     p.add_argument("--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
                    help="keep the original BatchNorm statistics (default: re-estimate them on the calibration "
                         "images after each unit)")
@@ -132,7 +138,8 @@ def _prune_command(args) -> int:
                          discrepancy=args.discrepancy, positions_per_image=args.positions,
                          exact_until=args.exact_until, taylor_top=args.taylor_top, step_batch=args.step_batch or None,
                          memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20),
-                         fold=args.fold, recalibrate_bn=args.recalibrate_bn)
+                         fold=args.fold, recalibrate_bn=args.recalibrate_bn, refit_target=args.refit_target,
+                         refit_damping=args.refit_damping)
     run = RunSpec(model=args.model, data=args.data, weights=args.weights, out=args.out, device=args.device,
                   seed=args.seed, calib_samples=args.calib_samples, gram_samples=args.gram_samples,
                   target_flops=args.target_flops, flops_search=args.flops_search,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from ..checks import ArgumentError, arg_error, check_choice, check_int, check_real
 from .criteria import CRITERIA
-from .exporters import EXPORTERS
+from .exporters import EXPORTERS, REFIT_TARGETS
 from .outputs import DISCREPANCIES
 
 # The network discrepancy each unit may add when no stopping rule is given.
@@ -42,6 +42,10 @@ class PruneConfig:
         (benchmarks/RESULTS.md, "Against Torch-Pruning").
     recalibrate_bn: re-estimate BatchNorm statistics on the calibration images after each unit,
         so each unit imitates the network as it is exported and as fine-tuning starts.
+    refit_damping / refit_target: fold "reconstruct" only (refit.py): the ridge damping as a
+        fraction of the mean diagonal, and the output the refit matches: "original" (the unpruned
+        network's consumer output; corrects what earlier units changed) or "current" (the
+        consumer's output just before the unit).
     """
 
     method: str = "hybrid"
@@ -56,6 +60,8 @@ class PruneConfig:
     memory_budget: int | None = None
     fold: str = "none"
     recalibrate_bn: bool = True
+    refit_damping: float = 0.01
+    refit_target: str = "original"
 
     def __post_init__(self):
         check_choice("method", self.method, tuple(CRITERIA))
@@ -77,6 +83,8 @@ class PruneConfig:
                 check_int(name, getattr(self, name), minimum=1)
         if self.positions_per_image is not None:
             check_int("positions_per_image", self.positions_per_image, minimum=1)
+        check_real("refit_damping", self.refit_damping, low=0.0, low_open=True)
+        check_choice("refit_target", self.refit_target, REFIT_TARGETS)
         if not isinstance(self.recalibrate_bn, bool):
             raise arg_error("recalibrate_bn", f"must be a bool, got {self.recalibrate_bn!r}")
 

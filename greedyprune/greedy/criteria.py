@@ -6,7 +6,8 @@ from .criterion import Criterion
 from .global_imitation import ForwardSelection, GlobalImitation
 from .hybrid import Hybrid
 from .local import LocalImitation
+from .refit_selection import RefitSelection
 
 CRITERIA: dict[str, Criterion] = {c.name: c for c in (LocalImitation(), GlobalImitation(), Hybrid(),
-                                                      ForwardSelection())}
+                                                      ForwardSelection(), RefitSelection())}
 METHODS = tuple(CRITERIA)

@@ -1,7 +1,8 @@
 """The protocol of a channel criterion: a way of choosing which of a unit's channels survive.
 
-A criterion says what it needs (a Gram of contributions, the network discrepancy of gated
-candidates, true labels, which discrepancy it scores, how many steps its progress bar counts),
+A criterion says what it needs (a Gram of contributions or the consumer's input moments, the
+network discrepancy of gated candidates, true labels, which discrepancy it scores, how many steps
+its progress bar counts),
 and `select(context)` returns its `Selection` for one unit. `prune_model` prepares the context
 from those declarations; criteria are registered by name in `criteria.CRITERIA`.
 """
@@ -17,6 +18,7 @@ from .selection import Selection
 if TYPE_CHECKING:
     from .config import PruneConfig
     from .evaluator import SuffixEvaluator
+    from .moments import ConsumerMoments
     from .surgery import Unit, UnitGraph
 
 
@@ -24,8 +26,9 @@ if TYPE_CHECKING:
 class UnitContext:
     """What a criterion (and an exporter) may use for one unit.
 
-    gram: the unit's Gram of contributions (float64, or float32 on CUDA), None unless the
-        criterion needs one; evaluator: the network discrepancy of gated candidates (it runs
+    moments: the second moments of the consumer's input (moments.py), None unless the criterion
+        needs a Gram or the exporter the moments; gram: the unit's Gram of contributions (float64,
+        or float32 on CUDA), None unless the criterion needs one; evaluator: the network discrepancy of gated candidates (it runs
         nothing until asked); measure_network: whether a selection's loss must be the network
         discrepancy (False: the export measures it, so a criterion that can choose without it
         skips it); progress: a tqdm bar the criterion advances per step, or None.
@@ -35,6 +38,7 @@ class UnitContext:
     unit: Unit
     config: PruneConfig
     evaluator: SuffixEvaluator
+    moments: ConsumerMoments | None = None
     gram: torch.Tensor | None = None
     measure_network: bool = True
     progress: object = None
@@ -49,7 +53,11 @@ class Criterion:
 
     name = ""
     needs_gram = False  # prune_model builds the unit's Gram of contributions first
+    needs_moments = False  # ... or at least its consumer's input moments (moments.py)
     needs_labels = False  # the calibration batches must carry true labels
+
+    def check(self, config: PruneConfig) -> None:
+        """An ArgumentError where the config asks what the criterion cannot do (before any work)."""
 
     def needs_evaluator(self, config: PruneConfig) -> bool:
         """Whether choosing needs the network discrepancy of gated candidates."""

@@ -1,25 +1,49 @@
 """The ways a unit's selection becomes the pruned model, by the name PruneConfig.fold takes.
 
-An exporter removes the channels the selection drops and says where the kept channels' gates
-N a_i go: into the weights by one of surgery's folds (the pruned network keeps the gated
-function), or nowhere (`none`: plain removal). A new exporter is a class with `export` and one
-line in EXPORTERS.
+An exporter removes the channels the selection drops and decides what the kept ones carry: the
+gates N a_i folded into the weights by one of surgery's folds (the pruned network keeps the
+gated function), nothing (`none`: plain removal), or a least-squares refit of the consumer
+(`reconstruct`, refit.py). A new exporter is a class with `export` and one line in EXPORTERS.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
+import torch
+
 from .criterion import UnitContext
+from .moments import columns_per_channel
+from .refit import refit_consumer
 from .selection import Selection
+
+REFIT_TARGETS = ("original", "current")
+
+
+@dataclass
+class Exported:
+    """How a unit was exported: `how` (the fold used, "none" or "reconstruct"), and for a refit its
+    relative output error and that of plain removal (E|Y - Y'|^2 / E|Y|^2)."""
+
+    how: str
+    refit_error: float | None = None
+    removal_error: float | None = None
 
 
 class Exporter:
     """name: PruneConfig.fold's value; keeps_function: the exported unit computes what the gated
-    one did, so its discrepancy is the selection's."""
+    one did, so its discrepancy is the selection's; needs_moments: export reads the consumer's
+    input moments (UnitContext.moments)."""
 
     name = ""
     keeps_function = False
+    needs_moments = False
 
-    def export(self, selection: Selection, context: UnitContext) -> str:
-        """Cut the unit in context.graph as the selection says; returns the fold used."""
+    def needs_reference(self, config) -> bool:
+        """Whether the moments must hold the unpruned network's consumer outputs."""
+        return False
+
+    def export(self, selection: Selection, context: UnitContext) -> Exported:
+        """Cut the unit in context.graph as the selection says."""
         raise NotImplementedError
 
 
@@ -32,21 +56,54 @@ class Fold(Exporter):
     def __init__(self, name: str):
         self.name = name
 
-    def export(self, selection: Selection, context: UnitContext) -> str:
+    def export(self, selection: Selection, context: UnitContext) -> Exported:
         kept = selection.kept.cpu()
         scales = (selection.a.cpu() * context.unit.channels)[kept]
-        return context.graph.prune(context.unit, kept, scales, fold=self.name)
+        return Exported(context.graph.prune(context.unit, kept, scales, fold=self.name))
 
 
 class PlainRemoval(Exporter):
-    """Remove the dropped channels and nothing else: the gates are not kept (fine-tunes best,
-    benchmarks/RESULTS.md "Against Torch-Pruning")."""
+    """Remove the dropped channels and nothing else: the gates are not kept."""
 
     name = "none"
 
-    def export(self, selection: Selection, context: UnitContext) -> str:
-        return context.graph.prune(context.unit, selection.kept.cpu(), fold="none")
+    def export(self, selection: Selection, context: UnitContext) -> Exported:
+        return Exported(context.graph.prune(context.unit, selection.kept.cpu(), fold="none"))
+
+
+class Reconstruct(Exporter):
+    """Remove the dropped channels, then refit the consumer's weights (and bias) on the kept ones
+    by least squares to the output before the unit (refit_target "current") or the unpruned
+    network's (refit_target "original": also corrects what earlier units changed)."""
+
+    name = "reconstruct"
+    needs_moments = True
+
+    def needs_reference(self, config) -> bool:
+        return config.refit_target == "original"
+
+    def export(self, selection: Selection, context: UnitContext) -> Exported:
+        unit, graph = context.unit, context.graph
+        consumer = graph.module(unit.consumer)
+        block = columns_per_channel(consumer, unit)
+        kept = selection.kept.cpu()
+        columns = (kept[:, None] * block + torch.arange(block)).flatten()
+        moments = context.moments
+        if moments.xty is not None and moments.xty.shape[1] != consumer.weight.shape[0]:
+            # the consumer's outputs were pruned before its inputs: the unpruned ones are no target
+            moments = replace(moments, xty=None, y_sum=None, yy=None)
+        fit = refit_consumer(moments, consumer.weight.reshape(consumer.weight.shape[0], -1), consumer.bias, columns,
+                             damping=context.config.refit_damping, unit=unit.name)
+        graph.prune(unit, kept, fold="none")
+        if fit is None:
+            return Exported("none")
+        consumer = graph.module(unit.consumer)
+        with torch.no_grad():
+            consumer.weight.copy_(fit.weight.reshape(consumer.weight.shape))
+            if fit.bias is not None:
+                consumer.bias.copy_(fit.bias)
+        return Exported(self.name, refit_error=fit.error, removal_error=fit.removal_error)
 
 
 EXPORTERS: dict[str, Exporter] = {e.name: e for e in (Fold("consumer"), Fold("producer"), Fold("split"),
-                                                       PlainRemoval())}
+                                                       PlainRemoval(), Reconstruct())}

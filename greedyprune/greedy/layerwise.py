@@ -9,6 +9,7 @@ pass from one unit to the next live in one `ForwardCache`.
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from .config import PruneConfig
 from .criteria import CRITERIA
 from .criterion import Criterion, UnitContext
 from .evaluator import SuffixEvaluator
-from .exporters import EXPORTERS, Exporter
+from .exporters import EXPORTERS, Exported, Exporter
 from .forward_cache import ForwardCache, Targets
-from .gram import contribution_gram, contribution_gram_and_logits
+from .gram import gram_of
+from .moments import stream_moments
 from .selection import Selection, UnitResult
 from .surgery import Unit, UnitGraph
 
@@ -73,12 +75,16 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
         raise ValueError(f"greedyprune: {type(model).__name__} has no prunable unit (channel groups: {skipped})")
     todo = graph.units if units is None else [graph.unit(name) for name in units]
     config = config.per_unit(len(todo))
+    criterion.check(config)
     # Where every unit's Gram pass streams the calibration images and the export measures the
     # discrepancy, the pass runs on to the logits: they are the unit's targets and measure the
     # previous unit's export (the model before a unit is the model after the previous export).
+    reads_moments = criterion.needs_gram or criterion.needs_moments or exporter.needs_moments
     cache = ForwardCache(model, batches, criterion.discrepancy_kind(config),
-                         fused=config.measured_on_export and grams_on_calibration and criterion.needs_gram)
-    steps = _UnitSteps(graph, batches, gram_batches, config, criterion, exporter, cache, progress)
+                         fused=config.measured_on_export and grams_on_calibration and reads_moments)
+    # the unpruned network, whose consumer outputs a refit matches
+    reference = copy.deepcopy(model).eval() if exporter.needs_reference(config) else None
+    steps = _UnitSteps(graph, batches, gram_batches, config, criterion, exporter, cache, reference, progress)
     choices = []
     bar = tqdm(todo, desc=f"prune ({config.method})", unit="unit", disable=not progress)
     try:
@@ -105,7 +111,7 @@ class _UnitChoice:
 
     unit: Unit
     selection: Selection
-    fold: str
+    exported: Exported
     seconds: dict[str, float]
 
     def result(self, config: PruneConfig, cache: ForwardCache) -> UnitResult:
@@ -123,16 +129,18 @@ class _UnitChoice:
                           {s.method: {"width": s.width, "discrepancy": s.loss, "steps": s.steps, "stop": s.stop,
                                       "filled": s.filled} for s in chosen.outcomes},
                           asked=None if config.width_ratio is None else config.max_neurons(n), stop=chosen.stop,
-                          fold=self.fold, order=order, exported_loss=exported)
+                          fold=self.exported.how, order=order, exported_loss=exported, gated_loss=chosen.loss,
+                          refit_error=self.exported.refit_error, removal_error=self.exported.removal_error)
 
 
 class _UnitSteps:
     """The steps of one unit, with what every unit of a prune_model run shares."""
 
     def __init__(self, graph: UnitGraph, batches, gram_batches, config: PruneConfig, criterion: Criterion,
-                 exporter: Exporter, cache: ForwardCache, progress: bool):
+                 exporter: Exporter, cache: ForwardCache, reference: nn.Module | None, progress: bool):
         self.graph, self.batches, self.gram_batches, self.config = graph, batches, gram_batches, config
         self.criterion, self.exporter, self.cache, self.progress = criterion, exporter, cache, progress
+        self.reference = reference
 
     def run(self, unit: Unit, *, last: bool) -> _UnitChoice:
         """Choose the unit's channels, export it, re-estimate BatchNorm, and have its exported
@@ -146,8 +154,8 @@ class _UnitSteps:
                                               memory_budget=config.memory_budget),
                               measure_network=not config.measured_on_export)
         seconds = {"gram": 0.0, "select": 0.0, "evaluate": 0.0, "taylor": 0.0, "export": 0.0}
-        if self.criterion.needs_gram:
-            context.gram = self._gram(unit, targets, seconds)
+        if self.criterion.needs_gram or self.criterion.needs_moments or self.exporter.needs_moments:
+            self._moments(context, targets, seconds)
         selection = self._select(context)
         for outcome in selection.outcomes:
             for key in ("select", "evaluate", "taylor"):
@@ -157,7 +165,7 @@ class _UnitSteps:
             cache.complete(targets)
             seconds["evaluate"] += time.perf_counter() - t
         selection = _whole_if_unmet(selection, config, unit.channels)
-        fold = self.exporter.export(selection, context)
+        exported = self.exporter.export(selection, context)
         seconds["total"] = time.perf_counter() - start
         if config.recalibrate_bn:  # "export": BN re-estimation and the exported discrepancy
             t = time.perf_counter()
@@ -167,19 +175,21 @@ class _UnitSteps:
             seconds["total"] += seconds["export"]
         else:
             cache.export_known(unit.name, selection.loss if self.exporter.keeps_function else None)
-        return _UnitChoice(unit, selection, fold, seconds)
+        return _UnitChoice(unit, selection, exported, seconds)
 
-    def _gram(self, unit: Unit, targets: Targets, seconds: dict[str, float]) -> torch.Tensor:
+    def _moments(self, context: UnitContext, targets: Targets, seconds: dict[str, float]) -> None:
+        """The consumer's input moments and, where the criterion needs it, the Gram (one pass over
+        the Gram batches; with the cache fused it runs on to the logits, which the cache observes)."""
         t = time.perf_counter()
-        options = dict(positions_per_image=self.config.positions_per_image)
-        if self.cache.fused:
-            G, logits = contribution_gram_and_logits(self.graph, unit, self.gram_batches, **options)
-        else:
-            G, logits = contribution_gram(self.graph, unit, self.gram_batches, **options), None
+        context.moments, logits = stream_moments(self.graph, context.unit, self.gram_batches,
+                                                 positions_per_image=self.config.positions_per_image,
+                                                 keep_logits=self.cache.fused, reference=self.reference)
+        if self.criterion.needs_gram:
+            G = gram_of(context.moments, self.graph, context.unit)
+            context.gram = G.float() if G.is_cuda else G
         seconds["gram"] = time.perf_counter() - t
-        if logits is not None:
+        if self.cache.fused:
             self.cache.observe(logits, targets)
-        return G.float() if G.is_cuda else G
 
     def _select(self, context: UnitContext) -> Selection:
         total = self.criterion.progress_total(context.max_neurons)

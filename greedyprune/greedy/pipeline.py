@@ -204,9 +204,10 @@ def make_report(config: PruneConfig, run: RunSpec, loaded: LoadedRun, graph: Uni
         "before": before, "after_prune": model_stats(loaded.model, loaded.test_loader, loaded.calib_x),
         "prune_seconds": prune_seconds,
         "units": [{"unit": r.unit, "channels": r.channels, "asked": r.asked, "kept": r.width, "stop": r.stop,
-                   "method": r.method, "fold": r.fold, "discrepancy": r.loss,
-                   "exported_discrepancy": r.exported_loss, "seconds": r.seconds,
-                   "candidates": r.candidates} for r in results],
+                   "method": r.method, "fold": r.fold, "discrepancy": r.loss, "gated_discrepancy": r.gated_loss,
+                   "exported_discrepancy": r.exported_loss, "refit_error": r.refit_error,
+                   "removal_error": r.removal_error, "seconds": r.seconds, "candidates": r.candidates}
+                  for r in results],
         # channel groups no method may prune (residual-tied, model outputs, ...)
         "left_unpruned": [{"producers": g.producers, "reason": g.reason} for g in graph.skipped],
     }

@@ -58,6 +58,9 @@ def apply_plan(model: nn.Module, plan: dict, example_inputs: torch.Tensor, *, fo
     """Prune `model` (in place) as the plan says, folding the gates as `fold` says
     (surgery.FOLDS; "none" removes the other channels plainly), then re-estimate the BatchNorm
     statistics on `bn_batches` if given (as prune_model's recalibrate_bn leaves them); returns it."""
+    if fold == "reconstruct":
+        raise arg_error("fold", "'reconstruct' refits on calibration data, which a plan does not hold: prune with "
+                                "prune_model(..., fold='reconstruct'), or apply the plan with another fold")
     check_fold(fold)
     graph = UnitGraph(model, example_inputs)
     for entry in plan["units"]:

@@ -21,14 +21,20 @@ def format_report(report: dict) -> str:
     lines.append(f"(latency: median of repeated CPU forwards, {s['latency_threads']} threads, load average "
                  f"{s['latency_load'][0]:.1f}-{s['latency_load'][1]:.1f})")
     lines.append("")
-    lines.append(f"{'unit':>28}  {'width':>11}  {'asked':>5}  {'method':>7}  {'discrepancy':>11}  {'gram s':>7}  "
-                 f"{'select s':>8}  {'eval s':>7}  {'export s':>8}  {'total s':>7}  stopped by")
+    lines.append("discrepancy: the network's (" + report["config"]["discrepancy"] + ") on the calibration images, with "
+                 "the path's gates (gated) and as exported; refit: the consumer's relative output error "
+                 "(reconstruct), plain removal's in brackets")
+    lines.append(f"{'unit':>28}  {'width':>11}  {'asked':>5}  {'method':>7}  {'gated':>9}  {'exported':>9}  "
+                 f"{'refit':>15}  {'gram s':>7}  {'select s':>8}  {'eval s':>7}  {'export s':>8}  {'total s':>7}  "
+                 "stopped by")
     for u in report["units"]:
         t = u["seconds"]
         asked = "-" if u["asked"] is None else u["asked"]
+        refit = "-" if u.get("refit_error") is None else f"{u['refit_error']:.4f} ({u['removal_error']:.3f})"
         lines.append(f"{u['unit']:>28}  {u['channels']:>5}->{u['kept']:<5}  {asked:>5}  {u['method']:>7}  "
-                     f"{u['discrepancy']:>11.5f}  {t['gram']:>7.3f}  {t['select']:>8.3f}  "
-                     f"{t['evaluate'] + t['taylor']:>7.3f}  {t['export']:>8.3f}  {t['total']:>7.3f}  {u['stop']}")
+                     f"{_number(u.get('gated_discrepancy'))}  {_number(u['exported_discrepancy'])}  {refit:>15}  "
+                     f"{t['gram']:>7.3f}  {t['select']:>8.3f}  {t['evaluate'] + t['taylor']:>7.3f}  "
+                     f"{t['export']:>8.3f}  {t['total']:>7.3f}  {u['stop']}")
     left = report.get("left_unpruned") or []
     if left:
         reasons = Counter(g["reason"] for g in left)
@@ -38,11 +44,15 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _number(value: float | None) -> str:
+    return f"{'-':>9}" if value is None else f"{value:>9.5f}"
+
+
 def plot_report(report: dict, path) -> None:
     plt = pyplot()
     units = report["units"]
     idx = range(len(units))
-    fig, (ax_w, ax_t) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_w, ax_d, ax_t) = plt.subplots(1, 3, figsize=(18, 4.5))
     ax_w.bar(idx, [u["channels"] for u in units], color="#bbbbbb", label="before")
     ax_w.bar(idx, [u["kept"] for u in units], color="#3b75af", label="after")
     ax_w.set_xticks(list(idx), [u["unit"] for u in units], rotation=60, ha="right", fontsize=7)
@@ -51,6 +61,19 @@ def plot_report(report: dict, path) -> None:
     ax_w.set_title(f"{report['model']} ({report['method']}): FLOPs x{a['flops'] / b['flops']:.2f}, "
                    f"acc {b['accuracy']:.3f} -> {a['accuracy']:.3f}")
     ax_w.legend()
+    # discrepancies and refit errors span decades: a log axis, missing values left out
+    for offset, (key, color, label) in zip((-0.27, 0.0, 0.27), (
+            ("gated_discrepancy", "#e3a33b", "discrepancy, gated path"),
+            ("exported_discrepancy", "#3b75af", "discrepancy as exported"),
+            ("refit_error", "#59a14f", "refit relative error"))):
+        shown = [(i, u[key]) for i, u in enumerate(units) if u.get(key) is not None and u[key] > 0]
+        if shown:
+            ax_d.bar([i + offset for i, _ in shown], [v for _, v in shown], width=0.27, color=color, label=label)
+    if ax_d.patches:
+        ax_d.set_yscale("log")
+        ax_d.legend(fontsize=7)
+    ax_d.set_xticks(list(idx), [u["unit"] for u in units], rotation=60, ha="right", fontsize=7)
+    ax_d.set_title(f"per unit ({report['config']['discrepancy']} on the calibration images)")
     bottom = [0.0] * len(units)
     for part, color in (("gram", "#e3a33b"), ("select", "#3b75af"), ("evaluate", "#59a14f"), ("taylor", "#b07aa1"),
                         ("export", "#9c755f")):

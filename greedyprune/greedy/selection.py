@@ -59,6 +59,12 @@ class UnitResult:
     # The discrepancy the unit adds as exported (fold "none": without its gates, BN re-estimated);
     # None where that is not measured (fold "none" without recalibrate_bn).
     exported_loss: float | None = None
+    # The network discrepancy of the chosen path with its gates in place; None where the path did
+    # not measure it (local imitation to a width: `loss` is then the exported one).
+    gated_loss: float | None = None
+    # fold "reconstruct": the refit's relative output error at the consumer, and plain removal's.
+    refit_error: float | None = None
+    removal_error: float | None = None
 
     @property
     def width(self) -> int:
@@ -67,4 +73,5 @@ class UnitResult:
     def plan_entry(self) -> dict:
         return {"unit": self.unit, "channels": self.channels, "keep": self.kept, "scales": self.scales,
                 "order": self.order, "method": self.method, "discrepancy": self.loss,
-                "exported_discrepancy": self.exported_loss, "asked": self.asked, "stop": self.stop}
+                "exported_discrepancy": self.exported_loss, "refit_error": self.refit_error, "asked": self.asked,
+                "stop": self.stop}
