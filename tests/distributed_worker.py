@@ -17,6 +17,7 @@ from torch.utils.data import Subset
 from greedyprune import distributed
 from greedyprune.greedy.evaluator import SuffixEvaluator
 from greedyprune.greedy.gram import contribution_gram
+from greedyprune.greedy.moments import stream_moments
 from greedyprune.greedy.plan import select_channels
 from greedyprune.greedy.surgery import UnitGraph
 from greedyprune.harness.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
@@ -35,15 +36,21 @@ def calibration(rank: int, world: int):
 
 
 def first_unit_statistics(model, x, y) -> dict:
-    """Gram, Taylor sums at random gates (at uniform ones the gradient is zero) and the
-    discrepancy of three gate rows, first unit."""
+    """Gram, Taylor sums at random gates (at uniform ones the gradient is zero), the
+    discrepancy of three gate rows and the refit's cross moments with a reference network, first unit."""
     graph = UnitGraph(model, x[:1])
     unit = graph.units[0]
     evaluator = SuffixEvaluator(graph, unit, x, kind="kl")
     gates = torch.rand(4, unit.channels, generator=torch.Generator().manual_seed(0))
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        next(reference.parameters()).mul_(1.1)
+    moments, _ = stream_moments(graph, unit, x.split(16), reference=reference)
     return {"gram": contribution_gram(graph, unit, [x]),
             "taylor": evaluator.taylor_r(gates[3] / gates[3].sum()),
-            "discrepancy": evaluator.evaluate(gates[:3])}
+            "discrepancy": evaluator.evaluate(gates[:3]),
+            "refit_moments": torch.cat([moments.xty.flatten(), moments.y_sum, torch.tensor([moments.yy, moments.rows],
+                                                                                           dtype=torch.float64)])}
 
 
 def plan(model, x, y) -> dict:

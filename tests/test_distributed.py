@@ -52,7 +52,7 @@ def test_two_processes_ran(ranks):
     assert [r["world"] for r in ranks] == [2, 2]
 
 
-@pytest.mark.parametrize("key", ["gram", "taylor", "discrepancy", "popup_keep", "popup_scores"])
+@pytest.mark.parametrize("key", ["gram", "taylor", "discrepancy", "refit_moments", "popup_keep", "popup_scores"])
 def test_every_process_holds_the_same(ranks, key):
     assert torch.equal(ranks[0][key], ranks[1][key])
 
@@ -82,7 +82,7 @@ def test_popup_search_swapped_weights(ranks):
     assert 0 < int(keep.sum()) < keep.numel()
 
 
-@pytest.mark.parametrize("key", ["gram", "taylor", "discrepancy"])
+@pytest.mark.parametrize("key", ["gram", "taylor", "discrepancy", "refit_moments"])
 def test_statistics_over_shards_equal_single_process(ranks, single, key):
     # the same images, summed in another order: equal up to float32 rounding (relative to the largest entry)
     expected = single[key]

@@ -152,13 +152,19 @@ def test_refit_selection_follows_the_refit_error():
     assert refit_error(order[:2]) <= refit_error(best_pair) * 1.5  # greedy, not exhaustive: close to the best
 
 
-def test_method_refit_with_reconstruct_prunes_to_the_width_and_refuses_a_tolerance():
+def test_method_refit_prunes_to_a_width_or_to_a_tolerance():
     model, x = _net(), _images()
     results = prune_model(model, x, method="refit", width_ratio=0.5, fold="reconstruct", progress=False)
     assert [r.width for r in results] == [3, 3] and all(r.method == "refit" for r in results)
     assert all(r.refit_error is not None and r.refit_error < r.removal_error for r in results)
-    with pytest.raises(ArgumentError, match="'tol'"):
-        prune_model(_net(), x, method="refit", tol=0.1, fold="reconstruct", progress=False)
+    # with a tolerance: the fewest channels whose refit unit meets it, measured as the export measures it
+    tol = 0.01
+    results = prune_model(_net(), x, method="refit", tol=tol, fold="reconstruct", refit_target="current",
+                          progress=False)
+    assert all(r.stop == "tol" and r.loss <= tol for r in results)
+    # the export is the refit measured, then BN statistics are re-estimated (this net's are not the data's)
+    assert all(r.exported_loss <= 2 * tol for r in results)
+    assert any(r.width < r.channels for r in results)
 
 
 def test_a_plan_cannot_replay_a_refit():
@@ -186,3 +192,23 @@ def test_cli_export_reconstruct_reports_the_refit(tmp_path, monkeypatch, capsys)
                  "--calib-samples", "64", "--gram-samples", "128", "--train-epochs", "1", "--out",
                  str(tmp_path / "alias"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "alias" / "report.json").read_text())["config"]["fold"] == "reconstruct"
+
+
+def test_magnitude_keeps_the_channels_torch_pruning_l1_keeps():
+    import torch_pruning as tp
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1),
+                          nn.BatchNorm2d(12), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5)).eval()
+    x = torch.randn(8, 3, 6, 6)
+    for index, unit in ((0, "0->3"), (3, "3->8")):  # one unit at a time: Torch-Pruning scores its groups in its own order
+        result, = prune_model(copy.deepcopy(model), x, method="magnitude", width_ratio=0.5, fold="none", units=[unit],
+                              progress=False)
+        reference = copy.deepcopy(model)
+        layer = reference[index]
+        biases = layer.bias.detach().clone()  # distinct per channel: they tell which channels stayed
+        tp.pruner.MetaPruner(reference, x[:2], importance=tp.importance.GroupMagnitudeImportance(p=1),
+                             pruning_ratio_dict={layer: 0.5},
+                             ignored_layers=[m for m in reference if isinstance(m, (nn.Conv2d, nn.Linear))
+                                             and m is not layer]).step()
+        assert sorted(int(torch.nonzero(biases == value)[0]) for value in layer.bias.detach()) == result.kept

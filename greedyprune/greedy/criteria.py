@@ -6,8 +6,9 @@ from .criterion import Criterion
 from .global_imitation import ForwardSelection, GlobalImitation
 from .hybrid import Hybrid
 from .local import LocalImitation
+from .magnitude import Magnitude
 from .refit_selection import RefitSelection
 
 CRITERIA: dict[str, Criterion] = {c.name: c for c in (LocalImitation(), GlobalImitation(), Hybrid(),
-                                                      ForwardSelection(), RefitSelection())}
+                                                      ForwardSelection(), RefitSelection(), Magnitude())}
 METHODS = tuple(CRITERIA)

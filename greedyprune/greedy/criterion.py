@@ -8,11 +8,13 @@ from those declarations; criteria are registered by name in `criteria.CRITERIA`.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..checks import arg_error
 from .selection import Selection
 
 if TYPE_CHECKING:
@@ -73,3 +75,31 @@ class Criterion:
 
     def select(self, context: UnitContext) -> Selection:
         raise NotImplementedError
+
+
+class WidthCriterion(Criterion):
+    """A criterion that chooses to a width alone (no tolerance): equal gates on the kept channels,
+    whose network discrepancy is measured only where the context asks for it."""
+
+    def needs_evaluator(self, config: PruneConfig) -> bool:
+        return False
+
+    def check(self, config: PruneConfig) -> None:
+        if config.tol is not None or config.network_budget is not None:
+            raise arg_error("tol", f"has no meaning for method {self.name!r}, which chooses to a width: give "
+                                   "width_ratio alone")
+
+    def selection(self, context: UnitContext, kept: torch.Tensor, start: float, *, steps: int = 1,
+                  path: list[float] | None = None) -> Selection:
+        """The Selection keeping `kept` (channel indices), timed from `start` (time.perf_counter)."""
+        n = context.unit.channels
+        a = torch.zeros(n, dtype=torch.float64)
+        a[kept] = 1.0 / len(kept)
+        seconds = {"select": time.perf_counter() - start}
+        loss = None
+        if context.measure_network:
+            t = time.perf_counter()
+            loss = float(context.evaluator.evaluate((a * n).float())[0])
+            seconds["evaluate"] = time.perf_counter() - t
+        return Selection(self.name, a, loss, steps, list(path or []), seconds, stop="width")
+

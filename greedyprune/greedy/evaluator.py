@@ -139,6 +139,11 @@ class SuffixEvaluator:
         """Discrepancy [K] of each row of gates [K, N] (or [N] -> [1]) over every batch."""
         return self._mean(list(range(len(self.batches))), lambda e: e.evaluate(gates))
 
+    def evaluate_refit(self, weight: torch.Tensor, bias: torch.Tensor | None, columns: torch.Tensor) -> float:
+        """Discrepancy over every batch with the consumer refit on its input `columns`
+        (suffix.BatchSuffix.evaluate_refit)."""
+        return float(self._mean(list(range(len(self.batches))), lambda e: e.evaluate_refit(weight, bias, columns))[0])
+
     def evaluate_steps(self, a: torch.Tensor, gamma: float, candidates: torch.Tensor) -> torch.Tensor:
         """Discrepancy of the fixed-step moves N((1 - gamma) a + gamma e_i), i in candidates,
         over the step batches."""

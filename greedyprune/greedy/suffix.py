@@ -111,6 +111,33 @@ class BatchSuffix:
                 out.append(discrepancy(logits, self.target, self.kind, self.labels))
         return torch.cat(out)
 
+    def evaluate_refit(self, weight: torch.Tensor, bias: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:
+        """Discrepancy [1] with the consumer reading only its input `columns` (flat, as
+        moments.consumer_columns orders them) through `weight` [out, |columns|] and `bias`: the
+        unit as a least-squares refit exports it."""
+        consumer = self.graph.module(self.unit.consumer)
+
+        def refit_output(x: torch.Tensor) -> torch.Tensor:
+            w = weight.to(x.dtype)
+            b = None if bias is None else bias.to(x.dtype)
+            if isinstance(consumer, nn.Linear):
+                return F.linear(x[..., columns.to(x.device)], w, b)
+            block = consumer.kernel_size[0] * consumer.kernel_size[1]
+            kept = columns[::block].to(x.device) // block
+            return F.conv2d(x[:, kept], w.view(w.shape[0], kept.numel(), *consumer.kernel_size), b, consumer.stride,
+                            consumer.padding, consumer.dilation)
+
+        with torch.no_grad():
+            if self._suffix is not None:
+                logits = self._suffix.run(None, 1, consumer_output=refit_output(self.hidden))
+            else:
+                handle = consumer.register_forward_hook(lambda _m, args, _out: refit_output(args[0]))
+                try:
+                    logits = logits_of(self.model(self.inputs))
+                finally:
+                    handle.remove()
+        return discrepancy(logits.unsqueeze(0), self.target, self.kind, self.labels)
+
     def _contributions(self, consumer: nn.Module, chunk: torch.Tensor) -> torch.Tensor:
         """What each channel in chunk adds to the consumer's output alone: [K, B, out, *]."""
         if self._all_contributions is None:

@@ -288,6 +288,13 @@ class UnitGraph:
             if producer_part is not None:
                 _scale_output_channels(self.module(unit.fold_target), producer_part)
 
+    def group(self, unit: Unit):
+        """The unit's Torch-Pruning group over all its channels (its producers, channel-wise layers
+        and the consumer's input), as Torch-Pruning's importances take it."""
+        producer = self.module(unit.producer)
+        return self.graph.get_pruning_group(producer, _out_channel_fn(producer),
+                                            idxs=list(range(self._current_channels(unit))))
+
     def _current_channels(self, unit: Unit) -> int:
         return _out_channels(self.module(unit.producer))
 
