@@ -7,8 +7,9 @@ re-estimated after every unit, the default before the refit) and with `reconstru
 consumer refit by least squares); Torch-Pruning's MetaPruner removes the same number of
 channels from the same groups with L1 / L2 magnitude, Taylor and random importance, and its
 models have their BN statistics re-estimated on the same calibration images. At equal FLOPs
-greedyprune's default reaches the target by bisection on its per-unit tolerance (adaptive widths)
-and the width-only rows by one uniform width; Torch-Pruning ranks all groups together
+greedyprune's defaults (PruneConfig's, and FINETUNE_DEFAULTS, what a run that fine-tunes takes)
+reach the target by bisection on the per-unit tolerance (adaptive widths) and the width-only rows
+by one uniform width; Torch-Pruning ranks all groups together
 (`global_pruning=True`) with its pruning ratio bisected to the same FLOPs.
 
 Columns: parameters, FLOPs, test accuracy right after pruning, the test KL divergence from the
@@ -43,7 +44,7 @@ import torch_pruning as tp
 from torch.utils.data import TensorDataset
 
 from greedyprune.files import write_json
-from greedyprune.greedy import PruneConfig, prune_model
+from greedyprune.greedy import FINETUNE_DEFAULTS, PruneConfig, prune_model
 from greedyprune.greedy.budget import tol_for_flops, width_ratio_for_flops
 from greedyprune.greedy.outputs import discrepancy
 from greedyprune.greedy.surgery import UnitGraph
@@ -236,6 +237,9 @@ def run(args) -> dict:
             setting = f"flops {target}"
             record(setting, "greedyprune default (tolerance bisected)", seed,
                    lambda: prune_greedy(net, {}, calib_x, calib_y, flops=target))
+            if args.flops_finetune_default:
+                record(setting, "greedyprune fine-tuning default (tolerance bisected)", seed,
+                       lambda: prune_greedy(net, FINETUNE_DEFAULTS, calib_x, calib_y, flops=target))
             for name in args.flops_rows:
                 record(setting, f"{name} (uniform width)", seed,
                        lambda: prune_greedy(net, greedy[name], calib_x, calib_y, flops=target, flops_search="width"))
@@ -304,6 +308,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--flops-rows", nargs="*", default=["local + reconstruct", "refit + reconstruct"],
                         help="width-only rows also run at equal FLOPs (one uniform width)")
     parser.add_argument("--flops-tp", nargs="*", default=["tp-l1", "tp-taylor"], choices=list(TP_IMPORTANCES))
+    parser.add_argument("--no-flops-finetune-default", dest="flops_finetune_default", action="store_false",
+                        help="at equal FLOPs, leave out the fine-tuning default (FINETUNE_DEFAULTS: hybrid + none)")
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="of the fine-tuning (seed 000: none)")

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from greedyprune.checks import ArgumentError
 from greedyprune.cli import build_parser
-from greedyprune.greedy import CRITERIA, DEFAULT_TOL, PruneConfig, Selection, prune_model
+from greedyprune.greedy import CRITERIA, DEFAULT_TOL, FINETUNE_DEFAULTS, PruneConfig, Selection, prune_model
 from greedyprune.greedy.criterion import Criterion
 from greedyprune.greedy.pipeline import DEMO_RUN, RunSpec, fit_budget, run_pruning
 
@@ -102,13 +102,26 @@ def test_the_runs_default_stopping_rule_is_default_tol():
 def test_command_line_defaults_are_the_config_and_run_spec_defaults(command, run):
     args = build_parser().parse_args([command])
     config = PruneConfig()  # its stopping rule is left out; the defaults of every other field
-    assert (args.method, args.tol, args.width, args.network_budget, args.discrepancy, args.positions,
-            args.exact_until, args.taylor_top, args.step_batch, args.fold, args.recalibrate_bn) == (
-        config.method, config.tol, config.width_ratio, config.network_budget, config.discrepancy,
-        config.positions_per_image, config.exact_until, config.taylor_top, config.step_batch, config.fold,
-        config.recalibrate_bn)
+    assert (args.tol, args.width, args.network_budget, args.discrepancy, args.positions, args.exact_until,
+            args.taylor_top, args.step_batch, args.recalibrate_bn, args.refit_target, args.refit_damping) == (
+        config.tol, config.width_ratio, config.network_budget, config.discrepancy, config.positions_per_image,
+        config.exact_until, config.taylor_top, config.step_batch, config.recalibrate_bn, config.refit_target,
+        config.refit_damping)
+    assert (args.method, args.fold) == (None, None)  # chosen by whether the run fine-tunes (next test)
     assert (args.model, args.data, args.weights, args.out, args.device, args.seed, args.calib_samples,
             args.gram_samples, args.target_flops, args.flops_search, args.finetune_epochs, args.train_epochs,
             args.overwrite) == (run.model, run.data, run.weights, str(run.out), run.device, run.seed,
                                 run.calib_samples, run.gram_samples, run.target_flops, run.flops_search,
                                 run.finetune_epochs, run.train_epochs, run.overwrite)
+
+
+@pytest.mark.parametrize("finetune_epochs, expected", [(0, (PruneConfig.method, PruneConfig.fold)),
+                                                        (2, (FINETUNE_DEFAULTS["method"], FINETUNE_DEFAULTS["fold"]))])
+def test_a_run_that_fine_tunes_prunes_with_the_fine_tuning_defaults(finetune_epochs, expected):
+    from greedyprune.greedy.commands import prune_config
+    parse = build_parser().parse_args
+    config = prune_config(parse(["prune", "--finetune-epochs", str(finetune_epochs)]))
+    assert (config.method, config.fold) == expected
+    named = prune_config(parse(["prune", "--finetune-epochs", str(finetune_epochs), "--method", "local", "--export",
+                                "consumer"]))
+    assert (named.method, named.fold) == ("local", "consumer")  # what is named wins

@@ -3,6 +3,7 @@
 import copy
 import itertools
 import json
+import warnings
 
 import pytest
 import torch
@@ -103,6 +104,23 @@ def test_duplicated_channels_are_reconstructed_exactly():
             assert results[0].refit_error < 1e-8 < results[0].removal_error
     torch.testing.assert_close(outputs["reconstruct"], expected, rtol=1e-5, atol=1e-6)
     assert (outputs["none"] - expected).abs().max() > 1e-2
+
+
+def test_an_indefinite_system_is_solved_on_its_eigenvalues():
+    """Rounding can leave a centred system indefinite by more than the damping covers: the refit
+    then clips its eigenvalues and still gives finite weights, with no warning."""
+    model, x = _net(), _images()
+    graph = UnitGraph(model, x[:2])
+    unit = graph.units[0]
+    moments, _ = stream_moments(graph, unit, [x])
+    columns = torch.arange(18)
+    weight, bias = model[3].weight.reshape(5, -1), model[3].bias
+    broken = copy.deepcopy(moments)
+    broken.xtx[:18, :18] -= 50 * moments.rows * torch.eye(18, dtype=torch.float64)  # far below the damping
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = refit_consumer(broken, weight, bias, columns, damping=0.01, unit=unit.name)
+    assert fit is not None and bool(torch.isfinite(fit.weight).all()) and bool(torch.isfinite(fit.bias).all())
 
 
 def test_an_unsolvable_refit_warns_names_the_unit_and_removes_plainly():

@@ -2,7 +2,7 @@
 
 Layers: `run_pruning` (pipeline.py) -> `prune_model` (layerwise.py) -> a criterion
 (criteria.CRITERIA) and an exporter (exporters.EXPORTERS) per unit -> greedyprune.ops."""
-from .config import DEFAULT_TOL, PruneConfig
+from .config import DEFAULT_TOL, FINETUNE_DEFAULTS, PruneConfig
 from .criteria import CRITERIA, METHODS
 from .criterion import Criterion, UnitContext
 from .evaluator import SuffixEvaluator
@@ -17,7 +17,7 @@ from .outputs import discrepancy, logits_of
 from .plan import apply_plan, load_plan, make_plan, save_plan, select_channels
 from .selection import Selection, UnitResult
 
-__all__ = ["CRITERIA", "ConsumerMoments", "Criterion", "DEFAULT_TOL", "EXPORTERS", "Exporter", "METHODS",
+__all__ = ["CRITERIA", "ConsumerMoments", "Criterion", "DEFAULT_TOL", "EXPORTERS", "Exporter", "FINETUNE_DEFAULTS", "METHODS",
            "PruneConfig", "Selection", "SuffixEvaluator", "UnitContext", "UnitResult", "apply_plan", "choose",
            "contribution_gram", "discrepancy", "forward_selection", "global_imitation", "load_plan",
            "local_imitation", "logits_of", "make_plan", "prune_model", "save_plan", "select_channels",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..files import prepare_output_dir
 from .budget import FLOPS_SEARCHES
-from .config import DEFAULT_TOL, PruneConfig
+from .config import DEFAULT_TOL, FINETUNE_DEFAULTS, PruneConfig
 from .criteria import METHODS
 from .exporters import EXPORTERS, REFIT_TARGETS
 from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
@@ -23,7 +23,8 @@ def register(subparsers) -> None:
 
     demo = subparsers.add_parser(
         "demo", help="the main job: train (cached) the PQI paper's CNN on the bundled digits and prune it",
-        description=f"Same as `prune` with the defaults ({DEMO_RUN.model} on {DEMO_RUN.data}, {PruneConfig.method}, "
+        description=f"Same as `prune` with the defaults ({DEMO_RUN.model} on {DEMO_RUN.data}, "
+                    f"{FINETUNE_DEFAULTS['method']} with export {FINETUNE_DEFAULTS['fold']} as it fine-tunes, "
                     f"tol {DEFAULT_TOL} nats per unit, {DEMO_RUN.calib_samples} calibration samples, "
                     f"{DEMO_RUN.finetune_epochs} fine-tuning epochs).")
     _pruning_arguments(demo, defaults=DEMO_RUN)
@@ -72,7 +73,9 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                         "layout) or a checkpoint holding one; 'module.' prefixes are stripped")
     p.add_argument("--data", default=defaults.data,
                    help="'digits' (bundled), a CIFAR-10 python-pickle folder, or an ImageFolder root (torchvision)")
-    p.add_argument("--method", choices=METHODS, default=config.method)
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help=f"how channels are chosen (default: {config.method}; with --finetune-epochs > 0: "
+                        f"{FINETUNE_DEFAULTS['method']})")
     stop = p.add_argument_group("stopping rule")
     stop.add_argument("--max-discrepancy", "--tol", dest="tol", type=float, default=config.tol,
                       help="network discrepancy each unit may add, measured against the network as pruned so far "
@@ -91,10 +94,12 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
     p.add_argument("--discrepancy", choices=[d for d in DISCREPANCIES if d != "ce"], default=config.discrepancy,
                    help="kl or mse of the logits, or ce-gap: the rise of the cross-entropy on true labels (the "
                         "training-loss gap the paper's epsilon bounds)")
-    p.add_argument("--export", "--fold", dest="fold", choices=tuple(EXPORTERS), default=config.fold,
+    p.add_argument("--export", "--fold", dest="fold", choices=tuple(EXPORTERS), default=None,
                    help="how each unit is exported: 'reconstruct' refits the consumer's weights to the kept channels "
-                        "by least squares; 'none' removes the others plainly; 'consumer'/'producer'/'split' fold the "
-                        "gates and keep the gated network's function (--fold: the same)")
+                        "by least squares (best without fine-tuning); 'none' removes the others plainly (best after "
+                        "fine-tuning); 'consumer'/'producer'/'split' fold the gates and keep the gated network's "
+                        f"function (default: {config.fold}; with --finetune-epochs > 0: {FINETUNE_DEFAULTS['fold']}; "
+                        "--fold: the same)")
     p.add_argument("--refit-target", choices=REFIT_TARGETS, default=config.refit_target,
                    help="reconstruct: match the unpruned network's consumer output ('original': also corrects "
                         "earlier units) or the output just before the unit ('current')")
@@ -130,16 +135,25 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def prune_config(args) -> PruneConfig:
+    """The PruneConfig the prune / demo flags ask for; method and export, where not named, are
+    PruneConfig's defaults, or FINETUNE_DEFAULTS for a run that fine-tunes."""
+    defaults = FINETUNE_DEFAULTS if args.finetune_epochs > 0 else {"method": PruneConfig.method,
+                                                                      "fold": PruneConfig.fold}
+    return PruneConfig(method=args.method or defaults["method"], tol=args.tol, width_ratio=args.width,
+                       network_budget=args.network_budget, discrepancy=args.discrepancy,
+                       positions_per_image=args.positions, exact_until=args.exact_until, taylor_top=args.taylor_top,
+                       step_batch=args.step_batch or None,
+                       memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20),
+                       fold=args.fold or defaults["fold"], recalibrate_bn=args.recalibrate_bn,
+                       refit_target=args.refit_target, refit_damping=args.refit_damping)
+
+
 def _prune_command(args) -> int:
     from .pipeline import run_pruning
     from .report import format_report
 
-    config = PruneConfig(method=args.method, tol=args.tol, width_ratio=args.width, network_budget=args.network_budget,
-                         discrepancy=args.discrepancy, positions_per_image=args.positions,
-                         exact_until=args.exact_until, taylor_top=args.taylor_top, step_batch=args.step_batch or None,
-                         memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20),
-                         fold=args.fold, recalibrate_bn=args.recalibrate_bn, refit_target=args.refit_target,
-                         refit_damping=args.refit_damping)
+    config = prune_config(args)
     run = RunSpec(model=args.model, data=args.data, weights=args.weights, out=args.out, device=args.device,
                   seed=args.seed, calib_samples=args.calib_samples, gram_samples=args.gram_samples,
                   target_flops=args.target_flops, flops_search=args.flops_search,

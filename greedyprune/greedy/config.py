@@ -12,13 +12,19 @@ from .outputs import DISCREPANCIES
 # The network discrepancy each unit may add when no stopping rule is given.
 DEFAULT_TOL = 0.02
 
+# PruneConfig's method and fold defaults give the best pruned model without fine-tuning (a least-squares
+# refit of every consumer); after fine-tuning for a few epochs plain removal ends higher
+# (benchmarks/RESULTS.md, "Against Torch-Pruning"), so a run that fine-tunes and names neither takes these.
+FINETUNE_DEFAULTS = {"method": "hybrid", "fold": "none"}
+
 
 @dataclass(frozen=True)
 class PruneConfig:
     """How `prune_model` chooses and exports each unit's channels.
 
-    method: local | global | hybrid (Algorithm 2: both, the narrower wins) | gfs (the authors'
-        released forward selection, scored on true labels): a criteria.CRITERIA name.
+    method: a criteria.CRITERIA name: refit (channels chosen for the least-squares refit) | local |
+        global | hybrid (Algorithm 2: both, the narrower wins) | gfs (the authors' released forward
+        selection, scored on true labels) | magnitude (group L1, Torch-Pruning's importance).
     tol: the network discrepancy each unit may add (per unit, against the network as pruned so far).
     prune_model needs a stopping rule: tol, network_budget or width_ratio (or a width with either);
         run_pruning takes DEFAULT_TOL (0.02) where none is given and no FLOP target sets one.
@@ -37,9 +43,10 @@ class PruneConfig:
         it per process; run_pruning (the CLI's --step-batch) as the global mini-batch.
     memory_budget: bytes for candidate chunks and cached prefixes (None: a quarter of the free
         memory, at most 8 GiB).
-    fold: how a unit is exported (exporters.EXPORTERS): where the kept channels' gates N a_i go,
-        or "none": the other channels are removed plainly, which fine-tunes best
-        (benchmarks/RESULTS.md, "Against Torch-Pruning").
+    fold: how a unit is exported (exporters.EXPORTERS): "reconstruct" refits the consumer's weights
+        to the kept channels by least squares (best without fine-tuning); "none" removes the other
+        channels plainly (best after a few epochs of fine-tuning: FINETUNE_DEFAULTS); "consumer",
+        "producer", "split" fold the gates N a_i into the weights.
     recalibrate_bn: re-estimate BatchNorm statistics on the calibration images after each unit,
         so each unit imitates the network as it is exported and as fine-tuning starts.
     refit_damping / refit_target: fold "reconstruct" only (refit.py): the ridge damping as a
@@ -48,7 +55,7 @@ class PruneConfig:
         consumer's output just before the unit).
     """
 
-    method: str = "hybrid"
+    method: str = "refit"
     tol: float | None = None
     network_budget: float | None = None
     width_ratio: float | None = None
@@ -58,7 +65,7 @@ class PruneConfig:
     taylor_top: int = 5
     step_batch: int | None = 64
     memory_budget: int | None = None
-    fold: str = "none"
+    fold: str = "reconstruct"
     recalibrate_bn: bool = True
     refit_damping: float = 0.01
     refit_target: str = "original"

@@ -8,7 +8,9 @@ solved in float64 by Cholesky from E[X^T X] and E[X^T Y] alone (no activations a
 bias the fit is centred (b' = E[Y] - W' E[X_S]); a consumer without one is fitted through the
 origin. lambda = damping x the mean diagonal of the system (SparseGPT's damping): it keeps the
 system positive definite when kept columns are collinear or constant. A system that Cholesky
-still refuses after raising lambda 1000-fold is not refit (None, with a warning naming the unit).
+still refuses after raising lambda 1000-fold (rounding made it indefinite) is solved on its
+eigenvalues clipped at 0, plus lambda; moments that are not finite are no system (None, with a
+warning naming the unit).
 """
 from __future__ import annotations
 
@@ -101,16 +103,23 @@ def refit_consumer(moments: ConsumerMoments, weight: torch.Tensor, bias: torch.T
     xx, xy = normal_equations(t, columns, centred=bias is not None)
     xs = t.x[columns]
     lam = damping_of(xx, damping)
+    xx = (xx + xx.T) / 2
     eye = torch.eye(columns.numel(), dtype=torch.float64, device=weight.device)
-    for _ in range(DAMPING_STEPS):
-        factor, info = torch.linalg.cholesky_ex(xx + lam * eye)
-        if int(info) == 0:
-            fitted = torch.cholesky_solve(xy, factor).T  # [out, |S|]
-            if bool(torch.isfinite(fitted).all()):
-                new_bias = None if bias is None else t.y - fitted @ xs
-                return Refit(fitted, new_bias, _relative_error(t, columns, fitted, new_bias),
-                             _relative_error(t, columns, weight[:, columns], bias), lam)
-        lam *= 10
-    warnings.warn(f"greedyprune: the refit of unit {unit} is ill-conditioned (Cholesky failed up to damping "
-                  f"{lam / 10:.3g}); its channels are removed without a refit", RuntimeWarning, stacklevel=2)
-    return None
+    fitted = None
+    if bool(torch.isfinite(xx).all() and torch.isfinite(xy).all()):
+        for _ in range(DAMPING_STEPS):
+            factor, info = torch.linalg.cholesky_ex(xx + lam * eye)
+            if int(info) == 0:
+                fitted = torch.cholesky_solve(xy, factor).T  # [out, |S|]
+                break
+            lam *= 10
+        else:  # rounding made the system indefinite beyond the damping: solve on its eigenvalues >= lambda
+            values, vectors = torch.linalg.eigh(xx)
+            fitted = (vectors @ ((vectors.T @ xy) / values.clamp_min(0).add(lam)[:, None])).T
+    if fitted is None or not bool(torch.isfinite(fitted).all()):
+        warnings.warn(f"greedyprune: the refit of unit {unit} cannot be solved (its input moments are not finite); "
+                      "its channels are removed without a refit", RuntimeWarning, stacklevel=2)
+        return None
+    new_bias = None if bias is None else t.y - fitted @ xs
+    return Refit(fitted, new_bias, _relative_error(t, columns, fitted, new_bias),
+                 _relative_error(t, columns, weight[:, columns], bias), lam)
