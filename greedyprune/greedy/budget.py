@@ -16,6 +16,7 @@ from .layerwise import prune_model
 from .surgery import UnitGraph
 
 FLOPS_SEARCHES = ("epsilon", "width")
+MIN_TOL = 1e-10  # the lowest tolerance the bisection tries
 
 
 def check_target_flops(target: float) -> float:
@@ -26,8 +27,9 @@ def tol_for_flops(model: nn.Module, calib_x: torch.Tensor, target: float, config
                   labels: torch.Tensor | None = None, gram_batches=None, iterations: int = 8,
                   bounds: tuple[float, float] = (1e-4, 10.0)) -> float:
     """The per-unit tolerance (epsilon) whose pruned model keeps at most `target` x the FLOPs:
-    bisection on a log scale within `bounds`, each step pruning a copy with `config` (tol set,
-    no width cap). This is how seed 000 reaches a size: each unit then keeps as many channels as
+    bisection on a log scale within `bounds` (the lower end moved down 100-fold at a time while it
+    still keeps fewer FLOPs, to MIN_TOL), each step pruning a copy with `config` (tol set, no
+    width cap). This is how seed 000 reaches a size: each unit then keeps as many channels as
     its own discrepancy needs. Returns the upper end of the final bracket (the larger bound when
     even that keeps more FLOPs)."""
     check_target_flops(target)
@@ -43,6 +45,8 @@ def tol_for_flops(model: nn.Module, calib_x: torch.Tensor, target: float, config
     lo, hi = bounds
     if flops_at(hi) > target * full:
         return hi
+    while lo > MIN_TOL and flops_at(lo) <= target * full:  # even lo prunes below the target: go lower
+        hi, lo = lo, lo / 100
     for _ in range(iterations):
         mid = math.sqrt(lo * hi)
         if flops_at(mid) > target * full:
