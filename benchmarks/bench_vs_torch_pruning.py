@@ -141,7 +141,7 @@ def prune_greedy(net, options: dict, calib_x, calib_y, *, width=None, flops=None
     if flops is not None and flops_search == "epsilon":
         config = replace(config, tol=tol_for_flops(net, calib_x, flops, config, labels=calib_y))
     elif flops is not None:
-        config = replace(config, width_ratio=width_ratio_for_flops(net, calib_x[:1], flops))
+        config = replace(config, width_ratio=width_ratio_for_flops(net, calib_x[:1], flops, groups=config.groups))
     model = copy.deepcopy(net)
     prune_model(model, calib_x, config, labels=calib_y, progress=False)
     if not config.recalibrate_bn:
@@ -155,10 +155,15 @@ def tp_prune(net, importance: str, calib_x, calib_y, seed: int, *, widths: dict[
     together at `ratio` (global_pruning); every other layer ignored; BN re-estimated after."""
     model = copy.deepcopy(net).eval()
     torch.manual_seed(seed)
-    names = widths or {u.producer: None for u in UnitGraph(model, calib_x[:2]).units}
+    units = UnitGraph(model, calib_x[:2]).units
+    names = widths or {u.producer: None for u in units}
     producers = {model.get_submodule(name): n for name, n in names.items()}
-    ignored = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m not in producers]
-    options = dict(importance=TP_IMPORTANCES[importance](), ignored_layers=ignored)
+    # a residual stream's other producers are in its group (pruned with it), not ignored
+    tied = {model.get_submodule(name) for u in units for name in u.co_producers}
+    ignored = [m for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m not in producers and m not in tied]
+    # groups left out of the ratios are not pruned (MetaPruner's default ratio is 0.5)
+    options = dict(importance=TP_IMPORTANCES[importance](), ignored_layers=ignored, pruning_ratio=0.0)
     if widths is not None:
         options["pruning_ratio_dict"] = {m: 1 - n / _out(m) for m, n in producers.items()}
     else:

@@ -45,7 +45,7 @@ def first_unit_statistics(model, x, y) -> dict:
     reference = copy.deepcopy(model)
     with torch.no_grad():
         next(reference.parameters()).mul_(1.1)
-    moments, _ = stream_moments(graph, unit, x.split(16), reference=reference)
+    (moments,), _ = stream_moments(graph, unit, x.split(16), reference=reference)
     return {"gram": contribution_gram(graph, unit, [x]),
             "taylor": evaluator.taylor_r(gates[3] / gates[3].sum()),
             "discrepancy": evaluator.evaluate(gates[:3]),

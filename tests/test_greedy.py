@@ -140,7 +140,7 @@ def test_taylor_scores_equal_finite_differences(kind):
     n = unit.channels
     a = torch.rand(n, dtype=torch.float64)
     a /= a.sum()
-    act, grad = ev.taylor_inputs(a * n)
+    (act, grad), = ev.taylor_inputs(a * n)
     scores = ops.taylor_scores(act, grad, a, 3)
     h = 1e-6
     for i in range(n):
@@ -187,7 +187,7 @@ def test_evaluator_over_batches_equals_one_batch(budget):
     candidates = torch.tensor([3, 0, 11])
     torch.testing.assert_close(split.evaluate_steps(a, 0.3, candidates), whole.evaluate_steps(a, 0.3, candidates),
                                rtol=1e-10, atol=1e-12)
-    act, grad = BatchSuffix(graph, unit, x).taylor_inputs(a * n)
+    (act, grad), = BatchSuffix(graph, unit, x).taylor_inputs(a * n)
     expected = ops.taylor_scores(act, grad, a, 5).topk
     assert split.taylor_candidates(a, 5).tolist() == expected.tolist() == whole.taylor_candidates(a, 5).tolist()
     # per-step mode: the step methods see one batch at a time, cyclically
@@ -316,14 +316,6 @@ def test_unit_graph_errors_name_the_problem():
         UnitGraph("not a model", torch.randn(1))
 
 
-def test_units_leave_residual_channels_out():
-    from greedyprune.models import build_model
-    graph = UnitGraph(build_model("resnet20").eval(), torch.randn(2, 3, 16, 16))
-    assert len(graph.units) == 9  # the inner channels of each of the 9 basic blocks
-    assert all(u.producer.endswith("conv1") and u.consumer.endswith("conv2") for u in graph.units)
-    assert any(s.reason == "tied to a residual add" for s in graph.skipped)
-
-
 @pytest.mark.parametrize("name", ["mlp", "cnn", "vgg11", "vgg19", "resnet20", "resnet32", "resnet56", "resnet18",
                                   "resnet34", "resnet50", "mobilenet_v2", "vit_tiny"])
 def test_every_zoo_model_prunes_end_to_end(name):
@@ -358,22 +350,6 @@ def test_pipeline_writes_report_plan_and_model(tmp_path, monkeypatch):
     pruned, _ = load_model(tmp_path / "out" / "pruned.pt")
     assert sum(p.numel() for p in pruned.parameters()) == report["after_prune"]["params"]
     assert "after prune" in format_report(report)
-
-
-def test_pipeline_reports_the_channel_groups_it_leaves_unpruned(tmp_path, monkeypatch):
-    """Residual-tied channels are a limitation (README): the report names them."""
-    from greedyprune.greedy import PruneConfig
-    from greedyprune.greedy.pipeline import RunSpec, run_pruning
-    from greedyprune.greedy.report import format_report
-    monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
-    report = run_pruning(PruneConfig(method="local", width_ratio=0.5),
-                         RunSpec(model="resnet20", data="digits", out=tmp_path / "out", calib_samples=32,
-                                 gram_samples=32, train_epochs=1, progress=False))
-    tied = [g["producers"] for g in report["left_unpruned"] if g["reason"] == "tied to a residual add"]
-    assert len(tied) == 3 and ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"] in [sorted(p) for p in tied]
-    assert {"producers": ["fc"], "reason": "no linear consumer (model output)"} in report["left_unpruned"]
-    assert len(report["units"]) == 9  # every block's inner channels
-    assert "left unpruned: 4 channel group(s) (3 tied to a residual add" in format_report(report)
 
 
 def test_layer_curves_cli_writes_both_curves_per_unit(tmp_path, monkeypatch):

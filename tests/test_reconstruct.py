@@ -61,7 +61,7 @@ def test_refit_is_the_ridge_regression_on_the_rows(bias, against_reference):
             reference[0].weight.mul_(1.1)
     graph = UnitGraph(model, x[:2])
     unit = graph.units[0]
-    moments, _ = stream_moments(graph, unit, x.split(5), reference=reference)
+    (moments,), _ = stream_moments(graph, unit, x.split(5), reference=reference)
     X, Y = _explicit_rows(model, x, reference)
     consumer = model[3]
     columns = torch.tensor([c * 9 + j for c in (0, 2, 3) for j in range(9)])
@@ -112,7 +112,7 @@ def test_an_indefinite_system_is_solved_on_its_eigenvalues():
     model, x = _net(), _images()
     graph = UnitGraph(model, x[:2])
     unit = graph.units[0]
-    moments, _ = stream_moments(graph, unit, [x])
+    (moments,), _ = stream_moments(graph, unit, [x])
     columns = torch.arange(18)
     weight, bias = model[3].weight.reshape(5, -1), model[3].bias
     broken = copy.deepcopy(moments)
@@ -127,7 +127,7 @@ def test_an_unsolvable_refit_warns_names_the_unit_and_removes_plainly():
     model, x = _net(), _images()
     graph = UnitGraph(model, x[:2])
     unit = graph.units[0]
-    moments, _ = stream_moments(graph, unit, [x])
+    (moments,), _ = stream_moments(graph, unit, [x])
     moments.xtx[0, 0] = float("nan")
     with pytest.warns(RuntimeWarning, match="unit 0->3"):
         fit = refit_consumer(moments, model[3].weight.reshape(5, -1), model[3].bias, torch.arange(9), damping=0.01,
@@ -153,7 +153,7 @@ def test_refit_selection_follows_the_refit_error():
     model, x = _net(), _images(24)
     graph = UnitGraph(model, x[:2])
     unit = graph.units[0]
-    moments, _ = stream_moments(graph, unit, [x])
+    (moments,), _ = stream_moments(graph, unit, [x])
     weight, bias = model[3].weight.reshape(5, -1), model[3].bias
 
     def refit_error(channels):

@@ -78,7 +78,7 @@ def test_vit_units_are_the_mlps_and_attention_is_left_out():
     model = tiny_vit()
     graph = UnitGraph(model, images()[:2])
     assert [u.name for u in graph.units] == ["blocks.0.mlp.fc1->blocks.0.mlp.fc2", "blocks.1.mlp.fc1->blocks.1.mlp.fc2"]
-    assert all(u.channel_last and u.channels == 24 and u.columns_per_channel == 1 for u in graph.units)
+    assert all(u.readers[0].channel_last and u.channels == 24 and u.readers[0].columns_per_channel == 1 for u in graph.units)
 
 
 def test_gated_mlp_is_one_unit_of_both_projections():
@@ -152,7 +152,7 @@ def test_fixed_steps_and_taylor_scores_on_token_channels(make, inputs):
     gates = ((1 - gamma) * a + gamma * torch.eye(n, dtype=torch.float64)[candidates]) * n
     torch.testing.assert_close(ev.evaluate_steps(a, gamma, candidates), ev.evaluate(gates), rtol=1e-9, atol=1e-12)
     one = BatchSuffix(graph, unit, x, kind="kl")
-    act, grad = one.taylor_inputs(a * n)
+    (act, grad), = one.taylor_inputs(a * n)
     scores = ops.taylor_scores(act, grad, a, 2)
     h = 1e-6
     for i in range(0, n, 5):

@@ -13,7 +13,7 @@ from ..checks import check_real
 from ..harness.measure import count_flops
 from .config import PruneConfig
 from .layerwise import prune_model
-from .surgery import UnitGraph
+from .surgery import UNIT_KINDS, UnitGraph
 
 FLOPS_SEARCHES = ("epsilon", "width")
 MIN_TOL = 1e-10  # the lowest tolerance the bisection tries
@@ -56,16 +56,17 @@ def tol_for_flops(model: nn.Module, calib_x: torch.Tensor, target: float, config
     return hi
 
 
-def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float, *, iterations: int = 12) -> float:
+def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float, *, iterations: int = 12,
+                          groups: tuple[str, ...] = UNIT_KINDS) -> float:
     """The uniform width ratio whose pruned model has about `target` x the FLOPs (bisection
-    on copies pruned to ceil(ratio * N) channels per unit)."""
+    on copies pruned to ceil(ratio * N) channels per unit of a kind in `groups`)."""
     check_target_flops(target)
     full = count_flops(model, example)
 
     def flops_at(ratio: float) -> int:
         m = copy.deepcopy(model).eval()
         graph = UnitGraph(m, example)
-        for unit in graph.units:
+        for unit in (u for u in graph.units if u.kind in groups):
             graph.prune(unit, torch.arange(max(1, math.ceil(ratio * unit.channels))))
         return count_flops(m, example)
 

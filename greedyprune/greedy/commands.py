@@ -2,6 +2,8 @@
 subcommands."""
 from __future__ import annotations
 
+import argparse
+
 from ..files import prepare_output_dir
 from .budget import FLOPS_SEARCHES
 from .config import DEFAULT_TOL, FINETUNE_DEFAULTS, PruneConfig
@@ -10,6 +12,7 @@ from .exporters import EXPORTERS, REFIT_TARGETS
 from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
 from .outputs import DISCREPANCIES
 from .pipeline import DEMO_RUN, RunSpec
+from .surgery import UNIT_KINDS
 
 
 def register(subparsers) -> None:
@@ -100,6 +103,10 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                         "fine-tuning); 'consumer'/'producer'/'split' fold the gates and keep the gated network's "
                         f"function (default: {config.fold}; with --finetune-epochs > 0: {FINETUNE_DEFAULTS['fold']}; "
                         "--fold: the same)")
+    p.add_argument("--groups", type=_groups, default=config.groups, metavar="KINDS",
+                   help="comma-separated kinds of channel group to prune: inner (a layer's hidden channels), "
+                        "residual (a residual stream: stage widths, every layer that makes or reads it); "
+                        f"default {','.join(config.groups)}")
     p.add_argument("--refit-target", choices=REFIT_TARGETS, default=config.refit_target,
                    help="reconstruct: match the unpruned network's consumer output ('original': also corrects "
                         "earlier units) or the output just before the unit ('current')")
@@ -135,6 +142,14 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _groups(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in UNIT_KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {', '.join(UNIT_KINDS)}")
+    return kinds
+
+
 def prune_config(args) -> PruneConfig:
     """The PruneConfig the prune / demo flags ask for; method and export, where not named, are
     PruneConfig's defaults, or FINETUNE_DEFAULTS for a run that fine-tunes."""
@@ -146,7 +161,7 @@ def prune_config(args) -> PruneConfig:
                        step_batch=args.step_batch or None,
                        memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20),
                        fold=args.fold or defaults["fold"], recalibrate_bn=args.recalibrate_bn,
-                       refit_target=args.refit_target, refit_damping=args.refit_damping)
+                       refit_target=args.refit_target, refit_damping=args.refit_damping, groups=args.groups)
 
 
 def _prune_command(args) -> int:

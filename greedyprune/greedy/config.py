@@ -8,6 +8,7 @@ from ..checks import ArgumentError, arg_error, check_choice, check_int, check_re
 from .criteria import CRITERIA
 from .exporters import EXPORTERS, REFIT_TARGETS
 from .outputs import DISCREPANCIES
+from .surgery import UNIT_KINDS
 
 # The network discrepancy each unit may add when no stopping rule is given.
 DEFAULT_TOL = 0.02
@@ -53,6 +54,9 @@ class PruneConfig:
         fraction of the mean diagonal, and the output the refit matches: "original" (the unpruned
         network's consumer output; corrects what earlier units changed) or "current" (the
         consumer's output just before the unit).
+    groups: the kinds of channel group pruned (surgery.UNIT_KINDS: "inner", a layer's hidden
+        channels read by one layer; "residual", a residual stream with every layer that makes or
+        reads it); the others are left whole and listed in the report.
     """
 
     method: str = "refit"
@@ -69,6 +73,7 @@ class PruneConfig:
     recalibrate_bn: bool = True
     refit_damping: float = 0.01
     refit_target: str = "original"
+    groups: tuple[str, ...] = UNIT_KINDS
 
     def __post_init__(self):
         check_choice("method", self.method, tuple(CRITERIA))
@@ -92,6 +97,11 @@ class PruneConfig:
             check_int("positions_per_image", self.positions_per_image, minimum=1)
         check_real("refit_damping", self.refit_damping, low=0.0, low_open=True)
         check_choice("refit_target", self.refit_target, REFIT_TARGETS)
+        if isinstance(self.groups, str) or not self.groups:
+            raise arg_error("groups", f"must be a non-empty sequence of {', '.join(UNIT_KINDS)}, got {self.groups!r}")
+        for kind in self.groups:
+            check_choice("groups", kind, UNIT_KINDS)
+        object.__setattr__(self, "groups", tuple(dict.fromkeys(self.groups)))
         if not isinstance(self.recalibrate_bn, bool):
             raise arg_error("recalibrate_bn", f"must be a bool, got {self.recalibrate_bn!r}")
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class UnitContext:
     """What a criterion (and an exporter) may use for one unit.
 
-    moments: the second moments of the consumer's input (moments.py), None unless the criterion
+    moments: the second moments of each reader's input (moments.py, one per reader), None unless the criterion
         needs a Gram or the exporter the moments; gram: the unit's Gram of contributions (float64,
         or float32 on CUDA), None unless the criterion needs one; evaluator: the network discrepancy of gated candidates (it runs
         nothing until asked); measure_network: whether a selection's loss must be the network
@@ -40,7 +40,7 @@ class UnitContext:
     unit: Unit
     config: PruneConfig
     evaluator: SuffixEvaluator
-    moments: ConsumerMoments | None = None
+    moments: list[ConsumerMoments] | None = None
     gram: torch.Tensor | None = None
     measure_network: bool = True
     progress: object = None

@@ -139,10 +139,10 @@ class SuffixEvaluator:
         """Discrepancy [K] of each row of gates [K, N] (or [N] -> [1]) over every batch."""
         return self._mean(list(range(len(self.batches))), lambda e: e.evaluate(gates))
 
-    def evaluate_refit(self, weight: torch.Tensor, bias: torch.Tensor | None, columns: torch.Tensor) -> float:
-        """Discrepancy over every batch with the consumer refit on its input `columns`
-        (suffix.BatchSuffix.evaluate_refit)."""
-        return float(self._mean(list(range(len(self.batches))), lambda e: e.evaluate_refit(weight, bias, columns))[0])
+    def evaluate_refit(self, fits) -> float:
+        """Discrepancy over every batch with each reader refit on its input columns: fits holds
+        (reader name, weight, bias, columns) per reader (suffix.BatchSuffix.evaluate_refit)."""
+        return float(self._mean(list(range(len(self.batches))), lambda e: e.evaluate_refit(fits))[0])
 
     def evaluate_steps(self, a: torch.Tensor, gamma: float, candidates: torch.Tensor) -> torch.Tensor:
         """Discrepancy of the fixed-step moves N((1 - gamma) a + gamma e_i), i in candidates,
@@ -156,8 +156,8 @@ class SuffixEvaluator:
         r, images = None, 0
         for i in self._step_indices():
             engine = self._engine(i)
-            act, grad = engine.taylor_inputs(a32 * self.channels)
-            part = ops.taylor_scores(act, grad, a32.to(act.dtype), 0).r.to(torch.float64) * engine.batch
+            part = sum(ops.taylor_scores(act, grad, a32.to(act.dtype), 0).r.to(torch.float64)
+                       for act, grad in engine.taylor_inputs(a32 * self.channels)) * engine.batch
             r = part if r is None else r + part
             images += engine.batch
         return distributed.all_reduce_sum(r) / distributed.sum_numbers(images)[0]

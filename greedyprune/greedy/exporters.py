@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .criterion import UnitContext
-from .moments import columns_per_channel
+from .moments import columns_per_channel, kept_columns
 from .refit import refit_consumer
 from .selection import Selection
 
@@ -22,7 +22,8 @@ REFIT_TARGETS = ("original", "current")
 @dataclass
 class Exported:
     """How a unit was exported: `how` (the fold used, "none" or "reconstruct"), and for a refit its
-    relative output error and that of plain removal (E|Y - Y'|^2 / E|Y|^2)."""
+    relative output error and that of plain removal (E|Y - Y'|^2 / E|Y|^2; the mean over the
+    readers of a unit with several)."""
 
     how: str
     refit_error: float | None = None
@@ -72,9 +73,10 @@ class PlainRemoval(Exporter):
 
 
 class Reconstruct(Exporter):
-    """Remove the dropped channels, then refit the consumer's weights (and bias) on the kept ones
-    by least squares to the output before the unit (refit_target "current") or the unpruned
-    network's (refit_target "original": also corrects what earlier units changed)."""
+    """Remove the dropped channels, then refit each reader's weights (and bias) on the kept ones
+    by least squares to its output before the unit (refit_target "current") or the unpruned
+    network's (refit_target "original": also corrects what earlier units changed). A reader whose
+    system cannot be solved keeps its plainly removed weights (refit.py warns, naming it)."""
 
     name = "reconstruct"
     needs_moments = True
@@ -84,25 +86,30 @@ class Reconstruct(Exporter):
 
     def export(self, selection: Selection, context: UnitContext) -> Exported:
         unit, graph = context.unit, context.graph
-        consumer = graph.module(unit.consumer)
-        block = columns_per_channel(consumer, unit)
         kept = selection.kept.cpu()
-        columns = (kept[:, None] * block + torch.arange(block)).flatten()
-        moments = context.moments
-        if moments.xty is not None and moments.xty.shape[1] != consumer.weight.shape[0]:
-            # the consumer's outputs were pruned before its inputs: the unpruned ones are no target
-            moments = replace(moments, xty=None, y_sum=None, yy=None)
-        fit = refit_consumer(moments, consumer.weight.reshape(consumer.weight.shape[0], -1), consumer.bias, columns,
-                             damping=context.config.refit_damping, unit=unit.name)
+        fits = []
+        for reader, moments in zip(unit.readers, context.moments):
+            consumer = graph.module(reader.name)
+            if moments.xty is not None and moments.xty.shape[1] != consumer.weight.shape[0]:
+                # the reader's outputs were pruned before its inputs: the unpruned ones are no target
+                moments = replace(moments, xty=None, y_sum=None, yy=None)
+            label = unit.name if len(unit.readers) == 1 else f"{unit.name} (reader {reader.name})"
+            fits.append(refit_consumer(moments, consumer.weight.reshape(consumer.weight.shape[0], -1), consumer.bias,
+                                       kept_columns(kept, columns_per_channel(consumer, reader)),
+                                       damping=context.config.refit_damping, unit=label))
         graph.prune(unit, kept, fold="none")
-        if fit is None:
+        solved = [(reader, fit) for reader, fit in zip(unit.readers, fits) if fit is not None]
+        if not solved:
             return Exported("none")
-        consumer = graph.module(unit.consumer)
         with torch.no_grad():
-            consumer.weight.copy_(fit.weight.reshape(consumer.weight.shape))
-            if fit.bias is not None:
-                consumer.bias.copy_(fit.bias)
-        return Exported(self.name, refit_error=fit.error, removal_error=fit.removal_error)
+            for reader, fit in solved:
+                consumer = graph.module(reader.name)
+                consumer.weight.copy_(fit.weight.reshape(consumer.weight.shape))
+                if fit.bias is not None:
+                    consumer.bias.copy_(fit.bias)
+        # several readers: the mean of their relative errors
+        return Exported(self.name, refit_error=sum(f.error for _, f in solved) / len(solved),
+                        removal_error=sum(f.removal_error for _, f in solved) / len(solved))
 
 
 EXPORTERS: dict[str, Exporter] = {e.name: e for e in (Fold("consumer"), Fold("producer"), Fold("split"),

@@ -34,7 +34,9 @@ class GlobalImitation(Criterion):
     def select(self, context: UnitContext) -> Selection:
         config = context.config
         return global_imitation(context.evaluator, max_neurons=context.max_neurons, tol=config.tol,
-                                exact_until=config.exact_until, taylor_top=config.taylor_top, fill=config.fill,
+                                exact_until=config.exact_until,
+                                # a unit narrower than taylor_top re-checks every channel
+                                taylor_top=min(config.taylor_top, context.unit.channels), fill=config.fill,
                                 progress=context.progress)
 
 

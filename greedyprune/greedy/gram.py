@@ -6,6 +6,9 @@ Channel i's contribution sigma_i is N times what it adds to the consumer's outpu
 k*k for a kxk conv through im2col, H*W for a Linear after a flatten) with weight W:
     G_ij = N^2 / rows * sum over block(i) x block(j) of (X^T X) * (W^T W).
 X^T X is streamed over batches (moments.py); the small Hadamard/block-sum happens once.
+A unit with several readers (a residual stream) imitates all of them: its Gram is the sum of the
+readers' Grams, each weighted by its output positions per image relative to the first reader's,
+so the objective is the sum of the readers' squared output errors per image.
 """
 from __future__ import annotations
 
@@ -26,14 +29,19 @@ def gram_from_columns(xtx: torch.Tensor, rows: int, weight: torch.Tensor, channe
     return prod.view(channels, s, channels, s).sum(dim=(1, 3)) * float(channels) ** 2
 
 
-def gram_of(moments: ConsumerMoments, graph: UnitGraph, unit: Unit) -> torch.Tensor:
-    """G [N, N] (float64) of the unit from its consumer's input moments."""
-    return gram_from_columns(moments.xtx, moments.rows, graph.module(unit.consumer).weight, unit.channels)
+def gram_of(moments: list[ConsumerMoments], graph: UnitGraph, unit: Unit) -> torch.Tensor:
+    """G [N, N] (float64) of the unit from its readers' input moments (stream_moments' list)."""
+    first = moments[0].positions
+    G = None
+    for reader, m in zip(unit.readers, moments):
+        part = gram_from_columns(m.xtx, m.rows, graph.module(reader.name).weight, unit.channels)
+        G = part if G is None else G.add_(part, alpha=m.positions / first)
+    return G
 
 
 def contribution_gram(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tensor], *,
                       positions_per_image: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Stream `batches` (model inputs) through the model up to the unit's consumer and
+    """Stream `batches` (model inputs) through the model up to the unit's readers and
     return G [N, N] (float64). `positions_per_image` subsamples that many output positions
     of a conv consumer per image. Summed across ranks when torch.distributed is initialised."""
     moments, _ = stream_moments(graph, unit, batches, positions_per_image=positions_per_image, generator=generator)

@@ -47,7 +47,8 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     Memory: a sequence of batches (a list, or any object with len() and [i] that loads batch i,
     e.g. from disk) is read batch by batch whenever needed and never held whole, so memory does
     not grow with the calibration set; other iterables (a DataLoader) are read once and kept.
-    units: only these (names as "producer->consumer"); default all. graph: the model's UnitGraph
+    units: only these (names as UnitResult.unit gives them); default every unit of a kind in
+    config.groups. graph: the model's UnitGraph
     when the caller has built one (it is traced once).
     """
     config = _config(config, options)
@@ -73,7 +74,10 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     if not graph.units:
         skipped = "; ".join(f"{', '.join(g.producers) or '?'}: {g.reason}" for g in graph.skipped)
         raise ValueError(f"greedyprune: {type(model).__name__} has no prunable unit (channel groups: {skipped})")
-    todo = graph.units if units is None else [graph.unit(name) for name in units]
+    todo = [u for u in graph.units if u.kind in config.groups] if units is None else [graph.unit(n) for n in units]
+    if not todo:
+        raise arg_error("groups", f"{list(config.groups)} select no unit of {type(model).__name__} (its units are of "
+                                  f"kinds {sorted({u.kind for u in graph.units})})")
     config = config.per_unit(len(todo))
     criterion.check(config)
     # Where every unit's Gram pass streams the calibration images and the export measures the

@@ -1,14 +1,14 @@
-"""Second moments of a unit's consumer input, streamed batch by batch: what the Gram of
-contributions (gram.py) and the least-squares refit (refit.py) are computed from, so no
-activations are kept whatever the number of calibration images.
+"""Second moments of the input of each of a unit's readers (its consumers), streamed batch by
+batch: what the Gram of contributions (gram.py) and the least-squares refit (refit.py) are
+computed from, so no activations are kept whatever the number of calibration images.
 
-The consumer reads columns X (rows = samples x positions: the last dim of a Linear's input, or
+Each reader reads columns X (rows = samples x positions: the last dim of a Linear's input, or
 im2col of a conv's, with at most `positions_per_image` random output positions per image). The
 stream sums X^T X, the column sums of X and the rows. Given a reference model (the unpruned
 network, same module names), it also runs the reference up to the same consumer and sums X^T Y,
 the sums of Y and of |Y|^2, where Y is the reference consumer's output at the same rows: the
-output a refit of the pruned consumer matches. Every sum is taken over the processes under
-torchrun.
+output a refit of the pruned consumer matches. A residual stream's readers are streamed in the
+same pass. Every sum is taken over the processes under torchrun.
 """
 from __future__ import annotations
 
@@ -22,17 +22,19 @@ import torch.nn.functional as F
 from .. import distributed
 from ..checks import arg_error
 from .outputs import logits_of
-from .surgery import Unit, UnitGraph
+from .surgery import Reader, Unit, UnitGraph
 
 
 @dataclass
 class ConsumerMoments:
-    """Sums over the consumer's input rows x (float64): xtx = sum x x^T [C, C], x_sum [C], rows;
-    against a reference output y: xty = sum x y^T [C, out], y_sum [out], yy = sum |y|^2."""
+    """Sums over one reader's input rows x (float64): xtx = sum x x^T [C, C], x_sum [C], rows;
+    against a reference output y: xty = sum x y^T [C, out], y_sum [out], yy = sum |y|^2.
+    positions: the reader's output positions per image (all of them, before any subsampling)."""
 
     xtx: torch.Tensor
     x_sum: torch.Tensor
     rows: int
+    positions: int = 1
     xty: torch.Tensor | None = None
     y_sum: torch.Tensor | None = None
     yy: float | None = None
@@ -71,11 +73,16 @@ def consumer_columns(consumer: nn.Module, x: torch.Tensor, positions_per_image: 
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
-def columns_per_channel(consumer: nn.Module, unit: Unit) -> int:
-    """How many of the consumer's input columns one of the unit's channels feeds (a block)."""
+def columns_per_channel(consumer: nn.Module, reader: Reader) -> int:
+    """How many of the reader's input columns (im2col's for a conv) one channel feeds (a block)."""
     if isinstance(consumer, nn.Linear):
-        return unit.columns_per_channel
+        return reader.columns_per_channel
     return consumer.kernel_size[0] * consumer.kernel_size[1]
+
+
+def kept_columns(kept: torch.Tensor, block: int) -> torch.Tensor:
+    """The flat input columns (as consumer_columns orders them) of the kept channels, `block` each."""
+    return (kept[:, None] * block + torch.arange(block, device=kept.device)).flatten()
 
 
 def _rows(consumer: nn.Module, x: torch.Tensor, y: torch.Tensor | None, positions_per_image: int | None,
@@ -96,64 +103,40 @@ def _rows(consumer: nn.Module, x: torch.Tensor, y: torch.Tensor | None, position
 def stream_moments(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tensor], *,
                    positions_per_image: int | None = None, generator: torch.Generator | None = None,
                    keep_logits: bool = False, reference: nn.Module | None = None
-                   ) -> tuple[ConsumerMoments, dict[int, torch.Tensor]]:
-    """Stream `batches` (model inputs) through the model up to the unit's consumer (to the end
+                   ) -> tuple[list[ConsumerMoments], dict[int, torch.Tensor]]:
+    """Stream `batches` (model inputs) through the model up to the unit's last reader (to the end
     with keep_logits: the returned dict then holds every batch's logits, batch index -> logits).
-    With `reference`, each batch also runs through it up to its module of the consumer's name."""
+    Returns one ConsumerMoments per reader (unit.readers' order). With `reference`, each batch also
+    runs through it up to its modules of the readers' names."""
     if positions_per_image is not None and positions_per_image < 1:
         raise arg_error("positions_per_image", f"must be >= 1, got {positions_per_image}")
-    consumer = graph.module(unit.consumer)
-    if isinstance(consumer, nn.Conv2d) and consumer.groups != 1:
-        raise ValueError(f"greedyprune: consumer {unit.consumer} is a grouped conv; it cannot be a unit's consumer")
-    n_cols = consumer.weight[0].numel()
-    if n_cols != unit.channels * columns_per_channel(consumer, unit):
-        raise ValueError(f"greedyprune: consumer {unit.consumer} reads {n_cols} columns per output, "
-                         f"not a whole block per channel of {unit.name}")
-    device = consumer.weight.device
-    f64 = dict(dtype=torch.float64, device=device)
-    moments = ConsumerMoments(torch.zeros(n_cols, n_cols, **f64), torch.zeros(n_cols, **f64), 0)
-    if reference is not None:
-        outputs = reference.get_submodule(unit.consumer).weight.shape[0]
-        moments.xty, moments.y_sum, moments.yy = torch.zeros(n_cols, outputs, **f64), torch.zeros(outputs, **f64), 0.0
+    streams = [_ReaderStream(graph, unit, reader, reference, positions_per_image, generator)
+               for reader in unit.readers]
+    # the readers this batch has not reached yet, in the model and in the reference
+    waiting, reference_waiting = set(), set()
     logits: dict[int, torch.Tensor] = {}
-    reference_output: list[torch.Tensor] = []
 
-    def capture_output(_module, _args, output):
-        reference_output.append(output.detach())
-        raise _StopForward
-
-    def capture_input(_module, args):
-        y = reference_output.pop() if reference is not None else None
-        x2, y2 = _rows(consumer, args[0].detach(), y, positions_per_image, generator)
-        # each batch's GEMM in the model's precision (16-bit models in float32), summed in float64
-        x2 = x2.to(torch.promote_types(x2.dtype, torch.float32))
-        moments.xtx.add_((x2.T @ x2).to(torch.float64))
-        moments.x_sum.add_(x2.sum(0).to(torch.float64))
-        moments.rows += x2.shape[0]
-        if y2 is not None:
-            y2 = y2.to(x2.dtype)
-            moments.xty.add_((x2.T @ y2).to(torch.float64))
-            moments.y_sum.add_(y2.sum(0).to(torch.float64))
-            moments.yy += float(y2.double().square().sum())
-        if not keep_logits:
+    def stop_when_done(index: int, pending: set, stop: bool = True):
+        pending.discard(index)
+        if not pending and stop:
             raise _StopForward
 
     model = graph.model
     modes = [(m, m.training) for m in (model, reference) if m is not None]
-    handles = [consumer.register_forward_pre_hook(capture_input)]
-    if reference is not None:
-        handles.append(reference.get_submodule(unit.consumer).register_forward_hook(capture_output))
+    handles = []
+    for index, stream in enumerate(streams):
+        handles += stream.hooks(lambda index=index: stop_when_done(index, waiting, not keep_logits),
+                                lambda index=index: stop_when_done(index, reference_waiting))
     try:
         for m, _ in modes:
             m.eval()
         with torch.no_grad():
             for i, x in enumerate(batches):
-                x = x.to(device, non_blocking=True)
+                x = x.to(streams[0].device, non_blocking=True)
                 if reference is not None:
-                    try:
-                        reference(x)
-                    except _StopForward:
-                        pass
+                    reference_waiting.update(range(len(streams)))
+                    _run_until_stopped(reference, x)
+                waiting.update(range(len(streams)))
                 try:
                     out = model(x)
                 except _StopForward:
@@ -164,7 +147,79 @@ def stream_moments(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tensor]
             handle.remove()
         for m, was_training in modes:
             m.train(was_training)
-    return _summed_over_processes(moments), logits
+    return [_summed_over_processes(stream.moments) for stream in streams], logits
+
+
+def _run_until_stopped(model: nn.Module, x: torch.Tensor) -> None:
+    try:
+        model(x)
+    except _StopForward:
+        pass
+
+
+class _ReaderStream:
+    """The sums of one reader's input (and of the reference reader's output at the same rows)."""
+
+    def __init__(self, graph: UnitGraph, unit: Unit, reader: Reader, reference: nn.Module | None,
+                 positions_per_image: int | None, generator: torch.Generator | None):
+        consumer = graph.module(reader.name)
+        if isinstance(consumer, nn.Conv2d) and consumer.groups != 1:
+            raise ValueError(f"greedyprune: reader {reader.name} is a grouped conv; it cannot read a unit's channels")
+        n_cols = consumer.weight[0].numel()
+        if n_cols != unit.channels * columns_per_channel(consumer, reader):
+            raise ValueError(f"greedyprune: reader {reader.name} reads {n_cols} columns per output, "
+                             f"not a whole block per channel of {unit.name}")
+        self.consumer, self.reader, self.reference = consumer, reader, reference
+        self.positions_per_image, self.generator = positions_per_image, generator
+        self.device = consumer.weight.device
+        f64 = dict(dtype=torch.float64, device=self.device)
+        self.moments = ConsumerMoments(torch.zeros(n_cols, n_cols, **f64), torch.zeros(n_cols, **f64), 0)
+        if reference is not None:
+            outputs = reference.get_submodule(reader.name).weight.shape[0]
+            self.moments.xty = torch.zeros(n_cols, outputs, **f64)
+            self.moments.y_sum, self.moments.yy = torch.zeros(outputs, **f64), 0.0
+        self.reference_output: list[torch.Tensor] = []
+
+    def hooks(self, reached, reference_reached) -> list:
+        """Register the capture hooks; `reached()` / `reference_reached()` are called when the
+        model's / the reference's reader has run (they may stop the forward)."""
+        def capture_input(_module, args):
+            self.add(args[0].detach())
+            reached()
+
+        def capture_output(_module, _args, output):
+            self.reference_output.append(output.detach())
+            reference_reached()
+
+        handles = [self.consumer.register_forward_pre_hook(capture_input)]
+        if self.reference is not None:
+            handles.append(self.reference.get_submodule(self.reader.name).register_forward_hook(capture_output))
+        return handles
+
+    def add(self, x: torch.Tensor) -> None:
+        moments = self.moments
+        y = self.reference_output.pop() if self.reference is not None else None
+        x2, y2 = _rows(self.consumer, x, y, self.positions_per_image, self.generator)
+        moments.positions = _output_positions(self.consumer, x)
+        # each batch's GEMM in the model's precision (16-bit models in float32), summed in float64
+        x2 = x2.to(torch.promote_types(x2.dtype, torch.float32))
+        moments.xtx.add_((x2.T @ x2).to(torch.float64))
+        moments.x_sum.add_(x2.sum(0).to(torch.float64))
+        moments.rows += x2.shape[0]
+        if y2 is not None:
+            y2 = y2.to(x2.dtype)
+            moments.xty.add_((x2.T @ y2).to(torch.float64))
+            moments.y_sum.add_(y2.sum(0).to(torch.float64))
+            moments.yy += float(y2.double().square().sum())
+
+
+def _output_positions(consumer: nn.Module, x: torch.Tensor) -> int:
+    """Output positions per image of a reader given its input x (tokens for a Linear)."""
+    if isinstance(consumer, nn.Linear):
+        return max(1, x[0].numel() // x.shape[-1])
+    size = [(x.shape[2 + d] + 2 * consumer.padding[d] - consumer.dilation[d] * (consumer.kernel_size[d] - 1) - 1)
+            // consumer.stride[d] + 1 for d in range(2)]
+    return size[0] * size[1]
 
 
 def _summed_over_processes(moments: ConsumerMoments) -> ConsumerMoments:

@@ -175,7 +175,8 @@ def fit_budget(config: PruneConfig, run: RunSpec, loaded: LoadedRun) -> PruneCon
         tol = tol_for_flops(loaded.model, loaded.calib_x, run.target_flops, per_process(config),
                             labels=loaded.calib_y, gram_batches=loaded.gram_batches)
         return replace(config, tol=tol)
-    return replace(config, width_ratio=width_ratio_for_flops(loaded.model, loaded.calib_x[:1], run.target_flops))
+    ratio = width_ratio_for_flops(loaded.model, loaded.calib_x[:1], run.target_flops, groups=config.groups)
+    return replace(config, width_ratio=ratio)
 
 
 def per_process(config: PruneConfig) -> PruneConfig:
@@ -208,8 +209,10 @@ def make_report(config: PruneConfig, run: RunSpec, loaded: LoadedRun, graph: Uni
                    "exported_discrepancy": r.exported_loss, "refit_error": r.refit_error,
                    "removal_error": r.removal_error, "seconds": r.seconds, "candidates": r.candidates}
                   for r in results],
-        # channel groups no method may prune (residual-tied, model outputs, ...)
-        "left_unpruned": [{"producers": g.producers, "reason": g.reason} for g in graph.skipped],
+        # channel groups no method may prune (model outputs, normalised streams, heads, ...) or not asked for
+        "left_unpruned": [{"producers": g.producers, "reason": g.reason} for g in graph.skipped]
+                         + [{"producers": [u.producer, *u.co_producers], "reason": f"kind {u.kind!r} not in groups"}
+                            for u in graph.units if u.kind not in config.groups],
     }
 
 

@@ -7,7 +7,9 @@ ridge regression's residual E|Y - X_S W'^T - b'|^2 the most (refit.py: same syst
 target). With R the Schur complement of the selected columns in the damped E[X^T X] and C the
 residual cross-moment with Y, channel j lowers the residual by tr(C_j^T R_jj^-1 C_j); adding it
 downdates R and C by its block (orthogonal matching pursuit by blocks), so a step costs one
-batched b x b solve per channel and one rank-b update of R, b the block size.
+batched b x b solve per channel and one rank-b update of R, b the block size. A unit with several
+readers (a residual stream) keeps one system per reader and adds their gains, each weighted by
+the reader's output positions per image relative to the first reader's (as gram.py weighs them).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from .criterion import Criterion, UnitContext
-from .moments import columns_per_channel
+from .moments import columns_per_channel, kept_columns
 from .refit import damping_of, expectations, normal_equations, refit_consumer
 from .selection import Selection
 
@@ -38,16 +40,12 @@ class RefitSelection(Criterion):
     def select(self, context: UnitContext) -> Selection:
         start = time.perf_counter()
         config, unit = context.config, context.unit
-        consumer = context.graph.module(unit.consumer)
-        weight = consumer.weight.detach().reshape(consumer.weight.shape[0], -1).to(torch.float64)
-        bias = None if consumer.bias is None else consumer.bias.detach().to(torch.float64)
-        block = columns_per_channel(consumer, unit)
-        path = RefitPath(expectations(context.moments, weight, bias), unit.channels, block, centred=bias is not None,
-                         damping=config.refit_damping)
+        readers = [_ReaderSystem(context.graph.module(reader.name), reader, moments)
+                   for reader, moments in zip(unit.readers, context.moments)]
+        path = RefitPath([(r.expectations, r.block, r.bias is not None) for r in readers], unit.channels,
+                         damping=config.refit_damping, weights=[m.positions / context.moments[0].positions
+                                                                for m in context.moments])
         timing = {"select": 0.0, "evaluate": 0.0}
-        # The tolerance bounds what the unit adds to the network as it is before the unit: candidates
-        # are refit to the consumer's output there (the export may refit to the unpruned network's).
-        current = replace(context.moments, xty=None, y_sum=None, yy=None)
 
         def channels(width: int) -> list[int]:
             t = time.perf_counter()
@@ -56,12 +54,11 @@ class RefitSelection(Criterion):
             return kept
 
         def network_loss(width: int) -> float:
-            """The network discrepancy with the consumer refit on the path's first `width` channels."""
+            """The network discrepancy with every reader refit on the path's first `width` channels."""
             kept = torch.tensor(sorted(channels(width)))
             t = time.perf_counter()
-            columns = (kept[:, None] * block + torch.arange(block)).flatten()
-            fit = refit_consumer(current, weight, bias, columns, damping=config.refit_damping, unit=unit.name)
-            loss = math.inf if fit is None else context.evaluator.evaluate_refit(fit.weight, fit.bias, columns)
+            fits = [r.refit(kept, config.refit_damping, unit.name) for r in readers]
+            loss = math.inf if any(f is None for f in fits) else context.evaluator.evaluate_refit(fits)
             timing["evaluate"] += time.perf_counter() - t
             return loss
 
@@ -94,10 +91,62 @@ class RefitSelection(Criterion):
         return Selection(self.name, a, loss, width, path.residuals[:width], timing, stop=stop)
 
 
+class _ReaderSystem:
+    """One reader's weights and the expectations its refit reads."""
+
+    def __init__(self, consumer, reader, moments):
+        self.weight = consumer.weight.detach().reshape(consumer.weight.shape[0], -1).to(torch.float64)
+        self.bias = None if consumer.bias is None else consumer.bias.detach().to(torch.float64)
+        self.block = columns_per_channel(consumer, reader)
+        self.name = reader.name
+        self.moments = moments
+        self.expectations = expectations(moments, self.weight, self.bias)
+        # The tolerance bounds what the unit adds to the network as it is before the unit: candidates
+        # are refit to the reader's output there (the export may refit to the unpruned network's).
+        self.current = replace(moments, xty=None, y_sum=None, yy=None)
+
+    def refit(self, kept: torch.Tensor, damping: float, unit: str):
+        """(reader name, weight, bias, columns) of the refit on `kept`, or None where it cannot be solved."""
+        columns = kept_columns(kept, self.block)
+        fit = refit_consumer(self.current, self.weight, self.bias, columns, damping=damping, unit=unit)
+        return None if fit is None else (self.name, fit.weight, fit.bias, columns)
+
+
 class RefitPath:
     """The greedy path on the refit error, grown on demand: `extend(width)` picks channels until
     `order` holds `width` (ties: lowest index); `residuals[i]` is the refit's residual relative to
-    E|Y|^2 after pick i (the damped fit's, as the refit computes it)."""
+    E|Y|^2 after pick i (the damped fit's, as the refit computes it; over several systems, the
+    weighted sums').
+
+    systems: (expectations, block, centred) per reader; weights: each system's weight (default 1).
+    """
+
+    def __init__(self, systems, channels: int, *, damping: float, weights: list[float] | None = None):
+        self.channels = channels
+        self.systems = [_System(t, channels, block, centred=centred, damping=damping) for t, block, centred in systems]
+        self.weights = [1.0] * len(self.systems) if weights is None else list(weights)
+        self.total = sum(w * s.total for w, s in zip(self.weights, self.systems)) or 1.0
+        self.residual = sum(w * s.residual for w, s in zip(self.weights, self.systems))
+        self.taken = torch.zeros(channels, dtype=torch.bool)
+        self.order: list[int] = []
+        self.residuals: list[float] = []
+
+    def extend(self, width: int) -> list[int]:
+        while len(self.order) < width:
+            gain = sum(w * s.gains().cpu() for w, s in zip(self.weights, self.systems))
+            j = int(torch.argmax(gain.masked_fill(self.taken, -torch.inf)))
+            for s in self.systems:
+                s.take(j)
+            self.taken[j] = True
+            self.residual -= float(gain[j])
+            self.order.append(j)
+            self.residuals.append(max(self.residual, 0.0) / self.total)
+        return self.order[:width]
+
+
+class _System:
+    """One reader's damped normal equations as channels are taken: the Schur complement of the
+    taken columns and the residual cross-moment."""
 
     def __init__(self, t, channels: int, block: int, *, centred: bool, damping: float):
         xx, xy = normal_equations(t, None, centred=centred)
@@ -107,32 +156,25 @@ class RefitPath:
         self.schur = xx + damping_of(xx, damping) * torch.eye(xx.shape[0], dtype=xx.dtype, device=xx.device)
         self.cross = xy.clone()
         self.eye = torch.eye(block, dtype=xx.dtype, device=xx.device)
-        self.taken = torch.zeros(channels, dtype=torch.bool, device=xx.device)
-        self.order: list[int] = []
-        self.residuals: list[float] = []
 
-    def extend(self, width: int) -> list[int]:
-        n, b, schur, cross = self.channels, self.block, self.schur, self.cross
-        while len(self.order) < width:
-            blocks = schur.view(n, b, n, b).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
-            tiny = 1e-12 * float(blocks.diagonal(dim1=1, dim2=2).abs().max())  # taken blocks are ~0: keep them solvable
-            cb = cross.view(n, b, -1)
-            gain = (cb * torch.linalg.solve(blocks + tiny * self.eye, cb)).sum(dim=(1, 2))
-            j = int(torch.argmax(gain.masked_fill(self.taken, -torch.inf)))
-            cols = slice(j * b, (j + 1) * b)
-            rj = schur[:, cols].clone()
-            step = torch.linalg.solve(schur[cols, cols], torch.cat([rj.T, cross[cols]], dim=1))
-            schur -= rj @ step[:, :schur.shape[0]]
-            cross -= rj @ step[:, schur.shape[0]:]
-            self.taken[j] = True
-            self.residual -= float(gain[j])
-            self.order.append(j)
-            self.residuals.append(max(self.residual, 0.0) / self.total)
-        return self.order[:width]
+    def gains(self) -> torch.Tensor:
+        """How much taking each channel lowers the residual [channels] (taken ones: ~0)."""
+        n, b = self.channels, self.block
+        blocks = self.schur.view(n, b, n, b).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+        tiny = 1e-12 * float(blocks.diagonal(dim1=1, dim2=2).abs().max())  # taken blocks are ~0: keep them solvable
+        cb = self.cross.view(n, b, -1)
+        return (cb * torch.linalg.solve(blocks + tiny * self.eye, cb)).sum(dim=(1, 2))
+
+    def take(self, j: int) -> None:
+        schur, cols = self.schur, slice(j * self.block, (j + 1) * self.block)
+        rj = schur[:, cols].clone()
+        step = torch.linalg.solve(schur[cols, cols], torch.cat([rj.T, self.cross[cols]], dim=1))
+        schur -= rj @ step[:, :schur.shape[0]]
+        self.cross -= rj @ step[:, schur.shape[0]:]
 
 
 def forward_selection_by_refit(t, channels: int, block: int, width: int, *, centred: bool, damping: float
                                ) -> tuple[list[int], list[float]]:
-    """The first `width` channels of the RefitPath and the residual after each."""
-    path = RefitPath(t, channels, block, centred=centred, damping=damping)
+    """The first `width` channels of the RefitPath of one system and the residual after each."""
+    path = RefitPath([(t, block, centred)], channels, damping=damping)
     return path.extend(width), path.residuals

@@ -39,8 +39,7 @@ def format_report(report: dict) -> str:
     if left:
         reasons = Counter(g["reason"] for g in left)
         lines.append(f"left unpruned: {len(left)} channel group(s) ("
-                     + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
-                     + "; residual-tied channels are a limitation, see the README)")
+                     + ", ".join(f"{n} {reason}" for reason, n in reasons.most_common()) + ")")
     return "\n".join(lines)
 
 

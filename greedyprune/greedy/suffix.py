@@ -4,7 +4,8 @@ only the part of the network after the unit (the prefix is computed once and cac
 The model is traced with torch.fx; the nodes that depend on the consumer's output form
 the suffix, and the values they read from the rest of the graph are cached for the
 batch. K candidates run as one batch of K*B rows (candidate-major). Models that fx cannot
-trace fall back to full forwards with a gating hook (same results, slower).
+trace, and units with several readers (a residual stream: the readers sit at different depths),
+run full forwards with a gating hook on every reader (same results, slower).
 `evaluator.SuffixEvaluator` runs this over calibration batches.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from ..checks import arg_error
 from .outputs import check_discrepancy, discrepancy, logits_of
-from .surgery import Unit, UnitGraph, apply_gates
+from .surgery import Reader, Unit, UnitGraph, apply_gates
 
 
 class BatchSuffix:
@@ -43,7 +44,7 @@ class BatchSuffix:
         self._suffix = None
         self._all_contributions = None
         self._consumer_out_per_sample = None
-        if use_fx:
+        if use_fx and len(unit.readers) == 1:
             try:
                 self._suffix = _TracedSuffix(self.model, unit.consumer, inputs)
             except (fx.proxy.TraceError, NotImplementedError, TypeError, ValueError, RuntimeError):
@@ -91,15 +92,16 @@ class BatchSuffix:
         a = a.to(self.target.device, torch.float64)
         candidates = candidates.to(self.target.device)
         consumer = self.graph.module(self.unit.consumer)
+        reader = self.unit.readers[0]
         if self._suffix is None or type(consumer) not in (nn.Conv2d, nn.Linear):
             gates = (1 - gamma) * a.unsqueeze(0) + gamma * torch.eye(n, dtype=torch.float64, device=a.device)[candidates]
             return self.evaluate((gates * n).float())
         hidden = self.hidden
         with torch.no_grad():
-            base = _linear_part(consumer, apply_gates(hidden, (a * n).to(hidden.dtype), self.unit))
+            base = _linear_part(consumer, apply_gates(hidden, (a * n).to(hidden.dtype), reader))
             base = (1 - gamma) * base
             if consumer.bias is not None:
-                base = base + (consumer.bias if self.unit.channel_last
+                base = base + (consumer.bias if reader.channel_last
                                else consumer.bias.view(1, -1, *([1] * (base.dim() - 2))))
             per_run = max(1, self.max_rows // self.batch)
             out = []
@@ -111,13 +113,12 @@ class BatchSuffix:
                 out.append(discrepancy(logits, self.target, self.kind, self.labels))
         return torch.cat(out)
 
-    def evaluate_refit(self, weight: torch.Tensor, bias: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:
-        """Discrepancy [1] with the consumer reading only its input `columns` (flat, as
+    def evaluate_refit(self, fits: list[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> torch.Tensor:
+        """Discrepancy [1] with each reader reading only its input `columns` (flat, as
         moments.consumer_columns orders them) through `weight` [out, |columns|] and `bias`: the
-        unit as a least-squares refit exports it."""
-        consumer = self.graph.module(self.unit.consumer)
+        unit as a least-squares refit exports it. fits: (reader name, weight, bias, columns) per reader."""
 
-        def refit_output(x: torch.Tensor) -> torch.Tensor:
+        def refit_output(consumer: nn.Module, weight, bias, columns, x: torch.Tensor) -> torch.Tensor:
             w = weight.to(x.dtype)
             b = None if bias is None else bias.to(x.dtype)
             if isinstance(consumer, nn.Linear):
@@ -129,13 +130,20 @@ class BatchSuffix:
 
         with torch.no_grad():
             if self._suffix is not None:
-                logits = self._suffix.run(None, 1, consumer_output=refit_output(self.hidden))
+                (name, weight, bias, columns), = fits
+                y = refit_output(self.graph.module(name), weight, bias, columns, self.hidden)
+                logits = self._suffix.run(None, 1, consumer_output=y)
             else:
-                handle = consumer.register_forward_hook(lambda _m, args, _out: refit_output(args[0]))
+                handles = []
+                for name, weight, bias, columns in fits:
+                    consumer = self.graph.module(name)
+                    handles.append(consumer.register_forward_hook(
+                        lambda m, args, _out, fit=(weight, bias, columns): refit_output(m, *fit, args[0])))
                 try:
                     logits = logits_of(self.model(self.inputs))
                 finally:
-                    handle.remove()
+                    for handle in handles:
+                        handle.remove()
         return discrepancy(logits.unsqueeze(0), self.target, self.kind, self.labels)
 
     def _contributions(self, consumer: nn.Module, chunk: torch.Tensor) -> torch.Tensor:
@@ -158,39 +166,46 @@ class BatchSuffix:
     def _logits(self, gates: torch.Tensor) -> torch.Tensor:
         k = gates.shape[0]
         if self._suffix is not None:
-            gated = apply_gates(_repeat_batch(self.hidden, k), gates, self.unit)
+            gated = apply_gates(_repeat_batch(self.hidden, k), gates, self.unit.readers[0])
             logits = self._suffix.run(gated, k)
         else:
             with self.graph.gated(self.unit, gates):
                 logits = logits_of(self.model(_repeat_batch(self.inputs, k)))
         return logits.view(k, self.batch, *logits.shape[1:])
 
-    def taylor_inputs(self, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(act, grad) for ops.taylor_scores: the un-gated hidden channels [B, N, *] and the
-        gradient of the discrepancy with respect to the gated ones, at `gates` [N]."""
+    def taylor_inputs(self, gates: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(act, grad) per reader for ops.taylor_scores: the un-gated hidden channels [B, N, *] at
+        the reader's input and the gradient of the discrepancy with respect to the gated ones, at
+        `gates` [N]. A channel's directional derivative is the sum of its readers' scores."""
         gates = gates.reshape(1, self.channels).to(self.target.device)
+        readers = self.unit.readers
         with torch.enable_grad():
             if self._suffix is not None:
-                hidden = self.hidden
-                gated = apply_gates(hidden, gates, self.unit).requires_grad_(True)
-                logits = self._suffix.run(gated, 1)
+                hidden = [self.hidden]
+                gated = [apply_gates(self.hidden, gates, readers[0]).requires_grad_(True)]
+                logits = self._suffix.run(gated[0], 1)
             else:
-                captured = {}
+                # A later reader's input depends on an earlier reader's gates: the graph is kept
+                # between readers, so an earlier reader's gradient holds every path after it.
+                hidden, gated, handles = [None] * len(readers), [None] * len(readers), []
+                gates = gates.detach().requires_grad_(True)
+                for i, reader in enumerate(readers):
+                    def hook(_m, args, i=i, reader=reader):
+                        hidden[i] = args[0].detach()
+                        gated[i] = apply_gates(args[0], gates, reader)
+                        return (gated[i],) + tuple(args[1:])
 
-                def hook(_m, args):
-                    captured["hidden"] = args[0].detach()
-                    captured["gated"] = apply_gates(args[0].detach(), gates, self.unit).requires_grad_(True)
-                    return (captured["gated"],) + tuple(args[1:])
-
-                handle = self.graph.module(self.unit.consumer).register_forward_pre_hook(hook)
+                    handles.append(self.graph.module(reader.name).register_forward_pre_hook(hook))
                 try:
                     logits = logits_of(self.model(self.inputs))
                 finally:
-                    handle.remove()
-                hidden, gated = captured["hidden"], captured["gated"]
+                    for handle in handles:
+                        handle.remove()
             loss = discrepancy(logits.unsqueeze(0), self.target, self.kind, self.labels).sum()
-            (grad,) = torch.autograd.grad(loss, gated)
-        return _channels_second(hidden, self.unit), _channels_second(grad, self.unit)
+            grads = torch.autograd.grad(loss, gated, allow_unused=True)
+        return [(_channels_second(h, reader, self.channels), _channels_second(torch.zeros_like(h) if g is None else g,
+                                                                              reader, self.channels))
+                for h, g, reader in zip(hidden, grads, readers)]
 
 
 _CONTRIBUTION_CACHE_BYTES = 512 * 2 ** 20
@@ -203,12 +218,12 @@ def _linear_part(consumer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, consumer.weight, None, consumer.stride, consumer.padding, consumer.dilation)
 
 
-def _channels_second(x: torch.Tensor, unit: Unit) -> torch.Tensor:
-    """[B, N, rest]: the unit's channels of a consumer input as dim 1 (ops.taylor_scores' layout)."""
+def _channels_second(x: torch.Tensor, reader: Reader, channels: int) -> torch.Tensor:
+    """[B, N, rest]: a unit's channels of a reader's input as dim 1 (ops.taylor_scores' layout)."""
     b = x.shape[0]
-    if unit.channel_last and unit.columns_per_channel == 1:
-        x = x.reshape(b, -1, unit.channels).transpose(1, 2)
-    return x.reshape(b, unit.channels, -1)
+    if reader.channel_last and reader.columns_per_channel == 1:
+        x = x.reshape(b, -1, channels).transpose(1, 2)
+    return x.reshape(b, channels, -1)
 
 
 def _channel_contributions(consumer: nn.Module, hidden: torch.Tensor, channels: int, chunk: torch.Tensor) -> torch.Tensor:

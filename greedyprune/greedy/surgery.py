@@ -1,25 +1,31 @@
 """Prunable units of a model and physical channel removal (Torch-Pruning's DependencyGraph).
 
-A unit is a group of hidden channels made by one layer (Conv2d/Linear, then any BN,
-activation or depthwise conv that keeps channels apart) and read by exactly one linear
-consumer (a Linear, or a Conv2d with groups=1, possibly after a flatten). A Linear reads its
-channels on the last dim, so (batch, tokens, channels) activations are units too (a ViT's
-MLP), and so are the shared hidden neurons of a gated MLP (act(gate(x)) * up(x) -> down: two
-producers multiplied channel by channel, pruned together). Greedy imitation
-weighs channel i of a unit by a gate c_i on the consumer's input; removing channel i is
-then exact surgery: the producer's output channel, everything channel-wise in between, and
-the consumer's input columns go, and the kept channels' gates are folded into the weights.
+A unit is a group of hidden channels removed together, with the linear layers that read them
+(its readers: Linears, or Conv2d with groups=1, possibly after a flatten). Two kinds:
+- "inner": channels made by one layer (Conv2d/Linear, then any BN, activation or depthwise conv
+  that keeps channels apart) and read by exactly one reader (a CNN's inner channels, a ViT's MLP;
+  also the shared hidden neurons of a gated MLP, act(gate(x)) * up(x) -> down: two producers
+  multiplied channel by channel);
+- "residual": a residual stream, the channels that residual adds tie together: every producer
+  of the stream (the stem and each block's last layer, a projection shortcut), their BNs, and
+  every layer that reads the stream (each block's first layer, a projection shortcut, the head).
+A Linear reads its channels on the last dim, so (batch, tokens, channels) activations are units too.
+Greedy imitation weighs channel i of a unit by a gate c_i on every reader's input. Where the
+stream's only other users are adds and channel-wise ops that end in readers, gating every reader
+by c with c_i = 0 computes what the network without channel i computes; removing channel i is
+then exact surgery: every producer's output channel, everything channel-wise in between, and
+each reader's input columns go, and the kept channels' gates are folded into the weights.
 
 Where a gate is folded (`FOLDS`) matters for fine-tuning, not for the function:
-- "consumer": multiply the consumer's input columns (always exact);
+- "consumer": multiply the readers' input columns (always exact);
 - "producer": multiply the output channel of the last per-channel affine layer before the
   consumer (the unit's BN, depthwise conv, or the producer itself); exact when everything
   after that layer is positively homogeneous (ReLU, max/avg pooling, flatten, dropout), so
-  units with ReLU6/GELU/SiLU on the path fall back to "consumer";
+  units with ReLU6/GELU/SiLU on the path, and residual streams, fall back to "consumer";
 - "split": sqrt(gate) on each side (same condition);
 - "none": the gates are dropped; the kept channels are removed plainly.
-Channels tied to residual adds are left out (a limitation, not the paper's choice: see the README);
-run_pruning lists every group left out in report.json ("left_unpruned").
+Streams normalised by a LayerNorm or GroupNorm (a transformer's embedding width) and attention
+heads are left out for now; run_pruning lists every group left out in report.json ("left_unpruned").
 """
 from __future__ import annotations
 
@@ -35,27 +41,46 @@ from ..checks import arg_error, check_choice
 from .outputs import logits_of
 
 
+@dataclass(frozen=True)
+class Reader:
+    """A linear layer that reads a unit's channels (its module name)."""
+
+    name: str
+    # Input columns per channel: 1 for Linear / conv, H*W for a Linear after a flatten.
+    columns_per_channel: int = 1
+    # Where it reads the channels: the last dim (Linear) or dim 1 (conv).
+    channel_last: bool = False
+
+
+UNIT_KINDS = ("inner", "residual")
+
+
 @dataclass
 class Unit:
-    """Hidden channels of `producer` read by `consumer` (module names in the model)."""
+    """Hidden channels of `producer` (and `co_producers`) read by `readers` (module names in the
+    model; readers in model order)."""
 
     producer: str
-    consumer: str
+    readers: list[Reader]
     channels: int
-    # Consumer input columns per channel: 1 for Linear / conv, H*W for a Linear after a flatten.
-    columns_per_channel: int
     members: list[str] = field(default_factory=list)
-    # Where the consumer reads the channels: the last dim (Linear) or dim 1 (conv).
-    channel_last: bool = False
-    # Further producers whose outputs are multiplied channel by channel with the producer's (a gated MLP).
+    # Further producers of the channels: multiplied channel by channel with the producer's (a
+    # gated MLP, kind "inner") or added to it (kind "residual").
     co_producers: list[str] = field(default_factory=list)
+    kind: str = "inner"
     # The module whose output channels a "producer" fold scales, or None with the reason.
     fold_target: str | None = None
     fold_blocker: str = ""
 
     @property
+    def consumer(self) -> str:
+        """The first reader (where the network first reads the channels)."""
+        return self.readers[0].name
+
+    @property
     def name(self) -> str:
-        return f"{self.producer}->{self.consumer}"
+        more = f"+{len(self.readers) - 1}" if len(self.readers) > 1 else ""
+        return f"{self.producer}->{self.consumer}{more}"
 
 
 @dataclass
@@ -143,7 +168,7 @@ class UnitGraph:
         return False
 
     def _classify(self, group) -> None:
-        producers, consumers, members = [], [], []
+        producers, consumers, members, others = [], [], [], []
         residual = gated = False
         for item in group:
             dep = item.dep
@@ -161,34 +186,69 @@ class UnitGraph:
                     members.append(name)
             elif self.graph.is_in_channel_pruning_fn(dep.handler) and _is_linear_consumer(module):
                 consumers.append(name)
+            elif name not in others:
+                others.append(name)
         producers = sorted(dict.fromkeys(producers), key=self._order.__getitem__)  # model order
-        consumers = list(dict.fromkeys(consumers))
-        if residual or (len(producers) > 1 and not gated):
-            self.skipped.append(SkippedGroup(producers, "tied to a residual add"))
+        consumers = sorted(dict.fromkeys(consumers), key=self._order.__getitem__)
+        if residual:
+            self._classify_stream(producers, consumers, members + others)
+        elif len(producers) > 1 and not gated:
+            self.skipped.append(SkippedGroup(producers, "several producers joined by an op other than an add"))
         elif not producers or len(consumers) != 1:
             reason = ("no linear producer" if not producers else "no linear consumer (model output)" if not consumers
                       else f"read by {len(consumers)} layers")
             self.skipped.append(SkippedGroup(producers, reason))
         else:
-            producer = self.module(producers[0])
-            consumer = self.module(consumers[0])
-            channels = _out_channels(producer)
-            in_cols = consumer.in_features if isinstance(consumer, nn.Linear) else consumer.in_channels
-            if in_cols % channels:
-                self.skipped.append(SkippedGroup(producers, f"{consumers[0]} reads {in_cols} columns from {channels} channels"))
+            unit = self._unit(producers, consumers, members, "inner")
+            if unit is not None:
+                unit.fold_target, unit.fold_blocker = self._fold_target(unit)
+                self.units.append(unit)
+
+    def _classify_stream(self, producers: list[str], readers: list[str], members: list[str]) -> None:
+        """A residual stream: a unit when its members only pass channels along (BN, identity), else
+        skipped with the first member that does not."""
+        if not producers or not readers:
+            self.skipped.append(SkippedGroup(producers, "residual stream without a linear " +
+                                             ("producer" if not producers else "reader (model output)")))
+            return
+        for name in members:
+            module = self.module(name)
+            if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+                self.skipped.append(SkippedGroup(producers, f"residual stream normalised by {name} "
+                                                            f"({type(module).__name__}: embedding width)"))
                 return
-            if any(_out_channels(self.module(p)) != channels for p in producers[1:]):
-                self.skipped.append(SkippedGroup(producers, "multiplied producers of different widths"))
+            if not isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Dropout)):
+                self.skipped.append(SkippedGroup(producers, f"residual stream through {name} "
+                                                            f"({type(module).__name__})"))
                 return
-            unit = Unit(producers[0], consumers[0], channels, in_cols // channels, members,
-                        channel_last=isinstance(consumer, nn.Linear), co_producers=producers[1:])
-            unit.fold_target, unit.fold_blocker = self._fold_target(unit)
+        unit = self._unit(producers, readers, members, "residual")
+        if unit is not None:
+            unit.fold_blocker = f"a residual stream read by {len(readers)} layer(s)"
             self.units.append(unit)
+
+    def _unit(self, producers: list[str], readers: list[str], members: list[str], kind: str) -> Unit | None:
+        """The unit, or None (skipped with the reason) where a reader's columns or a producer's
+        width do not match the channels."""
+        channels = _out_channels(self.module(producers[0]))
+        if any(_out_channels(self.module(p)) != channels for p in producers[1:]):
+            self.skipped.append(SkippedGroup(producers, "producers of different widths"))
+            return None
+        found = []
+        for name in readers:
+            module = self.module(name)
+            in_cols = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+            if in_cols % channels:
+                self.skipped.append(SkippedGroup(producers, f"{name} reads {in_cols} columns from {channels} channels"))
+                return None
+            found.append(Reader(name, in_cols // channels, isinstance(module, nn.Linear)))
+        return Unit(producers[0], found, channels, members, co_producers=producers[1:], kind=kind)
 
     def _fold_target(self, unit: Unit) -> tuple[str | None, str]:
         """The last per-channel affine module between producer and consumer, when every op
         after it is positively homogeneous (then scaling its output channels by s > 0 scales
         the consumer's input channels by s)."""
+        if unit.kind != "inner":
+            return None, f"a {unit.kind} unit"
         if unit.co_producers:
             return None, f"its channels are a product of {len(unit.co_producers) + 1} producers"
         node = self.graph.module2node[self.module(unit.producer)]
@@ -226,13 +286,15 @@ class UnitGraph:
     @contextlib.contextmanager
     def gated(self, unit: Unit, gates: torch.Tensor):
         """Multiply the unit's channels by `gates` ([N], or [K, N] with the batch repeated K times)
-        at the consumer's input, for the duration of the block."""
-        handle = self.module(unit.consumer).register_forward_pre_hook(
-            lambda _m, args: (apply_gates(args[0], gates, unit),) + tuple(args[1:]))
+        at every reader's input, for the duration of the block."""
+        handles = [self.module(reader.name).register_forward_pre_hook(
+            lambda _m, args, reader=reader: (apply_gates(args[0], gates, reader),) + tuple(args[1:]))
+            for reader in unit.readers]
         try:
             yield
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     def fold_used(self, unit: Unit, fold: str) -> str:
         """The fold `prune` applies for `fold` on this unit ("producer"/"split" fall back to
@@ -270,7 +332,6 @@ class UnitGraph:
         fold = self.fold_used(unit, fold)
         if fold == "none":
             return
-        consumer = self.module(unit.consumer)
         keep = torch.as_tensor(keep, dtype=torch.long).flatten()
         scales = torch.as_tensor(scales, dtype=torch.float64).flatten()
         if scales.numel() != keep.numel():
@@ -283,8 +344,9 @@ class UnitGraph:
         consumer_part = full if producer_part is None else full / producer_part
         with torch.no_grad():
             if fold != "producer":
-                w = consumer.weight
-                w.mul_(_column_factors(consumer, consumer_part.to(w), unit.columns_per_channel))
+                for reader in unit.readers:
+                    w = self.module(reader.name).weight
+                    w.mul_(_column_factors(w, consumer_part.to(w), reader))
             if producer_part is not None:
                 _scale_output_channels(self.module(unit.fold_target), producer_part)
 
@@ -303,20 +365,20 @@ def _out_channels(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
-def apply_gates(x: torch.Tensor, gates: torch.Tensor, unit: Unit) -> torch.Tensor:
-    """x * gates over the unit's channels at its consumer's input: the last dim for a Linear
-    consumer (blocks of columns after a flatten), dim 1 for a conv.
+def apply_gates(x: torch.Tensor, gates: torch.Tensor, reader: Reader) -> torch.Tensor:
+    """x * gates over a unit's channels at a reader's input: the last dim for a Linear
+    (blocks of columns after a flatten), dim 1 for a conv.
 
     gates [N] multiplies x as is; gates [K, N] multiplies x repeated K times along the batch
     (x's batch must then already be K*B, laid out candidate-major).
     """
     g = gates.to(x.dtype)
-    if unit.columns_per_channel > 1:
-        g = g.repeat_interleave(unit.columns_per_channel, dim=-1)
+    if reader.columns_per_channel > 1:
+        g = g.repeat_interleave(reader.columns_per_channel, dim=-1)
     n = g.shape[-1]
     # g's shape against one sample's dims (x without its batch dim)
     per_sample = [1] * (x.dim() - 1)
-    per_sample[-1 if unit.channel_last else 0] = n
+    per_sample[-1 if reader.channel_last else 0] = n
     if g.dim() == 1:
         return x * g.view(1, *per_sample)
     k = g.shape[0]
@@ -342,9 +404,8 @@ def _scale_output_channels(module: nn.Module, factors: torch.Tensor) -> None:
         module.bias.mul_(factors.to(module.bias))
 
 
-def _column_factors(consumer: nn.Module, per_channel: torch.Tensor, columns_per_channel: int) -> torch.Tensor:
-    """Per-channel factors shaped to multiply the consumer's weight along its input dim."""
-    f = per_channel.repeat_interleave(columns_per_channel) if columns_per_channel > 1 else per_channel
-    if isinstance(consumer, nn.Linear):
-        return f.view(1, -1)
-    return f.view(1, -1, *([1] * (consumer.weight.dim() - 2)))
+def _column_factors(weight: torch.Tensor, per_channel: torch.Tensor, reader: Reader) -> torch.Tensor:
+    """Per-channel factors shaped to multiply a reader's weight along its input dim."""
+    step = reader.columns_per_channel
+    f = per_channel.repeat_interleave(step) if step > 1 else per_channel
+    return f.view(1, -1, *([1] * (weight.dim() - 2)))
