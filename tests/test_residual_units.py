@@ -266,3 +266,25 @@ def test_mobilenet_v2_bottleneck_streams_prune_exactly():
     graph.prune(unit, keep, fold="none")
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-9, atol=1e-11)
+
+
+def test_a_layer_read_by_two_layers_is_one_unit_with_both_readers():
+    """ResNet-50's stem feeds the first bottleneck and its projection shortcut (no add before them):
+    an inner unit with two readers, pruned exactly."""
+    from greedyprune.models import build_model
+    torch.manual_seed(3)
+    model = build_model("resnet50", num_classes=5).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    graph = UnitGraph(model, x)
+    stem = graph.units[0]
+    assert (stem.kind, stem.producer, [r.name for r in stem.readers]) == ("inner", "conv1",
+                                                                          ["layer1.0.conv1", "layer1.0.downsample.0"])
+    assert stem.fold_target is None and not graph.skipped[1:]
+    keep = torch.arange(0, 64, 3)
+    gates = torch.zeros(64, dtype=torch.float64)
+    gates[keep] = 1.5
+    with torch.no_grad(), graph.gated(stem, gates):
+        expected = model(x)
+    graph.prune(stem, keep, gates[keep], fold="producer")  # falls back to the readers' columns
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-9, atol=1e-11)

@@ -3,7 +3,8 @@
 A unit is a group of hidden channels removed together, with the linear layers that read them
 (its readers: Linears, or Conv2d with groups=1, possibly after a flatten). Two kinds:
 - "inner": channels made by one layer (Conv2d/Linear, then any BN, activation or depthwise conv
-  that keeps channels apart) and read by exactly one reader (a CNN's inner channels, a ViT's MLP;
+  that keeps channels apart) and read by one or more readers (a CNN's inner channels, a ViT's MLP,
+  a ResNet-50 stem read by the first block and its projection shortcut;
   also the shared hidden neurons of a gated MLP, act(gate(x)) * up(x) -> down: two producers
   multiplied channel by channel);
 - "residual": a residual stream, the channels that residual adds tie together: every producer
@@ -194,9 +195,8 @@ class UnitGraph:
             self._classify_stream(producers, consumers, members + others)
         elif len(producers) > 1 and not gated:
             self.skipped.append(SkippedGroup(producers, "several producers joined by an op other than an add"))
-        elif not producers or len(consumers) != 1:
-            reason = ("no linear producer" if not producers else "no linear consumer (model output)" if not consumers
-                      else f"read by {len(consumers)} layers")
+        elif not producers or not consumers:
+            reason = "no linear producer" if not producers else "no linear consumer (model output)"
             self.skipped.append(SkippedGroup(producers, reason))
         else:
             unit = self._unit(producers, consumers, members, "inner")

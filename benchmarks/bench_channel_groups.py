@@ -1,0 +1,103 @@
+"""Which channel groups greedyprune prunes, per model: the units of each kind, their channels before
+and after a uniform width, and the FLOPs reached with the inner units alone and with every group.
+
+The counts depend on the widths only, not on which channels a criterion keeps, so the copies are
+cut by surgery (the first ceil(ratio * N) channels of each unit) with no calibration data; at a
+FLOP target the uniform width is bisected (budget.width_ratio_for_flops, `--flops-search width`).
+Groups left whole are listed with the reason UnitGraph gives.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections import Counter
+
+import torch
+
+from greedyprune.greedy.budget import width_ratio_for_flops
+from greedyprune.greedy.surgery import UNIT_KINDS, UnitGraph
+from greedyprune.harness.measure import count_flops, count_params
+from greedyprune.models import build_model
+from harness import Benchmark
+
+# (model, image size, classes): the zoo's ImageNet models at 224 and the CIFAR ResNet at 32
+MODELS = [("resnet20", 32, 10), ("resnet50", 224, 1000), ("mobilenet_v2", 224, 1000), ("vit_tiny", 224, 1000)]
+WIDTH = 0.5
+TARGET_FLOPS = 0.5
+
+
+def cut(model: torch.nn.Module, example: torch.Tensor, ratio: float, groups) -> tuple[torch.nn.Module, dict]:
+    """A copy with every unit of a kind in `groups` cut to ceil(ratio * N) channels; channels per kind after."""
+    model = copy.deepcopy(model)
+    graph = UnitGraph(model, example)
+    after = Counter()
+    for unit in graph.units:
+        keep = max(1, math.ceil(ratio * unit.channels)) if unit.kind in groups else unit.channels
+        if keep < unit.channels:
+            graph.prune(unit, torch.arange(keep))
+        after[unit.kind] += keep
+    return model, dict(after)
+
+
+def model_row(name: str, size: int, classes: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=classes, image_size=size).eval()
+    example = torch.randn(1, 3, size, size)
+    graph = UnitGraph(copy.deepcopy(model), torch.randn(2, 3, size, size))
+    flops, params = count_flops(model, example), count_params(model)
+    row = {"image_size": size, "params": params, "flops": flops,
+           "units": dict(Counter(u.kind for u in graph.units)),
+           "channels": dict(Counter({k: sum(u.channels for u in graph.units if u.kind == k) for k in UNIT_KINDS})),
+           "left_whole": dict(Counter(s.reason for s in graph.skipped)), "settings": {}}
+    for label, groups in (("inner", ("inner",)), ("all", UNIT_KINDS)):
+        pruned, after = cut(model, example, WIDTH, groups)
+        ratio = width_ratio_for_flops(model, example, TARGET_FLOPS, groups=groups, iterations=10)
+        at_target, _ = cut(model, example, ratio, groups)
+        row["settings"][label] = {"width_channels": after, "width_params": count_params(pruned),
+                                  "width_flops": count_flops(pruned, example), "target_ratio": ratio,
+                                  "target_flops": count_flops(at_target, example)}
+    return row
+
+
+def measure(quick: bool) -> dict:
+    chosen = MODELS[:1] if quick else MODELS
+    return {"width": WIDTH, "target_flops": TARGET_FLOPS,
+            "models": {name: model_row(name, size, classes) for name, size, classes in chosen}}
+
+
+def notes(section: dict) -> list[str]:
+    result = section["extra"]["result"]
+    lines = [f"Uniform width {result['width']} per unit, and the uniform width bisected to "
+             f"{result['target_flops']} x the FLOPs, with the inner units alone and with every group "
+             "(inner + residual). Channels: summed over the units of each kind.", "",
+             "| model | units inner / residual | channels inner / residual | after width "
+             f"{result['width']}: inner-only / all | params kept inner-only / all | FLOPs kept inner-only / all "
+             f"| FLOPs at target {result['target_flops']}: inner-only / all (width) | left whole |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, row in result["models"].items():
+        inner, every = row["settings"]["inner"], row["settings"]["all"]
+
+        def kinds(counts: dict) -> str:
+            return " / ".join(str(counts.get(k, 0)) for k in UNIT_KINDS)
+
+        left = "; ".join(f"{n} {reason}" for reason, n in row["left_whole"].items())
+        lines.append(
+            f"| {name} ({row['image_size']}px, {row['params'] / 1e6:.2f}M params, {row['flops'] / 1e9:.2f} GFLOPs) "
+            f"| {kinds(row['units'])} | {kinds(row['channels'])} "
+            f"| {kinds(inner['width_channels'])} ; {kinds(every['width_channels'])} "
+            f"| {inner['width_params'] / row['params']:.3f} / {every['width_params'] / row['params']:.3f} "
+            f"| {inner['width_flops'] / row['flops']:.3f} / {every['width_flops'] / row['flops']:.3f} "
+            f"| {inner['target_flops'] / row['flops']:.3f} ({inner['target_ratio']:.3f}) / "
+            f"{every['target_flops'] / row['flops']:.3f} ({every['target_ratio']:.3f}) | {left} |")
+    return lines
+
+
+BENCHMARK = Benchmark(
+    name="channel_groups",
+    title="Channel groups pruned per model (inner channels, residual streams)",
+    about="What `--groups` covers on the zoo's models: units and channels per kind of group, the parameters and "
+          "FLOPs kept at a uniform width, and the FLOPs a uniform width reaches when asked for half, with the "
+          "inner units alone and with the residual streams too. `python benchmarks/run.py channel_groups`.",
+    extra=measure,
+    notes=notes,
+)
