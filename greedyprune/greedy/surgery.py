@@ -112,7 +112,7 @@ def _out_channel_fn(module: nn.Module):
     return tp.prune_conv_out_channels
 
 
-_ATTENTION_OPS = re.compile(r"ScaledDotProduct|Bmm|Softmax|Transpose|Permute")
+_ATTENTION_OPS = re.compile(r"ScaledDotProduct|Bmm|Softmax")
 
 
 class UnitGraph:
@@ -151,7 +151,8 @@ class UnitGraph:
 
     def _feeds_attention(self, module: nn.Module, max_nodes: int = 256) -> bool:
         """Whether the module's output reaches an attention op (matmul of activations, softmax,
-        head transposes) before any other Conv2d/Linear reads it."""
+        scaled dot-product attention) before any other Conv2d/Linear reads it; a transpose alone is no
+        attention (a ViT's patch embedding transposes its output into tokens)."""
         start = self.graph.module2node.get(module)
         if start is None:
             return False
