@@ -14,7 +14,7 @@ from collections import Counter
 
 import torch
 
-from greedyprune.greedy.budget import width_ratio_for_flops
+from greedyprune.greedy.budget import uniform_cut, width_ratio_for_flops
 from greedyprune.greedy.surgery import UNIT_KINDS, UnitGraph
 from greedyprune.harness.measure import count_flops, count_params
 from greedyprune.models import build_model
@@ -26,17 +26,12 @@ WIDTH = 0.5
 TARGET_FLOPS = 0.5
 
 
-def cut(model: torch.nn.Module, example: torch.Tensor, ratio: float, groups) -> tuple[torch.nn.Module, dict]:
-    """A copy with every unit of a kind in `groups` cut to ceil(ratio * N) channels; channels per kind after."""
-    model = copy.deepcopy(model)
-    graph = UnitGraph(model, example)
+def kept_channels(graph: UnitGraph, ratio: float, groups) -> dict:
+    """Channels per kind after budget.uniform_cut at `ratio` (units of other kinds stay whole)."""
     after = Counter()
     for unit in graph.units:
-        keep = max(1, math.ceil(ratio * unit.channels)) if unit.kind in groups else unit.channels
-        if keep < unit.channels:
-            graph.prune(unit, torch.arange(keep))
-        after[unit.kind] += keep
-    return model, dict(after)
+        after[unit.kind] += max(1, math.ceil(ratio * unit.channels)) if unit.kind in groups else unit.channels
+    return dict(after)
 
 
 def model_row(name: str, size: int, classes: int) -> dict:
@@ -50,10 +45,11 @@ def model_row(name: str, size: int, classes: int) -> dict:
            "channels": dict(Counter({k: sum(u.channels for u in graph.units if u.kind == k) for k in UNIT_KINDS})),
            "left_whole": dict(Counter(s.reason for s in graph.skipped)), "settings": {}}
     for label, groups in (("inner", ("inner",)), ("all", UNIT_KINDS)):
-        pruned, after = cut(model, example, WIDTH, groups)
+        pruned = uniform_cut(model, example, WIDTH, groups)
         ratio = width_ratio_for_flops(model, example, TARGET_FLOPS, groups=groups, iterations=10)
-        at_target, _ = cut(model, example, ratio, groups)
-        row["settings"][label] = {"width_channels": after, "width_params": count_params(pruned),
+        at_target = uniform_cut(model, example, ratio, groups)
+        row["settings"][label] = {"width_channels": kept_channels(graph, WIDTH, groups),
+                                  "width_params": count_params(pruned),
                                   "width_flops": count_flops(pruned, example), "target_ratio": ratio,
                                   "target_flops": count_flops(at_target, example)}
     return row

@@ -64,11 +64,7 @@ def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float
     full = count_flops(model, example)
 
     def flops_at(ratio: float) -> int:
-        m = copy.deepcopy(model).eval()
-        graph = UnitGraph(m, example)
-        for unit in (u for u in graph.units if u.kind in groups):
-            graph.prune(unit, torch.arange(max(1, math.ceil(ratio * unit.channels))))
-        return count_flops(m, example)
+        return count_flops(uniform_cut(model, example, ratio, groups), example)
 
     lo, hi = 0.0, 1.0
     for _ in range(iterations):
@@ -78,3 +74,14 @@ def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float
         else:
             lo = mid
     return max(lo, 1e-3)
+
+
+def uniform_cut(model: nn.Module, example: torch.Tensor, ratio: float, groups: tuple[str, ...] = UNIT_KINDS
+                ) -> nn.Module:
+    """A copy (eval mode) with every unit of a kind in `groups` cut to its first ceil(ratio * N)
+    channels: the widths a uniform ratio gives, whichever channels a criterion would keep."""
+    pruned = copy.deepcopy(model).eval()
+    graph = UnitGraph(pruned, example)
+    for unit in (u for u in graph.units if u.kind in groups):
+        graph.prune(unit, torch.arange(max(1, math.ceil(ratio * unit.channels))))
+    return pruned

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import torch
 
-from .moments import ConsumerMoments, stream_moments
+from .moments import ConsumerMoments, reader_weights, stream_moments
 from .surgery import Unit, UnitGraph
 
 
@@ -31,11 +31,10 @@ def gram_from_columns(xtx: torch.Tensor, rows: int, weight: torch.Tensor, channe
 
 def gram_of(moments: list[ConsumerMoments], graph: UnitGraph, unit: Unit) -> torch.Tensor:
     """G [N, N] (float64) of the unit from its readers' input moments (stream_moments' list)."""
-    first = moments[0].positions
     G = None
-    for reader, m in zip(unit.readers, moments):
+    for reader, m, weight in zip(unit.readers, moments, reader_weights(moments)):
         part = gram_from_columns(m.xtx, m.rows, graph.module(reader.name).weight, unit.channels)
-        G = part if G is None else G.add_(part, alpha=m.positions / first)
+        G = part if G is None else G.add_(part, alpha=weight)
     return G
 
 

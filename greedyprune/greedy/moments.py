@@ -60,19 +60,6 @@ def _unfold(consumer: nn.Module, x: torch.Tensor) -> torch.Tensor:
                     stride=consumer.stride)
 
 
-def consumer_columns(consumer: nn.Module, x: torch.Tensor, positions_per_image: int | None = None,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """The consumer's input as a [rows, in_columns] matrix (im2col for a conv, keeping at most
-    `positions_per_image` random output positions per image)."""
-    if isinstance(consumer, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
-    cols = _unfold(consumer, x)
-    pick = _positions(cols.shape[2], positions_per_image, generator, cols.device)
-    if pick is not None:
-        cols = cols[:, :, pick]
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
 def columns_per_channel(consumer: nn.Module, reader: Reader) -> int:
     """How many of the reader's input columns (im2col's for a conv) one channel feeds (a block)."""
     if isinstance(consumer, nn.Linear):
@@ -81,23 +68,33 @@ def columns_per_channel(consumer: nn.Module, reader: Reader) -> int:
 
 
 def kept_columns(kept: torch.Tensor, block: int) -> torch.Tensor:
-    """The flat input columns (as consumer_columns orders them) of the kept channels, `block` each."""
+    """The flat input columns (as the moments order them: im2col, a block per channel) of the kept
+    channels, `block` each."""
     return (kept[:, None] * block + torch.arange(block, device=kept.device)).flatten()
 
 
+def reader_weights(moments: list[ConsumerMoments]) -> list[float]:
+    """How a unit's readers' errors add up: each reader's output positions per image relative to the
+    first reader's, so the sum is of squared output errors per image (gram.py, refit_selection.py)."""
+    return [m.positions / moments[0].positions for m in moments]
+
+
 def _rows(consumer: nn.Module, x: torch.Tensor, y: torch.Tensor | None, positions_per_image: int | None,
-          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The consumer's input columns [rows, C] and, given, the output y at the same rows [rows, out]."""
+          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The consumer's input columns [rows, C], given y the output at the same rows [rows, out], and
+    the consumer's output positions per image (before any subsampling)."""
     if isinstance(consumer, nn.Linear):
-        return x.reshape(-1, x.shape[-1]), None if y is None else y.reshape(-1, y.shape[-1])
+        return (x.reshape(-1, x.shape[-1]), None if y is None else y.reshape(-1, y.shape[-1]),
+                max(1, x[0].numel() // x.shape[-1]))
     cols = _unfold(consumer, x)
+    positions = cols.shape[2]
     outputs = None if y is None else y.reshape(y.shape[0], y.shape[1], -1)  # [B, out, positions], as im2col's
-    pick = _positions(cols.shape[2], positions_per_image, generator, cols.device)
+    pick = _positions(positions, positions_per_image, generator, cols.device)
     if pick is not None:
         cols = cols[:, :, pick]
         outputs = None if outputs is None else outputs[:, :, pick]
     rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return rows, None if outputs is None else outputs.transpose(1, 2).reshape(-1, outputs.shape[1])
+    return rows, None if outputs is None else outputs.transpose(1, 2).reshape(-1, outputs.shape[1]), positions
 
 
 def stream_moments(graph: UnitGraph, unit: Unit, batches: Iterable[torch.Tensor], *,
@@ -199,8 +196,7 @@ class _ReaderStream:
     def add(self, x: torch.Tensor) -> None:
         moments = self.moments
         y = self.reference_output.pop() if self.reference is not None else None
-        x2, y2 = _rows(self.consumer, x, y, self.positions_per_image, self.generator)
-        moments.positions = _output_positions(self.consumer, x)
+        x2, y2, moments.positions = _rows(self.consumer, x, y, self.positions_per_image, self.generator)
         # each batch's GEMM in the model's precision (16-bit models in float32), summed in float64
         x2 = x2.to(torch.promote_types(x2.dtype, torch.float32))
         moments.xtx.add_((x2.T @ x2).to(torch.float64))
@@ -211,15 +207,6 @@ class _ReaderStream:
             moments.xty.add_((x2.T @ y2).to(torch.float64))
             moments.y_sum.add_(y2.sum(0).to(torch.float64))
             moments.yy += float(y2.double().square().sum())
-
-
-def _output_positions(consumer: nn.Module, x: torch.Tensor) -> int:
-    """Output positions per image of a reader given its input x (tokens for a Linear)."""
-    if isinstance(consumer, nn.Linear):
-        return max(1, x[0].numel() // x.shape[-1])
-    size = [(x.shape[2 + d] + 2 * consumer.padding[d] - consumer.dilation[d] * (consumer.kernel_size[d] - 1) - 1)
-            // consumer.stride[d] + 1 for d in range(2)]
-    return size[0] * size[1]
 
 
 def _summed_over_processes(moments: ConsumerMoments) -> ConsumerMoments:

@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from .criterion import Criterion, UnitContext
-from .moments import columns_per_channel, kept_columns
+from .moments import columns_per_channel, kept_columns, reader_weights
 from .refit import damping_of, expectations, normal_equations, refit_consumer
 from .selection import Selection
 
@@ -43,8 +43,7 @@ class RefitSelection(Criterion):
         readers = [_ReaderSystem(context.graph.module(reader.name), reader, moments)
                    for reader, moments in zip(unit.readers, context.moments)]
         path = RefitPath([(r.expectations, r.block, r.bias is not None) for r in readers], unit.channels,
-                         damping=config.refit_damping, weights=[m.positions / context.moments[0].positions
-                                                                for m in context.moments])
+                         damping=config.refit_damping, weights=reader_weights(context.moments))
         timing = {"select": 0.0, "evaluate": 0.0}
 
         def channels(width: int) -> list[int]:
@@ -99,7 +98,6 @@ class _ReaderSystem:
         self.bias = None if consumer.bias is None else consumer.bias.detach().to(torch.float64)
         self.block = columns_per_channel(consumer, reader)
         self.name = reader.name
-        self.moments = moments
         self.expectations = expectations(moments, self.weight, self.bias)
         # The tolerance bounds what the unit adds to the network as it is before the unit: candidates
         # are refit to the reader's output there (the export may refit to the unpruned network's).

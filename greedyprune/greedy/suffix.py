@@ -115,7 +115,7 @@ class BatchSuffix:
 
     def evaluate_refit(self, fits: list[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> torch.Tensor:
         """Discrepancy [1] with each reader reading only its input `columns` (flat, as
-        moments.consumer_columns orders them) through `weight` [out, |columns|] and `bias`: the
+        the moments order them: moments.kept_columns) through `weight` [out, |columns|] and `bias`: the
         unit as a least-squares refit exports it. fits: (reader name, weight, bias, columns) per reader."""
 
         def refit_output(consumer: nn.Module, weight, bias, columns, x: torch.Tensor) -> torch.Tensor:

@@ -248,8 +248,6 @@ class UnitGraph:
         """The last per-channel affine module between producer and consumer, when every op
         after it is positively homogeneous (then scaling its output channels by s > 0 scales
         the consumer's input channels by s)."""
-        if unit.kind != "inner":
-            return None, f"a {unit.kind} unit"
         if unit.co_producers:
             return None, f"its channels are a product of {len(unit.co_producers) + 1} producers"
         node = self.graph.module2node[self.module(unit.producer)]
