@@ -47,7 +47,8 @@ from greedyprune.files import write_json
 from greedyprune.greedy import FINETUNE_DEFAULTS, PruneConfig, prune_model
 from greedyprune.greedy.budget import tol_for_flops, width_ratio_for_flops
 from greedyprune.greedy.outputs import discrepancy
-from greedyprune.greedy.surgery import UnitGraph
+from greedyprune.greedy.commands import groups_argument
+from greedyprune.greedy.surgery import UNIT_KINDS, UnitGraph
 from greedyprune.harness.data import load_dataset, make_loader
 from greedyprune.harness.measure import count_flops, count_params
 from greedyprune.harness.model_source import pretrained, resolve_model
@@ -135,9 +136,11 @@ def measure(model, loaders: dict, dense_logits, train_set, seed: int, epochs: in
     return row
 
 
-def prune_greedy(net, options: dict, calib_x, calib_y, *, width=None, flops=None, flops_search="epsilon"):
-    """A pruned copy; at a FLOP target the tolerance (epsilon) or the uniform width is bisected first."""
-    config = PruneConfig(**{"width_ratio": width, **options})
+def prune_greedy(net, options: dict, calib_x, calib_y, groups: tuple[str, ...], *, width=None, flops=None,
+                 flops_search="epsilon"):
+    """A pruned copy (units of the kinds in `groups`); at a FLOP target the tolerance (epsilon) or the
+    uniform width is bisected first."""
+    config = PruneConfig(**{"width_ratio": width, "groups": groups, **options})
     if flops is not None and flops_search == "epsilon":
         config = replace(config, tol=tol_for_flops(net, calib_x, flops, config, labels=calib_y))
     elif flops is not None:
@@ -149,50 +152,61 @@ def prune_greedy(net, options: dict, calib_x, calib_y, *, width=None, flops=None
     return model
 
 
-def tp_prune(net, importance: str, calib_x, calib_y, seed: int, *, widths: dict[str, int] | None = None,
-             ratio: float | None = None):
-    """MetaPruner on the units' producers: one ratio per producer (`widths`), or all of them ranked
-    together at `ratio` (global_pruning); every other layer ignored; BN re-estimated after."""
+def tp_prune(net, importance: str, calib_x, calib_y, seed: int, groups: tuple[str, ...], *,
+             widths: dict[str, int] | None = None, ratio: float | None = None):
+    """MetaPruner on the producers of the units of the kinds in `groups`: one ratio per producer
+    (`widths`: channels, or heads for a heads unit's qkv), or all of them ranked together at `ratio`
+    (global_pruning); every other layer ignored; BN re-estimated after. Heads go through
+    Torch-Pruning's num_heads / prune_num_heads (whole heads, head_dim kept)."""
     model = copy.deepcopy(net).eval()
     torch.manual_seed(seed)
-    units = UnitGraph(model, calib_x[:2]).units
+    units = [u for u in UnitGraph(model, calib_x[:2]).units if u.kind in groups]
     names = widths or {u.producer: None for u in units}
     producers = {model.get_submodule(name): n for name, n in names.items()}
+    heads = {model.get_submodule(u.producer): u for u in units if u.kind == "heads"}
     # a residual stream's other producers are in its group (pruned with it), not ignored
     tied = {model.get_submodule(name) for u in units for name in u.co_producers}
     ignored = [m for m in model.modules()
                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m not in producers and m not in tied]
     # groups left out of the ratios are not pruned (MetaPruner's default ratio is 0.5)
     options = dict(importance=TP_IMPORTANCES[importance](), ignored_layers=ignored, pruning_ratio=0.0)
+    if heads:
+        options.update(num_heads={m: u.channels for m, u in heads.items()}, prune_num_heads=True, prune_head_dims=False)
     if widths is not None:
-        options["pruning_ratio_dict"] = {m: 1 - n / _out(m) for m, n in producers.items()}
+        options["pruning_ratio_dict"] = {m: 1 - n / (heads[m].channels if m in heads else _out(m))
+                                         for m, n in producers.items()}
+        options["head_pruning_ratio_dict"] = {m: options["pruning_ratio_dict"][m] for m in heads}
     else:
-        options.update(global_pruning=True, pruning_ratio=ratio)
+        options.update(global_pruning=True, pruning_ratio=ratio, head_pruning_ratio=ratio)
     pruner = tp.pruner.MetaPruner(model, calib_x[:2], **options)
     if importance == "tp-taylor":
         model.zero_grad()
         F.cross_entropy(model(calib_x), calib_y).backward()
     pruner.step()
     model.zero_grad(set_to_none=True)
-    if widths is not None and any(_out(m) != n for m, n in producers.items()):
+    for m, unit in heads.items():  # Torch-Pruning leaves the head count to the user
+        model.get_submodule(unit.heads.attention).num_heads = pruner.num_heads[m]
+    kept = {m: pruner.num_heads[m] if m in heads else _out(m) for m in producers}
+    if widths is not None and any(kept[m] != n for m, n in producers.items()):
         raise RuntimeError("Torch-Pruning did not keep the asked widths")
     recalibrate_batchnorm(model, calib_x.split(64))
     return model
 
 
-def tp_global_at_flops(net, importance: str, calib_x, calib_y, seed: int, target: float, iterations: int = 10):
+def tp_global_at_flops(net, importance: str, calib_x, calib_y, seed: int, groups: tuple[str, ...], target: float,
+                       iterations: int = 10):
     """Torch-Pruning's global ranking with its pruning ratio bisected to keep <= target x the FLOPs."""
     full = count_flops(net, calib_x[:1])
     lo, hi = 0.0, 0.95
     best = None
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        model = tp_prune(net, importance, calib_x, calib_y, seed, ratio=mid)
+        model = tp_prune(net, importance, calib_x, calib_y, seed, groups, ratio=mid)
         if count_flops(model, calib_x[:1]) <= target * full:
             best, hi = model, mid
         else:
             lo = mid
-    return best if best is not None else tp_prune(net, importance, calib_x, calib_y, seed, ratio=hi)
+    return best if best is not None else tp_prune(net, importance, calib_x, calib_y, seed, groups, ratio=hi)
 
 
 def _out(m) -> int:
@@ -208,7 +222,8 @@ def run(args) -> dict:
         dense_logits = net(test_x)
     dense = {"params": count_params(net), "flops": count_flops(net, test_x[:1]),
              "accuracy": evaluate(net, loaders["test"])["accuracy"]}
-    cache_path = Path(args.cache) / f"{args.model}-c{args.calib}-e{args.epochs}-ls{args.label_smoothing:g}.json"
+    cache_path = Path(args.cache) / (f"{args.model}-c{args.calib}-e{args.epochs}-ls{args.label_smoothing:g}-"
+                                     f"{'+'.join(args.groups)}.json")
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     greedy = greedy_rows(args.methods, args.exports)
     chosen = args.rows or list(greedy) + list(TP_IMPORTANCES)
@@ -229,31 +244,32 @@ def run(args) -> dict:
 
     for seed in args.seeds:
         calib_x, calib_y = calibration(train_set, seed, args.calib)
-        units = UnitGraph(copy.deepcopy(net), calib_x[:2]).units
+        units = [u for u in UnitGraph(copy.deepcopy(net), calib_x[:2]).units if u.kind in args.groups]
         for width in args.widths:
             setting = f"width {width}"
             widths = {u.producer: max(1, math.ceil(width * u.channels)) for u in units}
             for name in chosen:
                 if name in greedy:
-                    record(setting, name, seed, lambda: prune_greedy(net, greedy[name], calib_x, calib_y, width=width))
+                    record(setting, name, seed, lambda: prune_greedy(net, greedy[name], calib_x, calib_y, args.groups, width=width))
                 elif name in TP_IMPORTANCES:
-                    record(setting, name, seed, lambda: tp_prune(net, name, calib_x, calib_y, seed, widths=widths))
+                    record(setting, name, seed, lambda: tp_prune(net, name, calib_x, calib_y, seed, args.groups, widths=widths))
         for target in args.flops:
             setting = f"flops {target}"
             record(setting, "greedyprune default (tolerance bisected)", seed,
-                   lambda: prune_greedy(net, {}, calib_x, calib_y, flops=target))
+                   lambda: prune_greedy(net, {}, calib_x, calib_y, args.groups, flops=target))
             if args.flops_finetune_default:
                 record(setting, "greedyprune fine-tuning default (tolerance bisected)", seed,
-                       lambda: prune_greedy(net, FINETUNE_DEFAULTS, calib_x, calib_y, flops=target))
+                       lambda: prune_greedy(net, FINETUNE_DEFAULTS, calib_x, calib_y, args.groups, flops=target))
             for name in args.flops_rows:
                 record(setting, f"{name} (uniform width)", seed,
-                       lambda: prune_greedy(net, greedy[name], calib_x, calib_y, flops=target, flops_search="width"))
+                       lambda: prune_greedy(net, greedy[name], calib_x, calib_y, args.groups, flops=target,
+                                            flops_search="width"))
             for importance in args.flops_tp:
                 record(setting, f"{importance} global", seed,
-                       lambda: tp_global_at_flops(net, importance, calib_x, calib_y, seed, target))
+                       lambda: tp_global_at_flops(net, importance, calib_x, calib_y, seed, args.groups, target))
     return {"model": args.model, "data": args.data or ("digits" if args.model == "cnn" else "digits upsampled to 32"),
             "calib": args.calib, "finetune_epochs": args.epochs, "label_smoothing": args.label_smoothing,
-            "seeds": args.seeds, "dense": dense, "rows": rows,
+            "seeds": args.seeds, "groups": list(args.groups), "dense": dense, "rows": rows,
             "date": time.strftime("%Y-%m-%d"), "load": os.getloadavg(),
             "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
 
@@ -274,7 +290,8 @@ def table(result: dict) -> str:
     lines = [f"#### {result['model']} on {result['data']}: dense {d['params']:,} params, {d['flops'] / 1e6:.2f} MFLOPs, "
              f"accuracy {d['accuracy']:.3f}",
              "",
-             f"Mean ± half the range over seeds {result['seeds']}; {result['calib']} calibration images; fine-tuning "
+             f"Mean ± half the range over seeds {result['seeds']}; {result['calib']} calibration images; units of "
+             f"kinds {', '.join(result.get('groups', ['inner', 'residual']))} pruned; fine-tuning "
              f"{epochs} epochs (training.finetune, label smoothing {result['label_smoothing']:g}); measured "
              f"{result['date']}, load {result['load'][0]:.1f}, "
              f"{result['threads']} threads. Bold: the best mean of the column.",
@@ -315,6 +332,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--flops-tp", nargs="*", default=["tp-l1", "tp-taylor"], choices=list(TP_IMPORTANCES))
     parser.add_argument("--no-flops-finetune-default", dest="flops_finetune_default", action="store_false",
                         help="at equal FLOPs, leave out the fine-tuning default (FINETUNE_DEFAULTS: hybrid + none)")
+    parser.add_argument("--groups", type=groups_argument, default=UNIT_KINDS,
+                        help=f"comma-separated kinds of unit pruned, by both sides (default {','.join(UNIT_KINDS)})")
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="of the fine-tuning (seed 000: none)")
@@ -333,6 +352,7 @@ HARNESS_ARGS = {"cnn": ["--model", "cnn"],
                 "vgg11": ["--model", "vgg11", "--seeds", "0", "--widths", "0.25", "0.125", "--flops", "0.5",
                           "--no-flops-finetune-default", "--methods", "local", "refit", "magnitude"],
                 "resnet20": ["--model", "resnet20", *_LARGE],
+                "resnet56": ["--model", "resnet56", *_LARGE],
                 "vit_tiny": ["--model", "vit_tiny", *_LARGE]}
 QUICK_ARGS = ["--widths", "0.5", "--flops", "--seeds", "0", "--rows", "local + reconstruct", "tp-l1", "--calib", "64",
               "--epochs", "1", "--cache", "runs/bench-vs-tp-quick"]

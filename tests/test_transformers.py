@@ -1,6 +1,6 @@
 """Greedy imitation on transformer units: (batch, tokens, channels) activations read by a Linear
 (a ViT's MLP) and the shared hidden neurons of a gated MLP (gate and up projections multiplied,
-read by the down projection), against explicit computations."""
+read by the down projection), against explicit computations (attention heads: test_heads.py)."""
 import math
 
 import pytest
@@ -74,11 +74,18 @@ def images(n: int = 6) -> torch.Tensor:
     return torch.randn(n, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
 
 
-def test_vit_units_are_the_mlps_and_attention_is_left_out():
+def _inner(graph: UnitGraph):
+    return [u for u in graph.units if u.kind == "inner"]
+
+
+def test_vit_units_are_the_mlps_and_the_heads():
     model = tiny_vit()
     graph = UnitGraph(model, images()[:2])
-    assert [u.name for u in graph.units] == ["blocks.0.mlp.fc1->blocks.0.mlp.fc2", "blocks.1.mlp.fc1->blocks.1.mlp.fc2"]
-    assert all(u.readers[0].channel_last and u.channels == 24 and u.readers[0].columns_per_channel == 1 for u in graph.units)
+    assert [(u.kind, u.name) for u in graph.units] == [
+        ("heads", "blocks.0.attn.qkv->blocks.0.attn.proj"), ("inner", "blocks.0.mlp.fc1->blocks.0.mlp.fc2"),
+        ("heads", "blocks.1.attn.qkv->blocks.1.attn.proj"), ("inner", "blocks.1.mlp.fc1->blocks.1.mlp.fc2")]
+    assert all(u.readers[0].channel_last and u.channels == 24 and u.readers[0].columns_per_channel == 1
+               for u in _inner(graph))
 
 
 def test_gated_mlp_is_one_unit_of_both_projections():
@@ -110,7 +117,7 @@ def _removed(model: nn.Module, unit, drop: int, x) -> torch.Tensor:
 def test_gating_a_channel_to_zero_is_removing_it(make, inputs, use_fx):
     model, x = make(), inputs()
     graph = UnitGraph(model, x[:2])
-    unit = graph.units[1]
+    unit = _inner(graph)[1]
     ev = BatchSuffix(graph, unit, x, kind="mse", use_fx=use_fx)
     n = unit.channels
     assert float(ev.evaluate(torch.ones(n, dtype=torch.float64))) < 1e-20
@@ -124,7 +131,7 @@ def test_gating_a_channel_to_zero_is_removing_it(make, inputs, use_fx):
 def test_gram_sums_over_tokens(make, inputs):
     model, x = make(), inputs()
     graph = UnitGraph(model, x[:2])
-    unit = graph.units[0]
+    unit = _inner(graph)[0]
     consumer = graph.module(unit.consumer)
     hidden = {}
     handle = consumer.register_forward_pre_hook(lambda _m, args: hidden.setdefault("x", args[0].detach()))
@@ -142,7 +149,7 @@ def test_gram_sums_over_tokens(make, inputs):
 def test_fixed_steps_and_taylor_scores_on_token_channels(make, inputs):
     model, x = make(), inputs()
     graph = UnitGraph(model, x[:2])
-    unit = graph.units[0]
+    unit = _inner(graph)[0]
     n = unit.channels
     ev = SuffixEvaluator(graph, unit, x, kind="kl", max_rows=10)
     a = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -165,8 +172,9 @@ def test_fixed_steps_and_taylor_scores_on_token_channels(make, inputs):
 def test_transformers_prune_to_the_asked_width(method):
     vit, x = tiny_vit(), images()
     results = prune_model(vit, x, method=method, width_ratio=0.5, progress=False)
-    assert [r.width for r in results] == [12, 12]
-    assert all(b.mlp.fc1.out_features == 12 and b.mlp.fc2.in_features == 12 for b in vit.blocks)
+    assert [r.width for r in results] == [1, 12, 1, 12]  # heads, MLP per block
+    assert all(b.mlp.fc1.out_features == 12 and b.mlp.fc2.in_features == 12 and b.attn.num_heads == 1
+               for b in vit.blocks)
     assert vit(x).shape == (6, 5)
     decoder, ids = tiny_decoder(), token_ids()
     results = prune_model(decoder, ids, method=method, width_ratio=0.5, progress=False)
@@ -209,8 +217,8 @@ def test_models_returning_a_dict_or_tuple_prune(as_tuple):
 
 @pytest.mark.parametrize("method", ["local", "hybrid"])
 def test_hugging_face_llama_from_a_config_prunes_end_to_end(method):
-    """A transformers Llama (random weights, no download): its gated MLPs are the units, the q/k/v
-    projections are left out (they feed attention), and pruning reaches the asked width."""
+    """A transformers Llama (random weights, no download): its gated MLPs and its key/value groups
+    of heads are the units, and pruning reaches the asked width."""
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
@@ -218,13 +226,14 @@ def test_hugging_face_llama_from_a_config_prunes_end_to_end(method):
     model = transformers.LlamaForCausalLM(config).eval()
     ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(0))
     graph = UnitGraph(model, ids[:2])
-    assert [(u.producer, u.co_producers, u.consumer) for u in graph.units] == [
+    assert [(u.producer, u.co_producers, u.consumer) for u in _inner(graph)] == [
         (f"model.layers.{i}.mlp.gate_proj", [f"model.layers.{i}.mlp.up_proj"], f"model.layers.{i}.mlp.down_proj")
         for i in range(2)]
-    assert {"model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"} <= {
-        p for g in graph.skipped for p in g.producers}
+    assert [u.producer for u in graph.units if u.kind == "heads"] == [
+        f"model.layers.{i}.self_attn.q_proj" for i in range(2)]
+    assert not {p for g in graph.skipped for p in g.producers} & {"model.layers.0.self_attn.q_proj"}
     results = prune_model(model, ids, method=method, width_ratio=0.5, progress=False)
-    assert [r.width for r in results] == [24, 24]
+    assert [r.width for r in results] == [1, 24, 1, 24]  # of 2 key/value groups, of 48 MLP units
     for layer in model.model.layers:
         assert layer.mlp.gate_proj.out_features == layer.mlp.up_proj.out_features == layer.mlp.down_proj.in_features == 24
     assert model(ids).logits.shape == (4, 12, 64)

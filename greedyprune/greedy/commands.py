@@ -103,9 +103,10 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                         "fine-tuning); 'consumer'/'producer'/'split' fold the gates and keep the gated network's "
                         f"function (default: {config.fold}; with --finetune-epochs > 0: {FINETUNE_DEFAULTS['fold']}; "
                         "--fold: the same)")
-    p.add_argument("--groups", type=_groups, default=config.groups, metavar="KINDS",
+    p.add_argument("--groups", type=groups_argument, default=config.groups, metavar="KINDS",
                    help="comma-separated kinds of channel group to prune: inner (a layer's hidden channels), "
-                        "residual (a residual stream: stage widths, every layer that makes or reads it); "
+                        "residual (a residual stream: stage widths, every layer that makes or reads it), "
+                        "heads (an attention module's whole heads; key/value groups under grouped-query attention); "
                         f"default {','.join(config.groups)}")
     p.add_argument("--refit-target", choices=REFIT_TARGETS, default=config.refit_target,
                    help="reconstruct: match the unpruned network's consumer output ('original': also corrects "
@@ -142,7 +143,7 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _groups(text: str) -> tuple[str, ...]:
+def groups_argument(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in kinds if k not in UNIT_KINDS]
     if unknown or not kinds:

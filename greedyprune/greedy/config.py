@@ -56,7 +56,8 @@ class PruneConfig:
         consumer's output just before the unit).
     groups: the kinds of channel group pruned (surgery.UNIT_KINDS: "inner", a layer's hidden
         channels read by one layer; "residual", a residual stream with every layer that makes or
-        reads it); the others are left whole and listed in the report.
+        reads it; "heads", an attention module's whole heads); the others are left whole and
+        listed in the report.
     """
 
     method: str = "refit"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import torch
-import torch_pruning as tp
 
 from .criterion import UnitContext, WidthCriterion
 from .selection import Selection
@@ -20,5 +19,5 @@ class Magnitude(WidthCriterion):
 
     def select(self, context: UnitContext) -> Selection:
         start = time.perf_counter()
-        scores = tp.importance.GroupMagnitudeImportance(p=1)(context.graph.group(context.unit)).double().cpu()
+        scores = context.graph.magnitude(context.unit)
         return self.selection(context, torch.sort(-scores, stable=True).indices[:context.max_neurons], start)

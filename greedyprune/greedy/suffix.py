@@ -221,8 +221,8 @@ def _linear_part(consumer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _channels_second(x: torch.Tensor, reader: Reader, channels: int) -> torch.Tensor:
     """[B, N, rest]: a unit's channels of a reader's input as dim 1 (ops.taylor_scores' layout)."""
     b = x.shape[0]
-    if reader.channel_last and reader.columns_per_channel == 1:
-        x = x.reshape(b, -1, channels).transpose(1, 2)
+    if reader.channel_last:  # [B, *, N * s]: a block of s columns per channel at every position
+        x = x.reshape(b, -1, channels, reader.columns_per_channel).transpose(1, 2)
     return x.reshape(b, channels, -1)
 
 

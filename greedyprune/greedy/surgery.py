@@ -9,7 +9,9 @@ A unit is a group of hidden channels removed together, with the linear layers th
   multiplied channel by channel);
 - "residual": a residual stream, the channels that residual adds tie together: every producer
   of the stream (the stem and each block's last layer, a projection shortcut), their BNs, and
-  every layer that reads the stream (each block's first layer, a projection shortcut, the head).
+  every layer that reads the stream (each block's first layer, a projection shortcut, the head);
+- "heads": an attention module's heads (key/value groups under grouped-query attention), whole
+  heads removed from its q/k/v projections and its output projection (heads.py).
 A Linear reads its channels on the last dim, so (batch, tokens, channels) activations are units too.
 Greedy imitation weighs channel i of a unit by a gate c_i on every reader's input. Where the
 stream's only other users are adds and channel-wise ops that end in readers, gating every reader
@@ -26,7 +28,8 @@ Where a gate is folded (`FOLDS`) matters for fine-tuning, not for the function:
 - "split": sqrt(gate) on each side (same condition);
 - "none": the gates are dropped; the kept channels are removed plainly.
 Streams normalised by a LayerNorm or GroupNorm (a transformer's embedding width) and attention
-heads are left out for now; run_pruning lists every group left out in report.json ("left_unpruned").
+layouts heads.py does not recognise are left out; run_pruning lists every group left out in
+report.json ("left_unpruned").
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ..checks import arg_error, check_choice
+from .heads import HeadLayout, current_groups, group_l1, head_layout, remove_groups
 from .outputs import logits_of
 
 
@@ -53,7 +57,7 @@ class Reader:
     channel_last: bool = False
 
 
-UNIT_KINDS = ("inner", "residual")
+UNIT_KINDS = ("inner", "residual", "heads")
 
 
 @dataclass
@@ -72,6 +76,8 @@ class Unit:
     # The module whose output channels a "producer" fold scales, or None with the reason.
     fold_target: str | None = None
     fold_blocker: str = ""
+    # Kind "heads": the attention module's layout (its channels are key/value groups).
+    heads: HeadLayout | None = None
 
     @property
     def consumer(self) -> str:
@@ -141,13 +147,38 @@ class UnitGraph:
         self._order = {n: i for i, n in enumerate(self._names.values())}
         self.units: list[Unit] = []
         self.skipped: list[SkippedGroup] = []
-        # Layers whose channels feed attention are no unit; Torch-Pruning 1.6 never finishes the
-        # groups of a Hugging Face Llama's q/k/v projections, so they are not asked for.
+        # Layers whose channels feed attention are no Torch-Pruning group (Torch-Pruning 1.6 never
+        # finishes the groups of a Hugging Face Llama's q/k/v projections, so they are not asked
+        # for); the attention modules of a known layout are heads units instead.
         attention_fed = [m for m in self._names if isinstance(m, (nn.Conv2d, nn.Linear)) and self._feeds_attention(m)]
         for group in self.graph.get_all_groups(ignored_layers=attention_fed, root_module_types=(nn.Conv2d, nn.Linear)):
             self._classify(group)
-        self.skipped += [SkippedGroup([self._names[m]], "feeds attention (heads)") for m in attention_fed]
+        covered = self._head_units()
+        self.skipped += [SkippedGroup([self._names[m]], covered.get(self._names[m], "feeds attention (heads)"))
+                         for m in attention_fed if covered.get(self._names[m]) != ""]
         self.units.sort(key=lambda u: self._order[u.consumer])
+
+    def _head_units(self) -> dict[str, str]:
+        """Add a heads unit per attention module of a known layout; returns, per projection of
+        every attention module found, "" (a unit's) or why its heads are left whole."""
+        covered = {}
+        for name, module in self.model.named_modules():
+            layout = head_layout(name, module)
+            if layout is None:
+                continue
+            if isinstance(layout, str):
+                covered.update({p: f"attention heads of {name or 'the model'} left whole: {layout}"
+                                for p in _projections(name, module)})
+                continue
+            projections = [p.name for p in layout.projections]
+            if layout.groups < 2:
+                covered.update({p: f"attention {name} has one key/value group" for p in projections})
+                continue
+            self.units.append(Unit(projections[0], [Reader(layout.output, layout.columns_per_group, True)],
+                                   layout.groups, [name], co_producers=projections[1:], kind="heads",
+                                   fold_blocker="attention heads (the softmax is not homogeneous)", heads=layout))
+            covered.update({p: "" for p in projections})
+        return covered
 
     def _feeds_attention(self, module: nn.Module, max_nodes: int = 256) -> bool:
         """Whether the module's output reaches an attention op (matmul of activations, softmax,
@@ -319,7 +350,9 @@ class UnitGraph:
         if scales is not None and fold != "none":
             self.rescale(unit, keep, scales, fold)
         drop = sorted(set(range(n)) - set(keep.tolist()))
-        if drop:
+        if drop and unit.heads is not None:
+            remove_groups(self.model, unit.heads, keep)
+        elif drop:
             producer = self.module(unit.producer)
             group = self.graph.get_pruning_group(producer, _out_channel_fn(producer), idxs=drop)
             group.prune()
@@ -351,13 +384,29 @@ class UnitGraph:
 
     def group(self, unit: Unit):
         """The unit's Torch-Pruning group over all its channels (its producers, channel-wise layers
-        and the consumer's input), as Torch-Pruning's importances take it."""
+        and the consumer's input), as Torch-Pruning's importances take it (heads are no group)."""
+        if unit.heads is not None:
+            raise ValueError(f"greedyprune: the heads of {unit.heads.attention} are no Torch-Pruning group")
         producer = self.module(unit.producer)
         return self.graph.get_pruning_group(producer, _out_channel_fn(producer),
                                             idxs=list(range(self._current_channels(unit))))
 
+    def magnitude(self, unit: Unit) -> torch.Tensor:
+        """[N] each channel's L1 norm over its whole group (Torch-Pruning's group magnitude)."""
+        if unit.heads is not None:
+            return group_l1(self.model, unit.heads)
+        return tp.importance.GroupMagnitudeImportance(p=1)(self.group(unit)).double().cpu()
+
     def _current_channels(self, unit: Unit) -> int:
+        if unit.heads is not None:
+            return current_groups(self.model, unit.heads)
         return _out_channels(self.module(unit.producer))
+
+
+def _projections(name: str, module: nn.Module) -> list[str]:
+    prefix = f"{name}." if name else ""
+    return [prefix + attr for attr in ("qkv", "q_proj", "k_proj", "v_proj") if isinstance(getattr(module, attr, None),
+                                                                                    nn.Linear)]
 
 
 def _out_channels(module: nn.Module) -> int:

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from .heads import HeadLayout, head_layout
 from .plan import select_channels
 
 
@@ -16,7 +17,8 @@ class GreedyImportance(tp.importance.Importance):
     score in [0, 1) by `fallback` (default: L2 magnitude), so a pruner that keeps fewer
     channels than the plan drops the plan's least important ones first, and one that keeps
     more adds the largest of the rest. Groups outside the plan (e.g. residual-tied channels)
-    are scored by `fallback`, or skipped (None) with fallback=None.
+    are scored by `fallback`, or skipped (None) with fallback=None; so are the q/k/v groups of
+    attention modules, whose plan units are whole heads where Torch-Pruning's groups are channels.
 
     The plan must come from the model being pruned, before the pruner changes it
     (`GreedyImportance.from_model` makes one with `select_channels`).
@@ -24,7 +26,10 @@ class GreedyImportance(tp.importance.Importance):
 
     def __init__(self, model: nn.Module, plan: dict, *, fallback: tp.importance.Importance | None = "magnitude"):
         self._names = {m: n for n, m in model.named_modules()}
-        self._entries = {entry["unit"].split("->")[0]: entry for entry in plan["units"]}
+        heads = {p.name for name, module in model.named_modules()
+                 if isinstance(layout := head_layout(name, module), HeadLayout) for p in layout.projections}
+        self._entries = {producer: entry for entry in plan["units"]
+                         if (producer := entry["unit"].split("->")[0]) not in heads}
         self.fallback = tp.importance.GroupMagnitudeImportance(p=2) if fallback == "magnitude" else fallback
 
     @classmethod

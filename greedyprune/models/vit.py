@@ -33,14 +33,14 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
-        self.heads = heads
+        self.num_heads = heads
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
     def forward(self, x):
         # shapes read one by one: torch.fx cannot unpack a traced x.shape
         b, t = x.shape[0], x.shape[1]
-        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, t, -1))
 
