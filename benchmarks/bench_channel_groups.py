@@ -2,18 +2,19 @@
 and after a uniform width, and the FLOPs reached with the inner units alone and with every group.
 
 The counts depend on the widths only, not on which channels a criterion keeps, so the copies are
-cut by surgery (the first ceil(ratio * N) channels of each unit) with no calibration data; at a
+cut by surgery (the first ceil(ratio * N) channels of each unit, heads for a heads unit) with no calibration data; at a
 FLOP target the uniform width is bisected (budget.width_ratio_for_flops, `--flops-search width`).
 Groups left whole are listed with the reason UnitGraph gives.
 """
 from __future__ import annotations
 
 import copy
-import math
 from collections import Counter
+from dataclasses import replace
 
 import torch
 
+from greedyprune.greedy import PruneConfig
 from greedyprune.greedy.budget import uniform_cut, width_ratio_for_flops
 from greedyprune.greedy.surgery import UNIT_KINDS, UnitGraph
 from greedyprune.harness.measure import count_flops, count_params
@@ -26,11 +27,12 @@ WIDTH = 0.5
 TARGET_FLOPS = 0.5
 
 
-def kept_channels(graph: UnitGraph, ratio: float, groups) -> dict:
+def kept_channels(graph: UnitGraph, ratio: float, config: PruneConfig) -> dict:
     """Channels per kind after budget.uniform_cut at `ratio` (units of other kinds stay whole)."""
     after = Counter()
+    widths = replace(config, width_ratio=ratio)
     for unit in graph.units:
-        after[unit.kind] += max(1, math.ceil(ratio * unit.channels)) if unit.kind in groups else unit.channels
+        after[unit.kind] += widths.max_neurons(unit.channels, unit.kind) if unit.kind in config.groups else unit.channels
     return dict(after)
 
 
@@ -45,10 +47,11 @@ def model_row(name: str, size: int, classes: int) -> dict:
            "channels": dict(Counter({k: sum(u.channels for u in graph.units if u.kind == k) for k in UNIT_KINDS})),
            "left_whole": dict(Counter(s.reason for s in graph.skipped)), "settings": {}}
     for label, groups in (("inner", ("inner",)), ("all", UNIT_KINDS)):
-        pruned = uniform_cut(model, example, WIDTH, groups)
-        ratio = width_ratio_for_flops(model, example, TARGET_FLOPS, groups=groups, iterations=10)
-        at_target = uniform_cut(model, example, ratio, groups)
-        row["settings"][label] = {"width_channels": kept_channels(graph, WIDTH, groups),
+        config = PruneConfig(groups=groups)
+        pruned = uniform_cut(model, example, WIDTH, config)
+        ratio = width_ratio_for_flops(model, example, TARGET_FLOPS, config=config, iterations=10)
+        at_target = uniform_cut(model, example, ratio, config)
+        row["settings"][label] = {"width_channels": kept_channels(graph, WIDTH, config),
                                   "width_params": count_params(pruned),
                                   "width_flops": count_flops(pruned, example), "target_ratio": ratio,
                                   "target_flops": count_flops(at_target, example)}

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from greedyprune import ops
 from greedyprune.greedy import prune_model
 from greedyprune.greedy.gram import contribution_gram
-from greedyprune.greedy.heads import group_l1
+from greedyprune.models.heads import group_l1
 from greedyprune.greedy.suffix import BatchSuffix
 from greedyprune.greedy.surgery import UnitGraph
 from greedyprune.models.vit import ViT
@@ -219,3 +219,19 @@ def test_llama_prunes_key_value_groups_end_to_end():
         attn = layer.self_attn
         assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (16, 8, 16)
     assert torch.isfinite(model(ids).logits).all()
+
+
+def test_a_head_pruned_zoo_vit_saves_and_loads_with_its_head_counts(tmp_path):
+    from greedyprune.models import build_model
+    from greedyprune.models.io import load_model, save_model
+    torch.manual_seed(0)
+    model = build_model("vit_tiny", num_classes=10, in_channels=1, image_size=32).eval()
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    prune_model(model, x, method="local", width_ratio=0.3, fold="none", groups=("heads",), units=[
+        "blocks.0.attn.qkv->blocks.0.attn.proj", "blocks.5.attn.qkv->blocks.5.attn.proj"], progress=False)
+    assert [b.attn.num_heads for b in model.blocks[:6]] == [1, 3, 3, 3, 3, 1]
+    save_model(model, tmp_path / "pruned.pt")
+    loaded, _ = load_model(tmp_path / "pruned.pt")
+    assert [b.attn.num_heads for b in loaded.blocks[:6]] == [1, 3, 3, 3, 3, 1]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

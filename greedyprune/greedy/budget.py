@@ -13,7 +13,7 @@ from ..checks import check_real
 from ..harness.measure import count_flops
 from .config import PruneConfig
 from .layerwise import prune_model
-from .surgery import UNIT_KINDS, UnitGraph
+from .surgery import UnitGraph
 
 FLOPS_SEARCHES = ("epsilon", "width")
 MIN_TOL = 1e-10  # the lowest tolerance the bisection tries
@@ -57,14 +57,14 @@ def tol_for_flops(model: nn.Module, calib_x: torch.Tensor, target: float, config
 
 
 def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float, *, iterations: int = 12,
-                          groups: tuple[str, ...] = UNIT_KINDS) -> float:
+                          config: PruneConfig = PruneConfig()) -> float:
     """The uniform width ratio whose pruned model has about `target` x the FLOPs (bisection
-    on copies pruned to ceil(ratio * N) channels per unit of a kind in `groups`)."""
+    on copies pruned to the widths `config` gives that ratio, per unit of a kind in config.groups)."""
     check_target_flops(target)
     full = count_flops(model, example)
 
     def flops_at(ratio: float) -> int:
-        return count_flops(uniform_cut(model, example, ratio, groups), example)
+        return count_flops(uniform_cut(model, example, ratio, config), example)
 
     lo, hi = 0.0, 1.0
     for _ in range(iterations):
@@ -76,12 +76,14 @@ def width_ratio_for_flops(model: nn.Module, example: torch.Tensor, target: float
     return max(lo, 1e-3)
 
 
-def uniform_cut(model: nn.Module, example: torch.Tensor, ratio: float, groups: tuple[str, ...] = UNIT_KINDS
+def uniform_cut(model: nn.Module, example: torch.Tensor, ratio: float, config: PruneConfig = PruneConfig()
                 ) -> nn.Module:
-    """A copy (eval mode) with every unit of a kind in `groups` cut to its first ceil(ratio * N)
-    channels: the widths a uniform ratio gives, whichever channels a criterion would keep."""
+    """A copy (eval mode) with every unit of a kind in config.groups cut to its first channels, as
+    many as `config` at width `ratio` keeps (ceil(ratio * N), rounded to config.round_to): the
+    widths a uniform ratio gives, whichever channels a criterion would keep."""
     pruned = copy.deepcopy(model).eval()
     graph = UnitGraph(pruned, example)
-    for unit in (u for u in graph.units if u.kind in groups):
-        graph.prune(unit, torch.arange(max(1, math.ceil(ratio * unit.channels))))
+    widths = replace(config, width_ratio=ratio, tol=None, network_budget=None)
+    for unit in (u for u in graph.units if u.kind in config.groups):
+        graph.prune(unit, torch.arange(widths.max_neurons(unit.channels, unit.kind)))
     return pruned

@@ -108,6 +108,9 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                         "residual (a residual stream: stage widths, every layer that makes or reads it), "
                         "heads (an attention module's whole heads; key/value groups under grouped-query attention); "
                         f"default {','.join(config.groups)}")
+    p.add_argument("--round-to", type=int, default=config.round_to, metavar="N",
+                   help="keep a multiple of N channels in every inner and residual unit (or all of them), e.g. 8 "
+                        "for tensor cores; widths round up; heads are whole already (default 1)")
     p.add_argument("--refit-target", choices=REFIT_TARGETS, default=config.refit_target,
                    help="reconstruct: match the unpruned network's consumer output ('original': also corrects "
                         "earlier units) or the output just before the unit ('current')")
@@ -162,7 +165,8 @@ def prune_config(args) -> PruneConfig:
                        step_batch=args.step_batch or None,
                        memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20),
                        fold=args.fold or defaults["fold"], recalibrate_bn=args.recalibrate_bn,
-                       refit_target=args.refit_target, refit_damping=args.refit_damping, groups=args.groups)
+                       refit_target=args.refit_target, refit_damping=args.refit_damping, groups=args.groups,
+                       round_to=args.round_to)
 
 
 def _prune_command(args) -> int:

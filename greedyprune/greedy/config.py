@@ -58,6 +58,9 @@ class PruneConfig:
         channels read by one layer; "residual", a residual stream with every layer that makes or
         reads it; "heads", an attention module's whole heads); the others are left whole and
         listed in the report.
+    round_to: every inner and residual unit keeps a multiple of this many channels (or all of
+        them), for hardware that runs widths of multiples of 8 or 16 fastest; a width or a
+        tolerance's width is rounded up. Heads are whole already and not rounded.
     """
 
     method: str = "refit"
@@ -75,6 +78,7 @@ class PruneConfig:
     refit_damping: float = 0.01
     refit_target: str = "original"
     groups: tuple[str, ...] = UNIT_KINDS
+    round_to: int = 1
 
     def __post_init__(self):
         check_choice("method", self.method, tuple(CRITERIA))
@@ -103,12 +107,20 @@ class PruneConfig:
         for kind in self.groups:
             check_choice("groups", kind, UNIT_KINDS)
         object.__setattr__(self, "groups", tuple(dict.fromkeys(self.groups)))
+        check_int("round_to", self.round_to, minimum=1)
         if not isinstance(self.recalibrate_bn, bool):
             raise arg_error("recalibrate_bn", f"must be a bool, got {self.recalibrate_bn!r}")
 
-    def max_neurons(self, channels: int) -> int:
-        """The widest a unit of `channels` channels may end."""
-        return channels if self.width_ratio is None else max(1, math.ceil(self.width_ratio * channels))
+    def max_neurons(self, channels: int, kind: str = "inner") -> int:
+        """The widest a unit of `channels` channels of `kind` may end."""
+        width = channels if self.width_ratio is None else max(1, math.ceil(self.width_ratio * channels))
+        return self.rounded(width, channels, kind)
+
+    def rounded(self, width: int, channels: int, kind: str) -> int:
+        """`width` rounded up to a multiple of round_to, at most `channels` (heads: as it is)."""
+        if kind == "heads":
+            return width
+        return min(channels, -(-width // self.round_to) * self.round_to)
 
     def check_stopping_rule(self) -> None:
         if self.tol is None and self.width_ratio is None and self.network_budget is None:

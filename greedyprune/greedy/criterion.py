@@ -33,7 +33,8 @@ class UnitContext:
         or float32 on CUDA), None unless the criterion needs one; evaluator: the network discrepancy of gated candidates (it runs
         nothing until asked); measure_network: whether a selection's loss must be the network
         discrepancy (False: the export measures it, so a criterion that can choose without it
-        skips it); progress: a tqdm bar the criterion advances per step, or None.
+        skips it); progress: a tqdm bar the criterion advances per step, or None; width: the
+        width to reach, where it is not the config's (a tolerance's width rounded up, layerwise.py).
     """
 
     graph: UnitGraph
@@ -44,10 +45,11 @@ class UnitContext:
     gram: torch.Tensor | None = None
     measure_network: bool = True
     progress: object = None
+    width: int | None = None
 
     @property
     def max_neurons(self) -> int:
-        return self.config.max_neurons(self.unit.channels)
+        return self.width or self.config.max_neurons(self.unit.channels, self.unit.kind)
 
 
 class Criterion:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -80,6 +80,10 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
                                   f"kinds {sorted({u.kind for u in graph.units})})")
     config = config.per_unit(len(todo))
     criterion.check(config)
+    narrow = [u.name for u in todo if u.kind != "heads" and u.channels < config.round_to]
+    if narrow:
+        raise arg_error("round_to", f"({config.round_to}) is larger than unit {narrow[0]} ({graph.unit(narrow[0]).channels} "
+                                    f"channels){f' and {len(narrow) - 1} more' if len(narrow) > 1 else ''}")
     # Where every unit's Gram pass streams the calibration images and the export measures the
     # discrepancy, the pass runs on to the logits: they are the unit's targets and measure the
     # previous unit's export (the model before a unit is the model after the previous export).
@@ -132,7 +136,8 @@ class _UnitChoice:
                           exported if chosen.loss is None else chosen.loss, seconds,
                           {s.method: {"width": s.width, "discrepancy": s.loss, "steps": s.steps, "stop": s.stop,
                                       "filled": s.filled} for s in chosen.outcomes},
-                          asked=None if config.width_ratio is None else config.max_neurons(n), stop=chosen.stop,
+                          asked=None if config.width_ratio is None else config.max_neurons(n, self.unit.kind),
+                          stop=chosen.stop,
                           fold=self.exported.how, order=order, exported_loss=exported, gated_loss=chosen.loss,
                           refit_error=self.exported.refit_error, removal_error=self.exported.removal_error)
 
@@ -169,6 +174,7 @@ class _UnitSteps:
             cache.complete(targets)
             seconds["evaluate"] += time.perf_counter() - t
         selection = _whole_if_unmet(selection, config, unit.channels)
+        selection = self._rounded(context, selection)
         exported = self.exporter.export(selection, context)
         seconds["total"] = time.perf_counter() - start
         if config.recalibrate_bn:  # "export": BN re-estimation and the exported discrepancy
@@ -194,6 +200,18 @@ class _UnitSteps:
         seconds["gram"] = time.perf_counter() - t
         if self.cache.fused:
             self.cache.observe(logits, targets)
+
+    def _rounded(self, context: UnitContext, selection: Selection) -> Selection:
+        """The selection, or where a tolerance chose a width that is no multiple of round_to, the
+        criterion's choice at that width rounded up (which discrepancy it then has is reported)."""
+        unit, config = context.unit, self.config
+        width = config.rounded(selection.width, unit.channels, unit.kind)
+        if width == selection.width:
+            return selection
+        fixed = replace(context, config=replace(config, tol=None, network_budget=None, width_ratio=1.0), width=width)
+        chosen = self._select(fixed)
+        chosen.stop = f"{selection.stop}; {selection.width} rounded up to {width}"
+        return chosen
 
     def _select(self, context: UnitContext) -> Selection:
         total = self.criterion.progress_total(context.max_neurons)

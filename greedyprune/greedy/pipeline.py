@@ -175,7 +175,7 @@ def fit_budget(config: PruneConfig, run: RunSpec, loaded: LoadedRun) -> PruneCon
         tol = tol_for_flops(loaded.model, loaded.calib_x, run.target_flops, per_process(config),
                             labels=loaded.calib_y, gram_batches=loaded.gram_batches)
         return replace(config, tol=tol)
-    ratio = width_ratio_for_flops(loaded.model, loaded.calib_x[:1], run.target_flops, groups=config.groups)
+    ratio = width_ratio_for_flops(loaded.model, loaded.calib_x[:1], run.target_flops, config=config)
     return replace(config, width_ratio=ratio)
 
 

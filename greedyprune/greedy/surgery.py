@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ..checks import arg_error, check_choice
-from .heads import HeadLayout, current_groups, group_l1, head_layout, remove_groups
+from ..models.heads import HeadLayout, current_groups, group_l1, head_layout, remove_groups
 from .outputs import logits_of
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .heads import HeadLayout, head_layout
+from ..models.heads import HeadLayout, head_layout
 from .plan import select_channels
 
 

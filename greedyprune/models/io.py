@@ -4,7 +4,8 @@ never a pickled module, so loading a file cannot run code (torch.load(weights_on
 A file written by `save_model` holds {"format": 2, "arch": {"name", "num_classes",
 "in_channels", "image_size"}, "state_dict", "meta"}. `load_model` builds the zoo model of that
 description, resizes every Conv/Linear/norm layer to the shapes in the state dict (pruned
-models have fewer channels) and loads it; torch.nn.utils.prune masks (weight_orig/weight_mask)
+models have fewer channels), sets the attention modules' head counts to match (models/heads.py)
+and loads it; torch.nn.utils.prune masks (weight_orig/weight_mask)
 are re-attached. Without greedyprune, plain PyTorch reads the same file with
 `torch.load(path, weights_only=True)["state_dict"]`; `export_program` writes a torch.export
 program that `torch.export.load(path).module()` runs without any greedyprune code.
@@ -22,6 +23,7 @@ from torch.nn.utils import prune
 
 from ..checks import arg_error, check_module
 from ..files import replace_atomically, torch_save_atomically
+from .heads import HeadLayout, head_layout, set_head_counts
 
 FILE_FORMAT = 2
 ARCH_KEYS = ("name", "num_classes", "in_channels", "image_size")
@@ -130,8 +132,11 @@ def _load_checked(model: nn.Module, state: Mapping[str, torch.Tensor], path) -> 
 
 
 def load_state_dict_resized(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "state dict") -> None:
-    """Resize model's layers to the state dict's shapes (pruned channels), re-attach
+    """Resize model's layers to the state dict's shapes (pruned channels and heads), re-attach
     torch.nn.utils.prune masks, then load it strictly."""
+    # the head layouts as built (head_dim is fixed), to set the head counts the resized layers hold
+    layouts = [layout for name, module in model.named_modules()
+               if isinstance(layout := head_layout(name, module), HeadLayout)]
     for name, module in list(model.named_modules()):
         prefix = f"{name}." if name else ""
         if f"{prefix}weight_orig" in state and f"{prefix}weight_mask" in state:
@@ -142,6 +147,8 @@ def load_state_dict_resized(model: nn.Module, state: Mapping[str, torch.Tensor],
         elif f"{prefix}weight" in state and getattr(module, "weight", None) is not None:
             if tuple(module.weight.shape) != tuple(state[f"{prefix}weight"].shape):
                 model.set_submodule(name, _resized(module, state[f"{prefix}weight"].shape, state, prefix))
+    for layout in layouts:
+        set_head_counts(model, layout)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -1,4 +1,5 @@
-"""Attention heads as units of selection (kind "heads").
+"""Attention heads: their layouts, removal, and the unit of selection they form (greedy/surgery.py
+kind "heads").
 
 A heads unit is one attention module's heads. Its channels are key/value groups: a key/value head
 and the query heads that share it (grouped-query attention, Llama); where there are as many
@@ -128,12 +129,18 @@ def remove_groups(model: nn.Module, layout: HeadLayout, keep: torch.Tensor) -> N
     for projection in layout.projections:
         _select(model.get_submodule(projection.name), _rows(projection, groups, keep), 0)
     _select(model.get_submodule(layout.output), _columns(layout, keep), 1)
+    set_head_counts(model, layout)
+
+
+def set_head_counts(model: nn.Module, layout: HeadLayout) -> None:
+    """Set the attention module's head-count attributes to what its output projection's width
+    holds now (after removal, or after a pruned model's layers were resized on loading)."""
     attention = model.get_submodule(layout.attention)
-    kept = keep.numel()
+    groups = current_groups(model, layout)
     # what a module may read its head counts from (the separate layout reshapes with -1 in
     # transformers 5; older releases and forks keep the counts as attributes)
-    for attr, value in (("num_heads", kept * layout.heads_per_group),
-                        ("num_attention_heads", kept * layout.heads_per_group),
-                        ("num_key_value_heads", kept)):
+    for attr, value in (("num_heads", groups * layout.heads_per_group),
+                        ("num_attention_heads", groups * layout.heads_per_group),
+                        ("num_key_value_heads", groups)):
         if isinstance(getattr(attention, attr, None), int):
             setattr(attention, attr, value)
