@@ -80,10 +80,11 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
                                   f"kinds {sorted({u.kind for u in graph.units})})")
     config = config.per_unit(len(todo))
     criterion.check(config)
-    narrow = [u.name for u in todo if u.kind != "heads" and u.channels < config.round_to]
+    narrow = [u for u in todo if u.kind != "heads" and u.channels < config.round_to]
     if narrow:
-        raise arg_error("round_to", f"({config.round_to}) is larger than unit {narrow[0]} ({graph.unit(narrow[0]).channels} "
-                                    f"channels){f' and {len(narrow) - 1} more' if len(narrow) > 1 else ''}")
+        more = f" and {len(narrow) - 1} more" if len(narrow) > 1 else ""
+        raise arg_error("round_to", f"({config.round_to}) is larger than unit {narrow[0].name} ({narrow[0].channels} "
+                                    f"channels){more}")
     # Where every unit's Gram pass streams the calibration images and the export measures the
     # discrepancy, the pass runs on to the logits: they are the unit's targets and measure the
     # previous unit's export (the model before a unit is the model after the previous export).

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ..checks import arg_error, check_choice
-from ..models.heads import HeadLayout, current_groups, group_l1, head_layout, remove_groups
+from ..models.heads import HeadLayout, current_groups, group_l1, head_layout, projection_names, remove_groups
 from .outputs import logits_of
 
 
@@ -168,7 +168,7 @@ class UnitGraph:
                 continue
             if isinstance(layout, str):
                 covered.update({p: f"attention heads of {name or 'the model'} left whole: {layout}"
-                                for p in _projections(name, module)})
+                                for p in projection_names(name, module)})
                 continue
             projections = [p.name for p in layout.projections]
             if layout.groups < 2:
@@ -401,12 +401,6 @@ class UnitGraph:
         if unit.heads is not None:
             return current_groups(self.model, unit.heads)
         return _out_channels(self.module(unit.producer))
-
-
-def _projections(name: str, module: nn.Module) -> list[str]:
-    prefix = f"{name}." if name else ""
-    return [prefix + attr for attr in ("qkv", "q_proj", "k_proj", "v_proj") if isinstance(getattr(module, attr, None),
-                                                                                    nn.Linear)]
 
 
 def _out_channels(module: nn.Module) -> int:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ..models.heads import HeadLayout, head_layout
+from ..models.heads import head_layouts
 from .plan import select_channels
 
 
@@ -26,8 +26,7 @@ class GreedyImportance(tp.importance.Importance):
 
     def __init__(self, model: nn.Module, plan: dict, *, fallback: tp.importance.Importance | None = "magnitude"):
         self._names = {m: n for n, m in model.named_modules()}
-        heads = {p.name for name, module in model.named_modules()
-                 if isinstance(layout := head_layout(name, module), HeadLayout) for p in layout.projections}
+        heads = {p.name for layout in head_layouts(model) for p in layout.projections}
         self._entries = {producer: entry for entry in plan["units"]
                          if (producer := entry["unit"].split("->")[0]) not in heads}
         self.fallback = tp.importance.GroupMagnitudeImportance(p=2) if fallback == "magnitude" else fallback

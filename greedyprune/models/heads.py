@@ -81,18 +81,26 @@ def head_layout(name: str, module: nn.Module) -> HeadLayout | str | None:
                              Projection(f"{prefix}v_proj", 1, dim)), f"{prefix}o_proj", groups, per_group, dim)
 
 
+def head_layouts(model: nn.Module) -> list[HeadLayout]:
+    """The head layout of every attention module of a recognised layout whose heads can be pruned."""
+    return [layout for name, module in model.named_modules()
+            if isinstance(layout := head_layout(name, module), HeadLayout)]
+
+
+def projection_names(name: str, module: nn.Module) -> list[str]:
+    """The names of the module's Linears of either layout that make queries, keys or values."""
+    prefix = f"{name}." if name else ""
+    return [prefix + attr for attr in ("qkv", "q_proj", "k_proj", "v_proj") if _linear(module, attr) is not None]
+
+
 def current_groups(model: nn.Module, layout: HeadLayout) -> int:
     return model.get_submodule(layout.output).in_features // layout.columns_per_group
 
 
-def _rows(projection: Projection, groups: int, keep: torch.Tensor) -> torch.Tensor:
-    """Row indices of the kept groups in a projection with `groups` groups now."""
-    part = torch.arange(projection.parts)[:, None, None] * groups * projection.rows_per_group
-    return (part + keep[None, :, None] * projection.rows_per_group + torch.arange(projection.rows_per_group)).flatten()
-
-
-def _columns(layout: HeadLayout, keep: torch.Tensor) -> torch.Tensor:
-    return (keep[:, None] * layout.columns_per_group + torch.arange(layout.columns_per_group)).flatten()
+def _indices(keep: torch.Tensor, block: int, parts: int = 1, groups: int = 0) -> torch.Tensor:
+    """The indices of the kept groups along a dim laid out [parts, groups, block]."""
+    part = torch.arange(parts)[:, None, None] * groups * block
+    return (part + keep[None, :, None] * block + torch.arange(block)).flatten()
 
 
 def group_l1(model: nn.Module, layout: HeadLayout) -> torch.Tensor:
@@ -127,8 +135,9 @@ def remove_groups(model: nn.Module, layout: HeadLayout, keep: torch.Tensor) -> N
     groups = current_groups(model, layout)
     keep = keep.cpu()
     for projection in layout.projections:
-        _select(model.get_submodule(projection.name), _rows(projection, groups, keep), 0)
-    _select(model.get_submodule(layout.output), _columns(layout, keep), 1)
+        _select(model.get_submodule(projection.name),
+                _indices(keep, projection.rows_per_group, projection.parts, groups), 0)
+    _select(model.get_submodule(layout.output), _indices(keep, layout.columns_per_group), 1)
     set_head_counts(model, layout)
 
 

@@ -23,7 +23,7 @@ from torch.nn.utils import prune
 
 from ..checks import arg_error, check_module
 from ..files import replace_atomically, torch_save_atomically
-from .heads import HeadLayout, head_layout, set_head_counts
+from .heads import head_layouts, set_head_counts
 
 FILE_FORMAT = 2
 ARCH_KEYS = ("name", "num_classes", "in_channels", "image_size")
@@ -135,8 +135,7 @@ def load_state_dict_resized(model: nn.Module, state: Mapping[str, torch.Tensor],
     """Resize model's layers to the state dict's shapes (pruned channels and heads), re-attach
     torch.nn.utils.prune masks, then load it strictly."""
     # the head layouts as built (head_dim is fixed), to set the head counts the resized layers hold
-    layouts = [layout for name, module in model.named_modules()
-               if isinstance(layout := head_layout(name, module), HeadLayout)]
+    layouts = head_layouts(model)
     for name, module in list(model.named_modules()):
         prefix = f"{name}." if name else ""
         if f"{prefix}weight_orig" in state and f"{prefix}weight_mask" in state:
