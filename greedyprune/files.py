@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping
 
@@ -35,6 +38,48 @@ def replace_atomically(path, write: Callable[[BinaryIO], object]) -> None:
 
 def torch_save_atomically(obj, path) -> None:
     replace_atomically(path, lambda f: torch.save(obj, f))
+
+
+# torch.save's two formats: a zip archive holding <name>/data.pkl (since torch 1.6), or the legacy
+# pickle stream that opens with MAGIC_NUMBER (a LONG1 of 10 bytes within the first bytes).
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x8a\x0a" + torch.serialization.MAGIC_NUMBER.to_bytes(10, "little")
+
+
+def read_torch_file(path, *, argument: str, mmap: bool = False):
+    """What torch.save wrote to `path`, loaded on the CPU with weights_only=True. An empty file,
+    a file of another kind (text, a zip without data.pkl), a truncated or damaged torch file and
+    one holding more than tensors and plain data are each one ArgumentError naming `argument`
+    and the file. mmap: map a zip-format file's tensors instead of reading them (to check a file)."""
+    from .checks import arg_error, check_file
+
+    check_file(argument, path)
+    name = repr(str(path))
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if not head:
+        raise arg_error(argument, f"{name} is empty (0 bytes), not a PyTorch file")
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and head.startswith(_ZIP_LOCAL_HEADER):
+        raise arg_error(argument, f"{name} is a truncated PyTorch file (a zip archive without its end)")
+    if is_zip:
+        with zipfile.ZipFile(path) as archive:
+            if not any(n.rpartition("/")[2] == "data.pkl" for n in archive.namelist()):
+                raise arg_error(argument, f"{name} is a zip archive but not a PyTorch file (no data.pkl in it)")
+    elif _LEGACY_MAGIC not in head:
+        raise arg_error(argument, f"{name} is not a PyTorch file (neither of torch.save's formats)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as err:
+        named = re.search(r"GLOBAL ([\w.]+)", str(err))  # the class or function the pickle asks for
+        detail = f"it names {named.group(1)}" if named else str(err).splitlines()[0][:120]
+        raise arg_error(argument, f"{name} holds more than tensors and plain data (refused, loading it could run "
+                                  f"code: {detail})") from None
+    except Exception as err:  # a damaged stream fails anywhere in torch's reader, with any type
+        raise arg_error(argument, f"{name} is a truncated or damaged PyTorch file ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:120] if str(err) else 'no detail'})") from None
 
 
 

@@ -3,18 +3,16 @@ atomically and read back with torch.load(weights_only=True), so a crafted file c
 RNG states travel as tensors, settings as dicts."""
 from __future__ import annotations
 
-import pickle
 import random
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import distributed
-from ..checks import arg_error
-from ..files import torch_save_atomically
+from ..checks import ArgumentError, arg_error
+from ..files import read_torch_file, torch_save_atomically
 
 
 def rng_state() -> dict:
@@ -73,11 +71,9 @@ def load_checkpoint(path, *, kind: str, file_format: int) -> dict:
     ValueError naming 'resume' and the file."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise arg_error("resume", f"cannot read {kind} checkpoint {str(path)!r} ({reason[:200]}); delete it or start "
-                                  "without resuming") from None
+        state = read_torch_file(path, argument="resume")
+    except ArgumentError as err:
+        raise ArgumentError(f"{err}; delete it or start without resuming") from None
     if not isinstance(state, dict) or state.get("format") != file_format:
         raise arg_error("resume", f"{str(path)!r} is not a {kind} checkpoint (format {file_format})")
     return state

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..checks import arg_error, check_callable, check_choice, check_file, check_int, check_module
-from ..files import torch_save_atomically
+from ..files import read_torch_file, torch_save_atomically
 from ..models import EXTERNAL_LIBRARIES, MODEL_NAMES, build_model, load_model, load_weights_into
 from .data import dataset_info, load_dataset, make_loader
 from .training import train
@@ -30,8 +30,9 @@ def check_model_source(source, weights=None, *, without_weights: str, source_fla
                        weights_flag: str = "--weights") -> None:
     """`source` names an existing save_model file (then without `weights`, as the file holds its
     own) or a model name; `weights`, if given, an existing file; a name without weights is refused
-    when without_weights="refuse". The errors name `source_flag` and `weights_flag`, the
-    arguments as the user typed them."""
+    when without_weights="refuse". Each file given must be a readable PyTorch file (read with its
+    tensors mapped, not loaded). The errors name `source_flag` and `weights_flag`, the arguments
+    as the user typed them."""
     check_choice("without_weights", without_weights, WITHOUT_WEIGHTS)
     if not isinstance(source, (str, os.PathLike)):
         raise arg_error(source_flag, f"must be a file or a model name, got {type(source).__name__}")
@@ -41,6 +42,7 @@ def check_model_source(source, weights=None, *, without_weights: str, source_fla
             check_file(weights_flag, weights)
             raise arg_error(weights_flag, "goes with a model name (resnet50, torchvision:vit_b_16, ...), not with "
                                           f"the saved model {source!r}, which holds its own weights")
+        read_torch_file(source, argument=source_flag, mmap=True)
         return
     if weights is None and without_weights == "refuse":
         raise arg_error(source_flag, f"{source!r} is not a file; give a save_model file, or a model name with "
@@ -51,7 +53,7 @@ def check_model_source(source, weights=None, *, without_weights: str, source_fla
         raise arg_error(source_flag, f"{source!r} is neither a file nor a model name ({', '.join(MODEL_NAMES)}, "
                                      "torchvision:<name>, timm:<name>)")
     if weights is not None:
-        check_file(weights_flag, weights)
+        read_torch_file(weights, argument=weights_flag, mmap=True)
 
 
 def resolve_model(source, data: str, *, without_weights: str, weights=None, seed: int = 0, epochs: int | None = None,

@@ -85,7 +85,8 @@ def _check_model_arguments(args) -> None:
         raise arg_error("--weights", "give --pretrained (a save_model file) or --weights (a state dict), not both")
     if args.pretrained is not None:
         check_file("--pretrained", args.pretrained)  # a file, never a model name
-    check_model_source(_model_source(args), args.weights, without_weights="train")
+    check_model_source(_model_source(args), args.weights, without_weights="train",
+                       source_flag="--model" if args.pretrained is None else "--pretrained")
 
 
 def _model_source(args):

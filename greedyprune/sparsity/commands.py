@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import distributed
 from ..checks import arg_error
 from ..harness.data import load_dataset
-from ..files import prepare_output_dir, write_json
+from ..files import prepare_output_dir, read_torch_file, write_json
 from ..models import load_weights
 from ..harness.model_source import check_model_source, resolve_model
 from .pqi import PAPER_PAIR, format_grid, format_table, grid_pairs, pqi_report
@@ -129,6 +129,7 @@ def _pairs(args: argparse.Namespace) -> list[tuple[float, float]]:
 def pqi_command(args: argparse.Namespace) -> int:
     pairs = _pairs(args)
     scopes = SCOPES if args.scope == "all" else (args.scope,)
+    read_torch_file(args.model, argument="model", mmap=True)  # one line naming the argument for any other file
     weights, masks = load_weights(args.model, args.arch, num_classes=args.num_classes,
                                   in_channels=args.in_channels, image_size=args.image_size)
     report = pqi_report(weights, pairs, masks=masks, scopes=scopes, gini=not args.no_gini)
