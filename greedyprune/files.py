@@ -7,6 +7,7 @@ import math
 import os
 import pickle
 import re
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -18,8 +19,9 @@ from .distributed import is_main
 
 
 def replace_atomically(path, write: Callable[[BinaryIO], object]) -> None:
-    """Call write(f) on a temp file beside `path`, then move it over `path`. In a torchrun job only
-    rank 0 writes (every process holds the same results; see distributed.py)."""
+    """Call write(f) on a temp file beside `path`, then move it over `path`, with the permission bits
+    open() would give (a new file 0666 less the umask, a replaced one its own). In a torchrun job
+    only rank 0 writes (every process holds the same results; see distributed.py)."""
     if not is_main():
         return
     path = Path(path)
@@ -27,6 +29,7 @@ def replace_atomically(path, write: Callable[[BinaryIO], object]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, _mode_open_would_give(path))  # mkstemp's 0600 would hide the file from other users
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -34,6 +37,16 @@ def replace_atomically(path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_open_would_give(path: Path) -> int:
+    """The permission bits open(path, "wb") leaves: an existing file's own, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def torch_save_atomically(obj, path) -> None:
