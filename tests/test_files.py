@@ -75,27 +75,3 @@ def test_checkpoint_random_states_round_trip_in_one_process_and_from_older_files
         restore_rng_states(saved)
         drawn = (torch.rand(2), random.random())
         assert torch.equal(drawn[0], expected[0]) and drawn[1] == expected[1]
-
-
-@pytest.fixture
-def umask_022():
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
-
-
-def test_written_files_get_the_mode_open_gives(tmp_path, umask_022):
-    import stat
-
-    import torch
-
-    from greedyprune.files import torch_save_atomically
-    write_json(tmp_path / "report.json", {"run": 1})
-    torch_save_atomically({"w": torch.ones(2)}, tmp_path / "model.pt")
-    with open(tmp_path / "plain.txt", "w"):  # what open() gives under this umask
-        pass
-    for name in ("report.json", "model.pt", "plain.txt"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
-    os.chmod(tmp_path / "report.json", 0o640)  # a replaced file keeps its mode, as open() keeps it
-    write_json(tmp_path / "report.json", {"run": 2})
-    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o640
