@@ -91,7 +91,7 @@ def main(weights: str, out: str) -> None:
                   SAPConfig(iterations=2, epochs=1, batch_size=64, lr=0.01), progress=False, figure=False)
     result["sap_masks"] = sap.masks
 
-    # resume: rank 0 writes the checkpoint, every process reads it and goes on to a second iteration
+    # resume: rank 0 writes the checkpoint (t = 0, 1), every process reads it and goes on to t = 2
     config = SAPConfig(iterations=1, epochs=1, batch_size=64, lr=0.01)
     run_sap(copy.deepcopy(model), train_set, test_set, config, out_dir=Path(out) / "sap", progress=False, figure=False)
     torch.distributed.barrier()

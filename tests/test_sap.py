@@ -97,7 +97,7 @@ def test_prune_smallest_drops_the_smallest_kept_magnitudes_of_each_segment(scope
             assert float(gone.abs().max()) <= float(kept.abs().min())
 
 
-def test_no_neuron_ever_loses_its_last_weight():
+def test_with_keep_last_weight_no_neuron_loses_its_last_weight():
     model = tiny_model()
     with torch.no_grad():
         model.fc.weight[2] *= 1e-6  # globally the smallest row: magnitude pruning would empty it
@@ -107,7 +107,7 @@ def test_no_neuron_ever_loses_its_last_weight():
     config = SAPConfig(scope="global", gamma=50.0, beta=0.9)
     counts = prune_counts(pqi_report(model, scopes=["global"]), config)
     assert int(counts[0]) == math.floor(0.9 * sum(w.numel() for w in weights.values()))
-    new = prune_smallest(weights, masks, counts, "global")
+    new = prune_smallest(weights, masks, counts, "global", keep_last_weight=True)
     assert all(int(row.sum()) >= 1 for row in rows_of(new))
     for name, row in (("fc.weight", 2), ("out.weight", 1)):
         kept = new[name][row]
@@ -115,7 +115,7 @@ def test_no_neuron_ever_loses_its_last_weight():
         assert int(weights[name][row].abs().argmax()) == int(kept.nonzero()[0])
     # the neuron scope with beta = 1 and a huge gamma would also empty rows
     counts = prune_counts(pqi_report(model, scopes=["neuron"]), SAPConfig(scope="neuron", gamma=1e6, beta=1.0))
-    new = prune_smallest(weights, masks, counts, "neuron")
+    new = prune_smallest(weights, masks, counts, "neuron", keep_last_weight=True)
     assert all(int(row.sum()) >= 1 for row in rows_of(new))
 
 
@@ -163,7 +163,7 @@ def test_sap_run_history_masks_and_files(tmp_path):
     config = SAPConfig(iterations=3, gamma=2.0, beta=0.5, **FAST)
     result = run_sap(tiny_model(), TRAIN, TEST, config, out_dir=tmp_path, progress=False)
     history = result.history
-    assert [e["iteration"] for e in history] == [0, 1, 2]
+    assert [e["iteration"] for e in history] == [0, 1, 2, 3]  # t = 0..T
     assert history[0]["remaining_percent"] == 100.0
     for before, after in zip(history, history[1:]):
         assert after["remaining"] == before["remaining"] - before["pruned"]
@@ -195,7 +195,7 @@ def test_lottery_prunes_a_fixed_ratio_and_one_shot_trains_once(monkeypatch):
 
     monkeypatch.setattr(sap, "train", counting_train)
     lottery = run_sap(tiny_model(), TRAIN, TEST, SAPConfig(method="lottery", iterations=3, **FAST), progress=False)
-    assert len(calls) == 3
+    assert len(calls) == 4
     for entry in lottery.history:
         assert entry["pruned"] == math.floor(0.2 * entry["remaining"])
 
@@ -237,7 +237,7 @@ def test_stop_when_pqi_rises(monkeypatch):
 
     rounds.clear()
     unstopped = run_sap(tiny_model(), TRAIN, TEST, SAPConfig(iterations=5, **FAST), progress=False)
-    assert len(unstopped.history) == 5 and unstopped.stopped is None
+    assert len(unstopped.history) == 6 and unstopped.stopped is None
 
 
 def strip_timing(history):
@@ -279,7 +279,7 @@ def test_resume_extends_a_finished_run_and_refuses_other_settings(tmp_path):
     short = run_sap(tiny_model(), TRAIN, TEST, SAPConfig(iterations=2, **FAST), out_dir=tmp_path, progress=False)
     longer = run_sap(tiny_model(), TRAIN, TEST, SAPConfig(iterations=3, **FAST), out_dir=tmp_path, resume=True,
                      progress=False)
-    assert strip_timing(longer.history[:2]) == strip_timing(short.history) and len(longer.history) == 3
+    assert strip_timing(longer.history[:3]) == strip_timing(short.history) and len(longer.history) == 4
     with pytest.raises(ValueError, match="'resume'.*gamma"):
         run_sap(tiny_model(), TRAIN, TEST, SAPConfig(iterations=3, gamma=2.0, **FAST), out_dir=tmp_path,
                 resume=True, progress=False)
@@ -322,7 +322,7 @@ def test_sap_command_runs_resumes_and_feeds_the_pqi_command(tmp_path, capsys):
     assert run_command(argv) == 0
     assert run_command(argv[:-4] + ["3", "--out", str(out), "--resume", "--no-progress"]) == 0
     history = json.loads((out / "results.json").read_text())["history"]
-    assert len(history) == 3 and "Lottery Ticket (0.2)" in capsys.readouterr().out
+    assert len(history) == 4 and "Lottery Ticket (0.2)" in capsys.readouterr().out
     report = tmp_path / "pqi.json"
     assert run_command(["pqi", str(out / "model.pt"), "--json", str(report)]) == 0
     data = json.loads(report.read_text())
@@ -339,23 +339,27 @@ def test_quick_demo_writes_its_table_json_and_figures(tmp_path):
     for arch, runs in summary["runs"].items():
         assert set(runs) == labels
         for history in runs.values():
-            assert len(history) == summary["settings"][arch]["iterations"]
+            assert len(history) == summary["settings"][arch]["iterations"] + 1
             assert history[-1]["remaining_percent"] < 100
             assert all(0.1 < e["accuracy"] <= 1 for e in history)  # above chance (10 classes)
     assert json.loads((tmp_path / "demo.json").read_text())["table"] == summary["table"]
 
 
 @pytest.mark.parametrize("argv, epochs, iterations, printed", [
-    ([], 10, 10, "recipe: fast (10 epochs x 10 iterations, batch 250, lr 0.1)"),
-    (["--recipe", "paper"], 200, 30, "recipe: paper (200 epochs x 30 iterations, batch 250, lr 0.1)"),
-    (["--recipe", "paper", "--model", "resnet18"], 200, 15, "recipe: paper (200 epochs x 15 iterations"),
-    (["--recipe", "paper", "--epochs", "2"], 2, 30, "recipe: paper (2 epochs x 30 iterations, batch 250, lr 0.1; "
-                                                    "--epochs given)"),
+    ([], 10, 10, "recipe: fast (10 epochs x T = 10 pruning iterations, 11 rounds, batch 250, lr 0.1)"),
+    (["--recipe", "paper"], 200, 30, "recipe: paper, Table 3 for mlp (200 epochs x T = 30 pruning iterations, 31 "
+                                     "rounds, batch 250, lr 0.1)"),
+    (["--recipe", "paper", "--model", "cnn"], 200, 30, "recipe: paper, Table 3 for cnn (200 epochs x T = 30"),
+    (["--recipe", "paper", "--model", "resnet18"], 200, 15, "recipe: paper, Table 3 for resnet18 (200 epochs x T = 15"),
+    (["--recipe", "paper", "--epochs", "2"], 2, 30, "recipe: paper, Table 3 for mlp (2 epochs x T = 30 pruning "
+                                                    "iterations, 31 rounds, batch 250, lr 0.1; --epochs given)"),
+    (["--recipe", "paper", "--model", "resnet20", "--iterations", "4"], 200, 4,
+     "recipe: paper (200 epochs x T = 4 pruning iterations, 5 rounds, batch 250, lr 0.1; --iterations given)"),
 ])
 def test_sap_recipe_sets_the_papers_budget_and_says_which_ran(tmp_path, capsys, monkeypatch, argv, epochs, iterations,
                                                               printed):
-    """--recipe paper is Table 3 of the PQI paper (E = 200; T = 30, or 15 for ResNet-18); explicit
-    flags win, and the command prints which recipe ran."""
+    """--recipe paper is Table 3 of the PQI paper (E = 200; T = 30 for the MLP and CNN, 15 for
+    ResNet-18); explicit flags win, and the command prints which recipe ran."""
     from greedyprune import cli
 
     seen = {}

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
                              ("--beta", float, "largest fraction of a scope pruned per iteration"),
                              ("--ratio", float, "baselines' fraction pruned per iteration"),
                              ("--epochs", int, "training epochs per iteration"),
-                             ("--iterations", int, "prune-rewind-retrain iterations"),
+                             ("--iterations", int, "T, the paper's pruning iterations: t = 0..T, so T + 1 "
+                                                   "rewind-train-prune rounds"),
                              ("--lr", float, "SGD learning rate (cosine decay)"),
                              ("--batch-size", int, "training batch size"), ("--seed", int, "initialisation seed")):
         dest = flag[2:].replace("-", "_")
@@ -45,13 +46,16 @@ def register(subparsers) -> None:
         else:
             sap.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
     sap.add_argument("--recipe", choices=("fast", "paper"), default="fast",
-                     help="fast: 10 epochs x 10 iterations (the demo); paper: the PQI paper's E = 200 epochs per "
-                          "iteration and T = 30 iterations (15 for ResNets), Table 3")
+                     help="fast: 10 epochs, T = 10; paper: the PQI paper's Table 3, E = 200 epochs and T per model "
+                          f"({', '.join(f'{m} {t}' for m, t in PAPER_ITERATIONS.items())}; other models need "
+                          "--iterations)")
     sap.add_argument("--weights", default=None,
                      help="initial weights for --model (what SAP rewinds to) instead of --seed's initialisation: a "
                           "state dict (torchvision / timm layout) or a checkpoint holding one")
     sap.add_argument("--stop-on-rising-pqi", action="store_true",
                      help="stop once the retrained model's global PQI_{p,q} rises (the paper's suggested extension)")
+    sap.add_argument("--keep-last-weight", action="store_true",
+                     help="never take a neuron's last weight (keeps its largest); not in the paper or its code")
     sap.add_argument("--out", required=True, help="output folder")
     sap.add_argument("--resume", action="store_true", help="continue from --out's checkpoint.pt if there is one")
     sap.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a finished run")
@@ -79,35 +83,46 @@ def register(subparsers) -> None:
 
 
 RECIPE_FIELDS = ("epochs", "iterations")
+# seed 003, sec. 4.1 and Table 3: E = 200 for every model; T = 30 for Linear, MLP and CNN, 15 for
+# ResNet-18 (the rest of Table 3 -- batch 250, SGD lr 0.1, momentum 0.9, weight decay 5e-4,
+# Nesterov, cosine -- are SAPConfig's defaults). The paper gives no T for other models.
+PAPER_EPOCHS = 200
+PAPER_ITERATIONS = {"mlp": 30, "cnn": 30, "resnet18": 15}
 
 
 def recipe_settings(recipe: str, model: str) -> dict:
-    """Epochs and iterations of a recipe: "fast" (SAPConfig's defaults) or "paper" (seed 003,
-    Table 3: E = 200, T = 30 for Linear/MLP/CNN and 15 for ResNet-18; the rest of Table 3 -- batch
-    250, SGD lr 0.1, momentum 0.9, weight decay 5e-4, Nesterov, cosine -- are SAPConfig's defaults)."""
+    """Epochs and iterations of a recipe: "fast" (SAPConfig's defaults) or "paper" (Table 3 for
+    `model`; iterations None for a model the paper did not run)."""
     if recipe == "paper":
-        return dict(epochs=200, iterations=15 if model.startswith("resnet") else 30)
+        return dict(epochs=PAPER_EPOCHS, iterations=PAPER_ITERATIONS.get(str(model)))
     return {name: getattr(SAPConfig(), name) for name in RECIPE_FIELDS}
 
 
 def sap_command(args: argparse.Namespace) -> int:
     recipe = recipe_settings(args.recipe, args.model)
+    if recipe["iterations"] is None and args.iterations is None:
+        raise arg_error("--recipe", f"paper gives T for {', '.join(PAPER_ITERATIONS)} only, not {args.model!r}: pass "
+                                    "--iterations")
     for name in RECIPE_FIELDS:
         if getattr(args, name) is None:
             setattr(args, name, recipe[name])
     config = SAPConfig(method=args.method, scope=args.scope, p=args.p, q=args.q, eta=args.eta, gamma=args.gamma,
                        beta=args.beta, ratio=args.ratio, iterations=args.iterations, epochs=args.epochs, lr=args.lr,
-                       batch_size=args.batch_size, seed=args.seed, stop_on_rising_pqi=args.stop_on_rising_pqi)
+                       batch_size=args.batch_size, seed=args.seed, stop_on_rising_pqi=args.stop_on_rising_pqi,
+                       keep_last_weight=args.keep_last_weight)
     distributed.per_rank(config.batch_size, "--batch-size")  # a global batch under torchrun
     explicit = [f"--{n}" for n in RECIPE_FIELDS if getattr(args, n) != recipe[n]]
-    print(f"recipe: {args.recipe} ({config.epochs} epochs x {config.iterations} iterations, batch {config.batch_size}, "
-          f"lr {config.lr:g}{'; ' + ', '.join(explicit) + ' given' if explicit else ''})")
+    source = f", Table 3 for {args.model}" if args.recipe == "paper" and recipe["iterations"] is not None else ""
+    ran = (f"{args.recipe}{source} ({config.epochs} epochs x T = {config.iterations} pruning iterations, "
+           f"{config.iterations + 1} rounds, batch {config.batch_size}, lr {config.lr:g}"
+           f"{'; ' + ', '.join(explicit) + ' given' if explicit else ''})")
+    print(f"recipe: {ran}")
     check_model_source(args.model, args.weights, without_weights="init")
     prepare_output_dir(args.out, finished=MODEL_FILE, resume=args.resume, overwrite=args.overwrite)
     # without --weights, --seed's initialisation: what SAP rewinds to
     model = resolve_model(args.model, args.data, without_weights="init", weights=args.weights, seed=config.seed)
     result = run_sap(model, load_dataset(args.data, "train"), load_dataset(args.data, "test"), config,
-                     out_dir=args.out, resume=args.resume, progress=not args.no_progress)
+                     out_dir=args.out, resume=args.resume, progress=not args.no_progress, recipe=ran)
     print(results_table({config.label: result.history}), end="")
     if result.stopped:
         print(f"stopped early: {result.stopped}")

@@ -18,7 +18,8 @@ from .sap import SAPConfig, run_sap
 
 DEMO_METHODS = (dict(method="sap", p=0.5, q=1.0), dict(method="sap", p=1.0, q=2.0),
                 dict(method="one-shot"), dict(method="lottery"))
-# iterations / epochs per model: full mode takes minutes on a 2-core CPU, quick mode well under one
+# T (pruning iterations, T + 1 rounds) / epochs per model: full mode takes minutes on a 2-core CPU, quick
+# mode well under one
 DEMO_SETTINGS = {
     False: {"mlp": dict(iterations=30, epochs=30), "cnn": dict(iterations=15, epochs=5)},
     True: {"mlp": dict(iterations=3, epochs=3), "cnn": dict(iterations=2, epochs=1)},
@@ -49,7 +50,7 @@ def run_demo(out_dir, *, quick: bool = False, progress: bool = True, seed: int =
             runs[arch][config.label] = result.history
         plot_runs(runs[arch], out / f"{arch}.png",
                   title=f"{arch.upper()} on digits, global pruning ({settings['epochs']} epochs per iteration)")
-    table = "\n".join(f"{arch.upper()} ({DEMO_SETTINGS[bool(quick)][arch]['iterations']} iterations, "
+    table = "\n".join(f"{arch.upper()} (T = {DEMO_SETTINGS[bool(quick)][arch]['iterations']} pruning iterations, "
                       f"{DEMO_SETTINGS[bool(quick)][arch]['epochs']} epochs each)\n" + results_table(by_method)
                       for arch, by_method in runs.items())
     print(table)

@@ -60,8 +60,9 @@ def plot_runs(runs: Mapping[str, Sequence[dict]], path, title: str = "") -> None
 
 
 def results_table(runs: Mapping[str, Sequence[dict]]) -> str:
-    """Plain-text table, one row per run: iterations, final remaining %, final and best accuracy, PQI, Gini."""
-    header = ["run", "iterations", "remaining %", "final acc %", "best acc %", "PQI", "Gini", "stopped"]
+    """Plain-text table, one row per run: rounds trained (T + 1), final remaining %, final and best accuracy, PQI,
+    Gini."""
+    header = ["run", "rounds", "remaining %", "final acc %", "best acc %", "PQI", "Gini", "stopped"]
     rows = []
     for label, history in runs.items():
         last = history[-1]

@@ -1,12 +1,14 @@
 """Sparsity-informed Adaptive Pruning (SAP, seed 003 Algorithm 1) and its two baselines.
 
-Every iteration t: rewind the model to its initial values with mask m_t (lottery-ticket style:
+As the paper's Algorithm 1, pruning iterations t = 0, 1, ..., T (T + 1 training rounds, T =
+`SAPConfig.iterations`); every iteration t: rewind the model to its initial values with mask m_t (lottery-ticket style:
 weights, biases and BatchNorm all rewound, masks kept), train E epochs with the pruned weights
 held at zero, measure (accuracy, PQI, Gini), then drop c smallest-magnitude kept weights per scope
 to make m_{t+1}. SAP takes c from the PQI bound (`ops.sap_prune_count`); "lottery" drops a fixed
 ratio of each scope's kept weights; "one-shot" trains once and prunes the trained w_0 by the same
-fixed ratio each iteration without retraining (the paper's One Shot). No neuron ever loses its last
-weight. After every iteration a checkpoint is written atomically; a resumed run is bit-exact
+fixed ratio each iteration without retraining (the paper's One Shot). `keep_last_weight` (off, as
+in the paper and the authors' code) keeps each neuron's largest weight when a drop would empty it.
+After every iteration a checkpoint is written atomically; a resumed run is bit-exact
 because every iteration draws its randomness from its own seed.
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .pqi import PAPER_PAIR, PQIReport, json_number, pqi_report, warn_outside_th
 from .weights import SCOPES, check_masks, prunable_weights, segment_offsets, segment_sums
 
 METHODS = ("sap", "lottery", "one-shot")
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: iterations is the paper's T (T + 1 rounds) and keep_last_weight is a setting
 CHECKPOINT_FILE = "checkpoint.pt"
 RESULTS_FILE = "results.json"
 FIGURE_FILE = "results.png"
@@ -54,7 +56,7 @@ class SAPConfig:
     gamma: float = 1.0  # scales the bound's pruning fraction
     beta: float = 0.9  # at most this fraction of a scope is pruned per iteration (SAP)
     ratio: float = 0.2  # the baselines' fixed fraction of kept weights pruned per iteration
-    iterations: int = 10  # prune-rewind-retrain rounds (each trains, measures, then prunes)
+    iterations: int = 10  # T: rounds t = 0..T (T + 1 of them) each rewind, train, measure, then prune
     epochs: int = 10
     lr: float = 0.1
     momentum: float = 0.9
@@ -63,6 +65,7 @@ class SAPConfig:
     batch_size: int = 250
     seed: int = 0
     stop_on_rising_pqi: bool = False  # stop once the global PQI_{p,q} of the retrained model rises
+    keep_last_weight: bool = False  # a neuron never loses its last kept weight (neither the paper's rule nor its code's)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -79,6 +82,8 @@ class SAPConfig:
                 raise arg_error(name, f"must lie in [{low}, {high}], got {value!r}")
         if not (is_real(self.ratio) and 0 < self.ratio < 1):
             raise arg_error("ratio", f"must lie in (0, 1), got {self.ratio!r}")
+        if not isinstance(self.keep_last_weight, bool):
+            raise arg_error("keep_last_weight", f"must be a bool, got {self.keep_last_weight!r}")
         if self.nesterov and self.momentum == 0:
             raise arg_error("nesterov", "needs momentum > 0")
         if not (is_real(self.lr) and self.lr > 0):
@@ -155,10 +160,12 @@ def prune_counts(report: PQIReport, config: SAPConfig) -> torch.Tensor:
     return torch.floor(stats.counts.to(torch.float64) * config.ratio).to(torch.int64)
 
 
-def prune_smallest(weights, masks: dict[str, torch.Tensor] | None, counts, scope: str) -> dict[str, torch.Tensor]:
+def prune_smallest(weights, masks: dict[str, torch.Tensor] | None, counts, scope: str, *,
+                   keep_last_weight: bool = False) -> dict[str, torch.Tensor]:
     """New masks: per segment of `scope`, the counts[l] smallest |w| among kept entries (masks None: all) dropped
-    (ties: lower index first), except that a neuron (output row) never loses its last kept weight:
-    a row the drop would empty keeps its largest one. weights: a module or {name: tensor} (see prunable_weights)."""
+    (ties: lower index first). keep_last_weight: a neuron (output row) never loses its last kept weight, a row
+    the drop would empty keeps its largest one (then fewer than counts[l] leave). weights: a module or
+    {name: tensor} (see prunable_weights)."""
     weights = prunable_weights(weights)
     masks = check_masks({} if masks is None else masks, weights)
     names = list(weights)
@@ -170,10 +177,11 @@ def prune_smallest(weights, masks: dict[str, torch.Tensor] | None, counts, scope
     drop = ops.segment_select(magnitude, counts, segment_offsets(shapes, scope, device),
                               eligible=keep, largest=False)
     new_keep = keep & ~drop
-    rows = segment_offsets(shapes, "neuron", device)
-    emptied = (segment_sums(keep, rows) > 0) & (segment_sums(new_keep, rows) == 0)
-    if bool(emptied.any()):
-        new_keep |= ops.segment_select(magnitude, emptied.to(torch.int64), rows, eligible=drop, largest=True)
+    if keep_last_weight:
+        rows = segment_offsets(shapes, "neuron", device)
+        emptied = (segment_sums(keep, rows) > 0) & (segment_sums(new_keep, rows) == 0)
+        if bool(emptied.any()):
+            new_keep |= ops.segment_select(magnitude, emptied.to(torch.int64), rows, eligible=drop, largest=True)
     out, start = {}, 0
     for name, shape in zip(names, shapes):
         n = math.prod(shape)
@@ -227,14 +235,15 @@ def _load_checkpoint(path: Path, config: SAPConfig, model: nn.Module) -> dict:
 
 
 def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir=None, resume: bool = False,
-            progress: bool = True, figure: bool = True) -> SAPResult:
-    """Prune `model` (its current weights are the initial ones) over `config.iterations` iterations.
+            progress: bool = True, figure: bool = True, recipe: str | None = None) -> SAPResult:
+    """Prune `model` (its current weights are the initial ones) over iterations t = 0..config.iterations.
 
     train_set/test_set: map-style datasets of (input, label). With `out_dir`, writes after every
     iteration checkpoint.pt (masks, current and initial weights, RNG states, history, iteration
     index) and results.json, and at the end model.pt (save_model, masks in meta) and, with `figure`,
     results.png. resume: continue from out_dir/checkpoint.pt when it exists (same settings;
     `iterations` may grow; the checkpoint holds tensors and plain data only, loaded with weights_only).
+    recipe: what chose the budget (e.g. "paper"), recorded in results.json.
     Every iteration seeds torch, numpy and random from (config.seed, t).
 
     History entries (one per iteration t): accuracy/loss of the retrained model (w_t, mask m_t),
@@ -274,8 +283,9 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
     test_loader = make_loader(test_set, config.batch_size, shuffle=False)
     pairs = tuple(dict.fromkeys([PAPER_PAIR, (config.p, config.q)]))
     scopes = tuple(dict.fromkeys(["layer", "global", config.scope]))
-    remaining_iterations = range(start, config.iterations) if stopped is None else range(0)
-    bar = tqdm(remaining_iterations, desc=config.label, disable=not progress, initial=start, total=config.iterations)
+    remaining_iterations = range(start, config.iterations + 1) if stopped is None else range(0)
+    bar = tqdm(remaining_iterations, desc=config.label, disable=not progress, initial=start,
+               total=config.iterations + 1)
     for t in bar:
         began = time.perf_counter()
         masks = next_masks
@@ -299,7 +309,8 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
             next_masks, stopped = masks, "pqi_rising"
             entry.update(pruned=0, stopped=stopped)
         else:
-            next_masks = prune_smallest(weights, masks, prune_counts(measured, config), config.scope)
+            next_masks = prune_smallest(weights, masks, prune_counts(measured, config), config.scope,
+                                        keep_last_weight=config.keep_last_weight)
             entry.update(_pruned_entry(model, weights, masks, next_masks, test_loader))
         entry["seconds"] = time.perf_counter() - began
         history.append(entry)
@@ -309,14 +320,14 @@ def run_sap(model: nn.Module, train_set, test_set, config: SAPConfig, *, out_dir
                 "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "next_iteration": t + 1,
                 "masks": masks, "next_masks": next_masks, "model_state": model.state_dict(), "init_state": initial,
                 "history": history, "rng": rng_states(), "stopped": stopped}, checkpoint)
-            write_json(out / RESULTS_FILE, run_summary(config, history, stopped))
+            write_json(out / RESULTS_FILE, run_summary(config, history, stopped, recipe))
         if stopped is not None:
             break
     bar.close()
 
     result = SAPResult(config, history, model, masks, next_masks, stopped)
     if out is not None:
-        write_json(out / RESULTS_FILE, run_summary(config, history, stopped))
+        write_json(out / RESULTS_FILE, run_summary(config, history, stopped, recipe))
         if figure:
             reporting.plot_runs({config.label: history}, out / FIGURE_FILE, title=config.label)
         save_model(model, out / MODEL_FILE, masks={k: v.cpu() for k, v in masks.items()},
@@ -365,9 +376,10 @@ def _rose(before: float | None, now: float | None) -> bool:
     return before is not None and now is not None and now > before
 
 
-def run_summary(config: SAPConfig, history: list[dict], stopped: str | None) -> dict:
-    """The JSON written to results.json: settings, every iteration, and the last one's headline numbers."""
+def run_summary(config: SAPConfig, history: list[dict], stopped: str | None, recipe: str | None = None) -> dict:
+    """The JSON written to results.json: settings, the recipe that chose them, every iteration, and the last
+    one's headline numbers."""
     last = history[-1] if history else {}
-    return {"label": config.label, "config": dataclasses.asdict(config), "stopped": stopped,
+    return {"label": config.label, "config": dataclasses.asdict(config), "recipe": recipe, "stopped": stopped,
             "final": {k: last.get(k) for k in ("iteration", "accuracy", "remaining_percent", "pqi", "gini")},
             "history": history}
