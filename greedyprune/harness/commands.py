@@ -1,6 +1,5 @@
 """The `greedyprune finetune` and `greedyprune eval` subcommands: what follows pruning in the
-greedy-imitation authors' workflow (docs/DESIGN.md, seed 000: SGD momentum 0.9, weight decay
-5e-5, cosine decay from lr 0.01, 0.001 for ResNet-34)."""
+greedy-imitation authors' workflow (`--recipe paper`: seed 000's fine-tuning, training.PAPER_FINETUNE)."""
 from __future__ import annotations
 
 import argparse
@@ -9,30 +8,39 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..checks import check_device, check_int
+from ..checks import arg_error, check_device, check_int
 from ..files import prepare_output_dir, write_json
 from ..models import save_model
 from .data import load_dataset, make_loader
 from .measure import model_stats
 from .model_source import check_model_source, resolve_model
-from .training import PRECISIONS, finetune
+from .training import FINETUNE_RECIPES, PAPER_FINETUNE_LR, PRECISIONS, QUICK_FINETUNE, finetune, finetune_recipe
 
 REPORT_NAME = "report.json"
 MODEL_NAME = "finetuned.pt"
+RECIPE_FLAGS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing")  # a recipe's settings
 
 
 def register(subparsers) -> None:
     ft = subparsers.add_parser(
-        "finetune", help="fine-tune a saved (e.g. pruned) model with the greedy paper's recipe",
-        description="SGD (momentum, weight decay), cosine decay per step, label smoothing; writes finetuned.pt "
-                    "(load_model) and report.json (before / after, loss per epoch) to --out.")
+        "finetune", help="fine-tune a saved (e.g. pruned) model (--recipe paper: the greedy paper's recipe)",
+        description="SGD (momentum, weight decay), cosine decay per step; writes finetuned.pt (load_model) and "
+                    "report.json (the recipe, before / after, loss per epoch) to --out.")
     _model_arguments(ft)
-    ft.add_argument("--epochs", type=int, default=3)
-    ft.add_argument("--lr", type=float, default=0.01, help="initial learning rate (the paper: 0.01; 0.001 for ResNet-34)")
-    ft.add_argument("--momentum", type=float, default=0.9)
-    ft.add_argument("--weight-decay", type=float, default=5e-5)
-    ft.add_argument("--label-smoothing", type=float, default=0.1)
-    ft.add_argument("--batch-size", type=int, default=64)
+    quick = QUICK_FINETUNE
+    ft.add_argument("--recipe", choices=FINETUNE_RECIPES, default="quick",
+                    help=f"quick (default): {quick['epochs']} epochs, batch {quick['batch_size']}, lr {quick['lr']:g}, "
+                         f"momentum {quick['momentum']:g}, weight decay {quick['weight_decay']:g}, label smoothing "
+                         f"{quick['label_smoothing']:g} (not the paper's); paper: seed 000's, SGD momentum 0.9, weight "
+                         "decay 5e-5, cosine, 150 epochs, batch 256, no label smoothing, lr per model ("
+                         + ", ".join(f"{m} {lr:g}" for m, lr in PAPER_FINETUNE_LR.items())
+                         + "; other models need --lr). The flags below override the recipe")
+    ft.add_argument("--epochs", type=int)
+    ft.add_argument("--lr", type=float, help="initial learning rate")
+    ft.add_argument("--momentum", type=float)
+    ft.add_argument("--weight-decay", type=float)
+    ft.add_argument("--label-smoothing", type=float)
+    ft.add_argument("--batch-size", type=int)
     ft.add_argument("--seed", type=int, default=0, help="data-order seed")
     ft.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ft.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -64,13 +72,44 @@ def _load(args) -> torch.nn.Module:
     return resolve_model(args.model, args.data, without_weights="refuse", weights=args.weights)
 
 
+def _architecture(model: torch.nn.Module, source: str) -> str:
+    """The architecture name a recipe goes by: the one build_model recorded (a saved model's), else
+    the name the user gave."""
+    return (getattr(model, "greedyprune_arch", None) or {}).get("name") or str(source)
+
+
+def _apply_recipe(args: argparse.Namespace, arch: str) -> dict:
+    """Fill the settings not given on the command line from `--recipe` for `arch`; returns what
+    report.json records of the recipe (name, architecture, settings, the flags given)."""
+    settings = finetune_recipe(args.recipe, arch)
+    if settings["lr"] is None and args.lr is None:
+        raise arg_error("--recipe", f"paper gives a learning rate for {', '.join(PAPER_FINETUNE_LR)} only, not "
+                                    f"{arch!r}: pass --lr")
+    given = [name for name in RECIPE_FLAGS if getattr(args, name) is not None]
+    for name in RECIPE_FLAGS:
+        if getattr(args, name) is None:
+            setattr(args, name, settings[name])
+    return {"name": args.recipe, "arch": arch, "settings": {name: getattr(args, name) for name in RECIPE_FLAGS},
+            "given": ["--" + name.replace("_", "-") for name in given]}
+
+
+def _describe(recipe: dict) -> str:
+    s = recipe["settings"]
+    given = f"; {', '.join(recipe['given'])} given" if recipe["given"] else ""
+    return (f"{recipe['name']} for {recipe['arch']} ({s['epochs']} epochs, batch {s['batch_size']}, lr {s['lr']:g}, "
+            f"momentum {s['momentum']:g}, weight decay {s['weight_decay']:g}, label smoothing "
+            f"{s['label_smoothing']:g}, cosine decay{given})")
+
+
 def _finetune_command(args: argparse.Namespace) -> int:
     device = check_device("--device", args.device)
+    model = _load(args)
+    recipe = _apply_recipe(args, _architecture(model, args.model))
     check_int("--epochs", args.epochs, minimum=1)
     check_int("--batch-size", args.batch_size, minimum=1)
     distributed.per_rank(args.batch_size, "--batch-size")  # a global batch under torchrun
-    model = _load(args)
     out = prepare_output_dir(args.out, finished=REPORT_NAME, overwrite=args.overwrite)
+    print(f"recipe: {_describe(recipe)}")
     train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")
     test_loader = make_loader(test_set, 256, shuffle=False)
     example = next(iter(test_loader))[0][:1]
@@ -84,7 +123,8 @@ def _finetune_command(args: argparse.Namespace) -> int:
     after = model_stats(model, test_loader, example)
     config = {k: v for k, v in vars(args).items() if k != "func"}
     save_model(model, out / MODEL_NAME, source="greedyprune finetune", config=config)
-    write_json(out / REPORT_NAME, {"config": config, "before": before, "after": after, "epoch_losses": losses})
+    write_json(out / REPORT_NAME, {"config": config, "recipe": recipe, "before": before, "after": after,
+                                   "epoch_losses": losses})
     print(f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f} after {args.epochs} epochs; "
           f"wrote {out / MODEL_NAME}, {out / REPORT_NAME}")
     return 0
