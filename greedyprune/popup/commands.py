@@ -44,9 +44,10 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=0.1, help="initial learning rate of the scores (0.1)")
     parser.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on the scores (5e-4)")
     parser.add_argument("--batch-size", type=int, default=256, help="(the paper's: 256)")
-    parser.add_argument("--bn", choices=BN_MODES, default="update",
-                        help="BatchNorm during the search: update (default: train mode, as the authors' code) or "
-                             "keep the pre-trained statistics untouched (no weight or statistic changes)")
+    parser.add_argument("--bn", choices=BN_MODES, default=SearchConfig.bn,
+                        help="BatchNorm during the search: keep (default: the pre-trained statistics, untouched, as "
+                             "the paper's 'no weight is modified') or update (train mode, as the authors' code: BN "
+                             "then adapts to the mask, part of the gain)")
     parser.add_argument("--reestimate-bn", action="store_true",
                         help="after the search, also re-estimate BN statistics on the training set and report the "
                              "test accuracy both ways (--export then carries the re-estimated ones)")
@@ -127,7 +128,9 @@ def run_search_command(args: argparse.Namespace) -> int:
         extra["bn_reestimated"] = dict(test_accuracy=test["accuracy"], test_loss=test["loss"])
     json_path, png_path = write_search_report(args.out, masked, history, config, **extra)
     first, last = history[0], history[-1]
-    print(f"sparsity {config.sparsity:.1%} over {covers(masked)}; ranking scope '{config.scope}'")
+    print(f"sparsity {config.sparsity:.1%} over {covers(masked)}; ranking scope '{config.scope}'; BatchNorm "
+          + ("statistics kept (no weight or statistic modified)" if config.bn == "keep"
+             else "in train mode (statistics updated during the search)"))
     print(f"magnitude mask: test accuracy {first['test_accuracy']:.2%}; after {last['epoch']} epochs of "
           f"'{config.schedule}': {last['test_accuracy']:.2%}, overlap with the magnitude mask {last['overlap']:.4f}")
     if extra:
