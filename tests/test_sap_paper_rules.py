@@ -87,3 +87,15 @@ def test_results_json_records_the_recipe_that_ran(tmp_path, capsys):
     assert printed == f"recipe: {summary['recipe']}"
     assert summary["recipe"].startswith("fast (1 epochs x T = 1 pruning iterations, 2 rounds")
     assert len(summary["history"]) == 2
+
+
+def test_a_checkpoint_of_the_old_format_is_one_line_naming_resume(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"format": 1, "config": {}}, out / "checkpoint.pt")  # what iterations meant before: T rounds
+    assert main(["sap", "--model", "mlp", "--epochs", "1", "--iterations", "1", "--resume", "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'resume'" in err and "format 1" in err and "format 2" in err and len(err.strip().splitlines()) == 1

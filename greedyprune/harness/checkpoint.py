@@ -74,6 +74,10 @@ def load_checkpoint(path, *, kind: str, file_format: int) -> dict:
         state = read_torch_file(path, argument="resume")
     except ArgumentError as err:
         raise ArgumentError(f"{err}; delete it or start without resuming") from None
+    if isinstance(state, dict) and isinstance(state.get("format"), int) and state["format"] != file_format:
+        raise arg_error("resume", f"{str(path)!r} is a {kind} checkpoint of format {state['format']}, this greedyprune "
+                                  f"resumes format {file_format} only (what the settings mean changed); start without "
+                                  "resuming")
     if not isinstance(state, dict) or state.get("format") != file_format:
         raise arg_error("resume", f"{str(path)!r} is not a {kind} checkpoint (format {file_format})")
     return state

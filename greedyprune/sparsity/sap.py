@@ -1,10 +1,10 @@
 """Sparsity-informed Adaptive Pruning (SAP, seed 003 Algorithm 1) and its two baselines.
 
 As the paper's Algorithm 1, pruning iterations t = 0, 1, ..., T (T + 1 training rounds, T =
-`SAPConfig.iterations`); every iteration t: rewind the model to its initial values with mask m_t (lottery-ticket style:
-weights, biases and BatchNorm all rewound, masks kept), train E epochs with the pruned weights
-held at zero, measure (accuracy, PQI, Gini), then drop c smallest-magnitude kept weights per scope
-to make m_{t+1}. SAP takes c from the PQI bound (`ops.sap_prune_count`); "lottery" drops a fixed
+`SAPConfig.iterations`); every iteration t: rewind the model to its initial values with mask m_t
+(lottery-ticket style: weights, biases and BatchNorm all rewound, masks kept), train E epochs with
+the pruned weights held at zero, measure (accuracy, PQI, Gini), then drop c smallest-magnitude kept
+weights per scope to make m_{t+1}. SAP takes c from the PQI bound (`ops.sap_prune_count`); "lottery" drops a fixed
 ratio of each scope's kept weights; "one-shot" trains once and prunes the trained w_0 by the same
 fixed ratio each iteration without retraining (the paper's One Shot). `keep_last_weight` (off, as
 in the paper and the authors' code) keeps each neuron's largest weight when a drop would empty it.
