@@ -23,6 +23,11 @@ from harness import Benchmark
 
 # (model, image size, classes): the zoo's ImageNet models at 224 and the CIFAR ResNet at 32
 MODELS = [("resnet20", 32, 10), ("resnet50", 224, 1000), ("mobilenet_v2", 224, 1000), ("vit_tiny", 224, 1000)]
+# A Llama-shaped decoder (Hugging Face transformers, random weights from a config): grouped-query
+# attention (8 query heads in 4 key/value groups), a gated MLP, RMSNorms; 128 tokens.
+LLAMA = dict(vocab_size=8192, hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+             num_key_value_heads=4, max_position_embeddings=256)
+LLAMA_TOKENS = 128
 WIDTH = 0.5
 TARGET_FLOPS = 0.5
 
@@ -36,13 +41,26 @@ def kept_channels(graph: UnitGraph, ratio: float, config: PruneConfig) -> dict:
     return dict(after)
 
 
-def model_row(name: str, size: int, classes: int) -> dict:
+def zoo_model(name: str, size: int, classes: int) -> tuple[torch.nn.Module, torch.Tensor, str]:
     torch.manual_seed(0)
-    model = build_model(name, num_classes=classes, image_size=size).eval()
-    example = torch.randn(1, 3, size, size)
-    graph = UnitGraph(copy.deepcopy(model), torch.randn(2, 3, size, size))
+    return build_model(name, num_classes=classes, image_size=size).eval(), torch.randn(2, 3, size, size), f"{size}px"
+
+
+def llama_model() -> tuple[torch.nn.Module, torch.Tensor, str] | None:
+    try:
+        import transformers
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)).eval()
+    return model, torch.randint(0, LLAMA["vocab_size"], (2, LLAMA_TOKENS)), f"{LLAMA_TOKENS} tokens"
+
+
+def model_row(model: torch.nn.Module, examples: torch.Tensor, size: str) -> dict:
+    example = examples[:1]
+    graph = UnitGraph(copy.deepcopy(model), examples)
     flops, params = count_flops(model, example), count_params(model)
-    row = {"image_size": size, "params": params, "flops": flops,
+    row = {"input": size, "params": params, "flops": flops,
            "units": dict(Counter(u.kind for u in graph.units)),
            "channels": dict(Counter({k: sum(u.channels for u in graph.units if u.kind == k) for k in UNIT_KINDS})),
            "left_whole": dict(Counter(s.reason for s in graph.skipped)), "settings": {}}
@@ -60,16 +78,21 @@ def model_row(name: str, size: int, classes: int) -> dict:
 
 def measure(quick: bool) -> dict:
     chosen = MODELS[:1] if quick else MODELS
-    return {"width": WIDTH, "target_flops": TARGET_FLOPS,
-            "models": {name: model_row(name, size, classes) for name, size, classes in chosen}}
+    models = {name: model_row(*zoo_model(name, size, classes)) for name, size, classes in chosen}
+    llama = None if quick else llama_model()
+    if llama is not None:
+        models["llama (HF, 8 x 512)"] = model_row(*llama)
+    return {"width": WIDTH, "target_flops": TARGET_FLOPS, "models": models}
 
 
 def notes(section: dict) -> list[str]:
     result = section["extra"]["result"]
     lines = [f"Uniform width {result['width']} per unit, and the uniform width bisected to "
              f"{result['target_flops']} x the FLOPs, with the inner units alone and with every group "
-             "(inner + residual). Channels: summed over the units of each kind.", "",
-             "| model | units inner / residual | channels inner / residual | after width "
+             f"({' + '.join(UNIT_KINDS)}). Units and channels per kind, in the order {' / '.join(UNIT_KINDS)} "
+             "(heads: key/value groups; embed: a transformer's width), summed over the units of each kind. "
+             f"The Llama-shaped decoder is Hugging Face's LlamaForCausalLM built from a config ({LLAMA}).", "",
+             f"| model | units {' / '.join(UNIT_KINDS)} | channels | after width "
              f"{result['width']}: inner-only / all | params kept inner-only / all | FLOPs kept inner-only / all "
              f"| FLOPs at target {result['target_flops']}: inner-only / all (width) | left whole |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -81,7 +104,7 @@ def notes(section: dict) -> list[str]:
 
         left = "; ".join(f"{n} {reason}" for reason, n in row["left_whole"].items())
         lines.append(
-            f"| {name} ({row['image_size']}px, {row['params'] / 1e6:.2f}M params, {row['flops'] / 1e9:.2f} GFLOPs) "
+            f"| {name} ({row['input']}, {row['params'] / 1e6:.2f}M params, {row['flops'] / 1e9:.2f} GFLOPs) "
             f"| {kinds(row['units'])} | {kinds(row['channels'])} "
             f"| {kinds(inner['width_channels'])} ; {kinds(every['width_channels'])} "
             f"| {inner['width_params'] / row['params']:.3f} / {every['width_params'] / row['params']:.3f} "
@@ -93,10 +116,10 @@ def notes(section: dict) -> list[str]:
 
 BENCHMARK = Benchmark(
     name="channel_groups",
-    title="Channel groups pruned per model (inner channels, residual streams)",
+    title="Channel groups pruned per model (inner channels, residual streams, heads, embedding width)",
     about="What `--groups` covers on the zoo's models: units and channels per kind of group, the parameters and "
           "FLOPs kept at a uniform width, and the FLOPs a uniform width reaches when asked for half, with the "
-          "inner units alone and with the residual streams too. `python benchmarks/run.py channel_groups`.",
+          "inner units alone and with every group. `python benchmarks/run.py channel_groups`.",
     extra=measure,
     notes=notes,
 )

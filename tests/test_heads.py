@@ -52,9 +52,9 @@ def _logits(model, x):
 def test_vit_heads_are_units_and_nothing_feeding_attention_is_left_out():
     graph = UnitGraph(tiny_vit(), images()[:2])
     assert [(u.kind, u.name, u.channels) for u in graph.units] == [
-        ("heads", "blocks.0.attn.qkv->blocks.0.attn.proj", 3), ("inner", "blocks.0.mlp.fc1->blocks.0.mlp.fc2", 24),
+        ("embed", "patch_embed.proj->blocks.0.attn.qkv+4", 12), ("heads", "blocks.0.attn.qkv->blocks.0.attn.proj", 3), ("inner", "blocks.0.mlp.fc1->blocks.0.mlp.fc2", 24),
         ("heads", "blocks.1.attn.qkv->blocks.1.attn.proj", 3), ("inner", "blocks.1.mlp.fc1->blocks.1.mlp.fc2", 24)]
-    unit = graph.units[0]
+    unit = _heads(graph)[0]
     assert unit.readers[0].columns_per_channel == 4 and unit.readers[0].channel_last and unit.fold_target is None
     assert not any("attention" in g.reason for g in graph.skipped)
 
@@ -88,7 +88,7 @@ def _check_removal_is_the_gated_network(model, x, unit, graph):
 def test_removing_vit_heads_computes_the_gated_network():
     model, x = tiny_vit(), images()
     graph = UnitGraph(model, x[:2])
-    _check_removal_is_the_gated_network(model, x, graph.units[2], graph)
+    _check_removal_is_the_gated_network(model, x, _heads(graph)[1], graph)
     attn = model.blocks[1].attn
     assert attn.num_heads == 2 and attn.qkv.out_features == 24 and attn.proj.in_features == 8
     assert attn.qkv.bias.shape == (24,)
@@ -122,7 +122,7 @@ def test_hugging_face_vit_heads_prune():
     _check_removal_is_the_gated_network(model, x, heads[1], graph)
     model = fresh
     results = prune_model(model, x, method="local", width_ratio=0.5, progress=False)
-    assert [r.width for r in results] == [2, 12, 2, 12]
+    assert [r.width for r in results] == [8, 2, 12, 2, 12]
     assert all(layer.attention.num_attention_heads == 2 for layer in model.vit.layers)
     assert model(x).logits.shape == (6, 5)
 
@@ -130,7 +130,7 @@ def test_hugging_face_vit_heads_prune():
 def test_head_gram_is_the_gram_of_the_heads_output_blocks():
     model, x = tiny_vit(), images()
     graph = UnitGraph(model, x[:2])
-    unit = graph.units[0]
+    unit = _heads(graph)[0]
     proj = graph.module(unit.consumer)
     seen = {}
     handle = proj.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0].detach()))
@@ -147,7 +147,7 @@ def test_head_gram_is_the_gram_of_the_heads_output_blocks():
 def test_taylor_scores_over_heads_equal_finite_differences(use_fx):
     model, x = tiny_vit(), images()
     graph = UnitGraph(model, x[:2])
-    unit = graph.units[2]
+    unit = _heads(graph)[1]
     ev = BatchSuffix(graph, unit, x, use_fx=use_fx)
     n = unit.channels
     a = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64)
@@ -164,7 +164,7 @@ def test_taylor_scores_over_heads_equal_finite_differences(use_fx):
 def test_head_magnitude_is_the_mean_l1_of_the_heads_rows_and_columns():
     model = tiny_vit()
     graph = UnitGraph(model, images()[:2])
-    unit = graph.units[0]
+    unit = _heads(graph)[0]
     qkv, proj = model.blocks[0].attn.qkv.weight.detach(), model.blocks[0].attn.proj.weight.detach()
     expected = torch.stack([(qkv.view(3, 3, 4, 12)[:, h].abs().sum() + proj[:, 4 * h:4 * h + 4].abs().sum()) / 2
                             for h in range(3)])
@@ -176,7 +176,7 @@ def test_reconstruct_refits_the_output_projection_on_the_kept_heads():
     model, x = tiny_vit(), images(12)
     reference = copy.deepcopy(model)
     graph = UnitGraph(model, x[:2])
-    unit = graph.units[0]
+    unit = _heads(graph)[0]
     seen = {}
     handle = reference.blocks[0].attn.proj.register_forward_hook(
         lambda _m, args, out: seen.update(x=args[0].detach(), y=out.detach()))
@@ -214,7 +214,7 @@ def test_llama_prunes_key_value_groups_end_to_end():
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")
     model, ids = tiny_llama(transformers), token_ids()
     results = prune_model(model, ids, method="refit", width_ratio=0.5, fold="reconstruct", progress=False)
-    assert [r.width for r in results] == [2, 10, 2, 10]
+    assert [r.width for r in results] == [12, 2, 10, 2, 10]
     for layer in model.model.layers:
         attn = layer.self_attn
         assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (16, 8, 16)

@@ -219,7 +219,7 @@ def test_groups_choose_the_kinds_pruned():
     assert [r.unit for r in inner] == ["a->b", "c->d"]
     streams = prune_model(_net(), x, method="local", width_ratio=0.5, groups=["residual"], progress=False)
     assert [r.unit for r in streams] == ["stem->a+2", "d->fc"]
-    for bad in ("inner", (), ("inner", "embed")):
+    for bad in ("inner", (), ("inner", "embedding")):
         with pytest.raises(ArgumentError, match="'groups'"):
             PruneConfig(groups=bad)
 
@@ -243,7 +243,7 @@ def test_the_report_lists_the_streams_left_by_groups(tmp_path, monkeypatch):
 def test_cli_groups_flag_rejects_unknown_kinds(capsys):
     from greedyprune.cli import main
     with pytest.raises(SystemExit) as stop:
-        main(["prune", "--model", "cnn", "--data", "digits", "--groups", "inner,embed"])
+        main(["prune", "--model", "cnn", "--data", "digits", "--groups", "inner,embedding"])
     assert stop.value.code == 2
     assert "--groups" in capsys.readouterr().err
 

@@ -45,14 +45,15 @@ def test_a_tolerance_width_is_rounded_up_along_the_criterion():
 def test_heads_are_not_rounded():
     model, x = tiny_vit(), vit_images()
     results = prune_model(model, x, method="local", width_ratio=0.4, round_to=8, progress=False)
-    assert [r.width for r in results] == [2, 16, 2, 16]  # heads of 3; MLP of 24: 10 -> 16
+    assert [r.width for r in results] == [8, 2, 16, 2, 16]  # width of 12: 5 -> 8; heads of 3; MLP of 24: 10 -> 16
 
 
-def test_round_to_above_a_unit_width_is_refused_in_one_line(capsys):
+def test_round_to_above_a_unit_width_is_refused_in_one_line(capsys, tmp_path):
     with pytest.raises(ArgumentError, match=r"'round_to'.*\(8\) is larger than unit stem->a\+2 \(6 channels\) and 2 more"):
         prune_model(_net(), _images(), method="local", width_ratio=0.5, round_to=8, progress=False)
     from greedyprune.cli import main
-    assert main(["prune", "--model", "cnn", "--data", "digits", "--width", "0.5", "--round-to", "4096"]) == 2
+    assert main(["prune", "--model", "cnn", "--data", "digits", "--width", "0.5", "--round-to", "4096",
+                 "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err  # after the digits CNN's training bars
     assert "Traceback" not in err and "'round_to' (4096) is larger than unit" in err.strip().splitlines()[-1]
 

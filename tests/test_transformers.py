@@ -24,9 +24,10 @@ class RMSNorm(nn.Module):
     def __init__(self, width: int):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(width))
+        self.eps = 1e-6
 
     def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
 class GatedMlp(nn.Module):
@@ -78,11 +79,11 @@ def _inner(graph: UnitGraph):
     return [u for u in graph.units if u.kind == "inner"]
 
 
-def test_vit_units_are_the_mlps_and_the_heads():
+def test_vit_units_are_the_embedding_width_the_mlps_and_the_heads():
     model = tiny_vit()
     graph = UnitGraph(model, images()[:2])
     assert [(u.kind, u.name) for u in graph.units] == [
-        ("heads", "blocks.0.attn.qkv->blocks.0.attn.proj"), ("inner", "blocks.0.mlp.fc1->blocks.0.mlp.fc2"),
+        ("embed", "patch_embed.proj->blocks.0.attn.qkv+4"), ("heads", "blocks.0.attn.qkv->blocks.0.attn.proj"), ("inner", "blocks.0.mlp.fc1->blocks.0.mlp.fc2"),
         ("heads", "blocks.1.attn.qkv->blocks.1.attn.proj"), ("inner", "blocks.1.mlp.fc1->blocks.1.mlp.fc2")]
     assert all(u.readers[0].channel_last and u.channels == 24 and u.readers[0].columns_per_channel == 1
                for u in _inner(graph))
@@ -90,10 +91,10 @@ def test_vit_units_are_the_mlps_and_the_heads():
 
 def test_gated_mlp_is_one_unit_of_both_projections():
     graph = UnitGraph(tiny_decoder(), token_ids()[:2])
-    assert [(u.producer, u.co_producers, u.consumer) for u in graph.units] == [
+    assert [(u.producer, u.co_producers, u.consumer) for u in _inner(graph)] == [
         ("mlps.0.gate_proj", ["mlps.0.up_proj"], "mlps.0.down_proj"),
         ("mlps.1.gate_proj", ["mlps.1.up_proj"], "mlps.1.down_proj")]
-    assert graph.units[0].fold_target is None  # a product of producers: gates fold into the consumer only
+    assert _inner(graph)[0].fold_target is None  # a product of producers: gates fold into the consumer only
 
 
 def _removed(model: nn.Module, unit, drop: int, x) -> torch.Tensor:
@@ -172,13 +173,13 @@ def test_fixed_steps_and_taylor_scores_on_token_channels(make, inputs):
 def test_transformers_prune_to_the_asked_width(method):
     vit, x = tiny_vit(), images()
     results = prune_model(vit, x, method=method, width_ratio=0.5, progress=False)
-    assert [r.width for r in results] == [1, 12, 1, 12]  # heads, MLP per block
+    assert [r.width for r in results] == [4, 1, 12, 1, 12]  # embedding width; heads, MLP per block
     assert all(b.mlp.fc1.out_features == 12 and b.mlp.fc2.in_features == 12 and b.attn.num_heads == 1
                for b in vit.blocks)
     assert vit(x).shape == (6, 5)
     decoder, ids = tiny_decoder(), token_ids()
     results = prune_model(decoder, ids, method=method, width_ratio=0.5, progress=False)
-    assert [r.width for r in results] == [6, 6]
+    assert [r.width for r in results] == [4, 6, 6]
     for mlp in decoder.mlps:
         assert mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features == 6
     assert decoder(ids).shape == (6, 5, 11)
@@ -212,7 +213,7 @@ def test_models_returning_a_dict_or_tuple_prune(as_tuple):
     ids = token_ids()
     expected = prune_model(plain, ids, method="global", width_ratio=0.5, progress=False)
     got = prune_model(wrapped, ids, method="global", width_ratio=0.5, progress=False)
-    assert [r.kept for r in got] == [r.kept for r in expected] and all(r.width == 6 for r in got)
+    assert [r.kept for r in got] == [r.kept for r in expected] and [r.width for r in got] == [4, 6, 6]
 
 
 @pytest.mark.parametrize("method", ["local", "hybrid"])
@@ -233,7 +234,7 @@ def test_hugging_face_llama_from_a_config_prunes_end_to_end(method):
         f"model.layers.{i}.self_attn.q_proj" for i in range(2)]
     assert not {p for g in graph.skipped for p in g.producers} & {"model.layers.0.self_attn.q_proj"}
     results = prune_model(model, ids, method=method, width_ratio=0.5, progress=False)
-    assert [r.width for r in results] == [1, 24, 1, 24]  # of 2 key/value groups, of 48 MLP units
+    assert [r.width for r in results] == [16, 1, 24, 1, 24]  # hidden size; of 2 key/value groups, of 48 MLP units
     for layer in model.model.layers:
         assert layer.mlp.gate_proj.out_features == layer.mlp.up_proj.out_features == layer.mlp.down_proj.in_features == 24
     assert model(ids).logits.shape == (4, 12, 64)

@@ -56,8 +56,9 @@ class PruneConfig:
         consumer's output just before the unit).
     groups: the kinds of channel group pruned (surgery.UNIT_KINDS: "inner", a layer's hidden
         channels read by one layer; "residual", a residual stream with every layer that makes or
-        reads it; "heads", an attention module's whole heads); the others are left whole and
-        listed in the report.
+        reads it; "heads", an attention module's whole heads; "embed", a residual stream read
+        through LayerNorms or RMSNorms, a transformer's embedding width); the others are left
+        whole and listed in the report.
     round_to: every inner and residual unit keeps a multiple of this many channels (or all of
         them), for hardware that runs widths of multiples of 8 or 16 fastest; a width or a
         tolerance's width is rounded up. Heads are whole already and not rounded.

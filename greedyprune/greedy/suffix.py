@@ -44,7 +44,7 @@ class BatchSuffix:
         self._suffix = None
         self._all_contributions = None
         self._consumer_out_per_sample = None
-        if use_fx and len(unit.readers) == 1:
+        if use_fx and len(unit.readers) == 1 and not unit.norms:  # a norm before the reader: full forwards
             try:
                 self._suffix = _TracedSuffix(self.model, unit.consumer, inputs)
             except (fx.proxy.TraceError, NotImplementedError, TypeError, ValueError, RuntimeError):
@@ -197,7 +197,8 @@ class BatchSuffix:
 
                     handles.append(self.graph.module(reader.name).register_forward_pre_hook(hook))
                 try:
-                    logits = logits_of(self.model(self.inputs))
+                    with self.graph.renormalised(self.unit, gates):
+                        logits = logits_of(self.model(self.inputs))
                 finally:
                     for handle in handles:
                         handle.remove()

@@ -11,7 +11,12 @@ A unit is a group of hidden channels removed together, with the linear layers th
   of the stream (the stem and each block's last layer, a projection shortcut), their BNs, and
   every layer that reads the stream (each block's first layer, a projection shortcut, the head);
 - "heads": an attention module's heads (key/value groups under grouped-query attention), whole
-  heads removed from its q/k/v projections and its output projection (heads.py).
+  heads removed from its q/k/v projections and its output projection (heads.py);
+- "embed": a residual stream normalised by LayerNorms or RMSNorms (a transformer's embedding
+  width), with the norms, positional embeddings and class token among its members. The norms'
+  statistics change when channels go, so a gated forward takes them over the kept channels
+  (models/norms.py) and stays the pruned network's forward. The Gram imitates the readers' inputs,
+  the norms' outputs as the unpruned model computes them (docs/DESIGN.md §units).
 A Linear reads its channels on the last dim, so (batch, tokens, channels) activations are units too.
 Greedy imitation weighs channel i of a unit by a gate c_i on every reader's input. Where the
 stream's only other users are adds and channel-wise ops that end in readers, gating every reader
@@ -27,9 +32,8 @@ Where a gate is folded (`FOLDS`) matters for fine-tuning, not for the function:
   units with ReLU6/GELU/SiLU on the path, and residual streams, fall back to "consumer";
 - "split": sqrt(gate) on each side (same condition);
 - "none": the gates are dropped; the kept channels are removed plainly.
-Streams normalised by a LayerNorm or GroupNorm (a transformer's embedding width) and attention
-layouts heads.py does not recognise are left out; run_pruning lists every group left out in
-report.json ("left_unpruned").
+Streams normalised by a GroupNorm and attention layouts heads.py does not recognise are left out;
+run_pruning lists every group left out in report.json ("left_unpruned").
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import torch_pruning as tp
 
 from ..checks import arg_error, check_choice
 from ..models.heads import HeadLayout, current_groups, group_l1, head_layout, projection_names, remove_groups
+from ..models.norms import is_stream_norm, kept_channel_norm, norm_refusal
 from .outputs import logits_of
 
 
@@ -57,7 +62,7 @@ class Reader:
     channel_last: bool = False
 
 
-UNIT_KINDS = ("inner", "residual", "heads")
+UNIT_KINDS = ("inner", "residual", "heads", "embed")
 
 
 @dataclass
@@ -78,6 +83,8 @@ class Unit:
     fold_blocker: str = ""
     # Kind "heads": the attention module's layout (its channels are key/value groups).
     heads: HeadLayout | None = None
+    # Kind "embed": the norms over the stream's channels (models/norms.py).
+    norms: list[str] = field(default_factory=list)
 
     @property
     def consumer(self) -> str:
@@ -145,6 +152,8 @@ class UnitGraph:
         finally:
             model.train(was_training)
         self._order = {n: i for i, n in enumerate(self._names.values())}
+        self._norm_weights = {m.weight: n for n, m in model.named_modules()
+                              if is_stream_norm(m) and isinstance(getattr(m, "weight", None), nn.Parameter)}
         self.units: list[Unit] = []
         self.skipped: list[SkippedGroup] = []
         # Layers whose channels feed attention are no Torch-Pruning group (Torch-Pruning 1.6 never
@@ -207,6 +216,10 @@ class UnitGraph:
             dep = item.dep
             module = dep.target.module
             name = self._names.get(module)
+            if name is None and module in self._norm_weights:
+                # a norm Torch-Pruning traced op by op (Hugging Face's RMSNorms): its weight is the member
+                others.append(self._norm_weights[module])
+                continue
             if name is None:  # Torch-Pruning's own nodes: flatten, elementwise ops, adds
                 # an add of two tensors (a residual); x + 1 has one input and keeps channels apart
                 residual |= "AddBackward" in str(dep.target.name) and len(dep.target.inputs) > 1
@@ -243,18 +256,22 @@ class UnitGraph:
             self.skipped.append(SkippedGroup(producers, "residual stream without a linear " +
                                              ("producer" if not producers else "reader (model output)")))
             return
-        for name in members:
+        norms = []
+        for name in dict.fromkeys(members):
             module = self.module(name)
-            if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
-                self.skipped.append(SkippedGroup(producers, f"residual stream normalised by {name} "
-                                                            f"({type(module).__name__}: embedding width)"))
-                return
-            if not isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Dropout)):
+            if is_stream_norm(module):
+                refusal = norm_refusal(name, module)
+                if refusal is not None:
+                    self.skipped.append(SkippedGroup(producers, f"residual stream normalised by {refusal}"))
+                    return
+                norms.append(name)
+            elif not isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.Identity, nn.Dropout, nn.Embedding)):
                 self.skipped.append(SkippedGroup(producers, f"residual stream through {name} "
                                                             f"({type(module).__name__})"))
                 return
-        unit = self._unit(producers, readers, members, "residual")
+        unit = self._unit(producers, readers, members, "embed" if norms else "residual")
         if unit is not None:
+            unit.norms = norms
             unit.fold_blocker = f"a residual stream read by {len(readers)} layer(s)"
             self.units.append(unit)
 
@@ -320,6 +337,21 @@ class UnitGraph:
         handles = [self.module(reader.name).register_forward_pre_hook(
             lambda _m, args, reader=reader: (apply_gates(args[0], gates, reader),) + tuple(args[1:]))
             for reader in unit.readers]
+        try:
+            with self.renormalised(unit, gates):
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextlib.contextmanager
+    def renormalised(self, unit: Unit, gates: torch.Tensor):
+        """For the duration of the block, the unit's norms (kind "embed") take their statistics
+        over the channels whose gate is not zero, as they do once the others are removed; with
+        the readers gated too, a gated forward is the pruned network's."""
+        keep = gates.detach()
+        handles = [self.module(name).register_forward_hook(
+            lambda module, args, _out: kept_channel_norm(module, args[0], keep)) for name in unit.norms]
         try:
             yield
         finally:

@@ -143,9 +143,10 @@ def load_state_dict_resized(model: nn.Module, state: Mapping[str, torch.Tensor],
             if resized is not module:
                 model.set_submodule(name, resized)
             prune.custom_from_mask(resized, "weight", torch.ones_like(state[f"{prefix}weight_mask"], dtype=torch.bool))
-        elif f"{prefix}weight" in state and getattr(module, "weight", None) is not None:
-            if tuple(module.weight.shape) != tuple(state[f"{prefix}weight"].shape):
-                model.set_submodule(name, _resized(module, state[f"{prefix}weight"].shape, state, prefix))
+        elif f"{prefix}weight" in state and isinstance(module, _RESIZED_BY_TYPE) \
+                and tuple(module.weight.shape) != tuple(state[f"{prefix}weight"].shape):
+            model.set_submodule(name, _resized(module, state[f"{prefix}weight"].shape, state, prefix))
+    _resize_parameters(model, state)
     for layout in layouts:
         set_head_counts(model, layout)
     try:
@@ -183,6 +184,19 @@ def _is_state_dict(value) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
 
+def _resize_parameters(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Give every other parameter the state dict's shape (a positional embedding, a class token,
+    an RMSNorm's weight: a pruned embedding width); loading fills them."""
+    for key, param in list(model.named_parameters()):
+        if key in state and tuple(param.shape) != tuple(state[key].shape):
+            owner, _, attr = key.rpartition(".")
+            setattr(model.get_submodule(owner), attr,
+                    nn.Parameter(param.new_empty(state[key].shape), requires_grad=param.requires_grad))
+
+
+_RESIZED_BY_TYPE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.Embedding)
+
+
 def _resized(module: nn.Module, weight_shape, state, prefix: str) -> nn.Module:
     """A fresh module of module's kind with the weight shape `weight_shape`."""
     has_bias = f"{prefix}bias" in state
@@ -198,4 +212,7 @@ def _resized(module: nn.Module, weight_shape, state, prefix: str) -> nn.Module:
         return type(module)(weight_shape[0], module.eps, module.momentum, module.affine, module.track_running_stats)
     if isinstance(module, nn.LayerNorm):
         return nn.LayerNorm(tuple(weight_shape), module.eps, module.elementwise_affine, bias=has_bias)
+    if isinstance(module, nn.Embedding):
+        return nn.Embedding(weight_shape[0], weight_shape[1], module.padding_idx, module.max_norm, module.norm_type,
+                            module.scale_grad_by_freq, module.sparse)
     raise arg_error("path", f"cannot resize layer {prefix[:-1]!r} ({type(module).__name__}) to {tuple(weight_shape)}")
