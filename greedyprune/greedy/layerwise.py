@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..checks import ArgumentError, arg_error, check_finite_weights
 from ..harness.training import recalibrate_batchnorm
 from .calibration import CalibrationBatches, InputsOf, calibration_batches, is_sequence
+from .keyword_batches import keyword_inputs, pack_keyword_batches
 from .config import PruneConfig
 from .criteria import CRITERIA
 from .criterion import Criterion, UnitContext
@@ -41,7 +42,9 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     config: a PruneConfig, or its fields as keyword options (method, tol, width_ratio, fold, ...).
     calib: the calibration images the network discrepancy is measured on: a tensor (with
     `labels` for "gfs", which scores cross-entropy on true labels) or an iterable of batches
-    (tensors or (inputs, labels) pairs, e.g. a DataLoader); with config.step_batch they are cut
+    (tensors, (inputs, labels) pairs, or dicts of keyword inputs such as a tokenizer's
+    `input_ids` and `attention_mask`, with any "labels": keyword_batches.py; e.g. a DataLoader);
+    with config.step_batch they are cut
     into mini-batches of that size, one per global-imitation step. gram_batches: the inputs the
     Grams and BN re-estimation stream (default: the calibration inputs).
     Memory: a sequence of batches (a list, or any object with len() and [i] that loads batch i,
@@ -54,6 +57,17 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     config = _config(config, options)
     config.check_stopping_rule()
     check_finite_weights("model", model)
+    calib, keys = pack_keyword_batches(calib)
+    gram_batches, keys = pack_keyword_batches(gram_batches, "gram_batches", keys)
+    if keys is not None and gram_batches is not None:
+        gram_batches = InputsOf(calibration_batches(gram_batches))  # packed dicts may carry labels
+    with keyword_inputs(model, keys):
+        return _prune(model, calib, config, labels, gram_batches, units, graph, progress)
+
+
+def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | None,
+           gram_batches: Iterable[torch.Tensor] | None, units: list[str] | None, graph: UnitGraph | None,
+           progress: bool) -> list[UnitResult]:
     criterion, exporter = CRITERIA[config.method], EXPORTERS[config.fold]
     batches = calibration_batches(calib, labels)
     if criterion.needs_labels and any(y is None for _, y in batches):
