@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -36,7 +36,9 @@ from .surgery import Unit, UnitGraph
 
 def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, labels: torch.Tensor | None = None,
                 gram_batches: Iterable[torch.Tensor] | None = None, units: list[str] | None = None,
-                graph: UnitGraph | None = None, progress: bool = True, **options) -> list[UnitResult]:
+                graph: UnitGraph | None = None, progress: bool = True,
+                ignored_layers: Iterable[str | nn.Module] | None = None, width_ratios: Mapping[str, float] | None = None,
+                **options) -> list[UnitResult]:
     """Prune `model` in place; returns one UnitResult per unit (together: the plan).
 
     config: a PruneConfig, or its fields as keyword options (method, tol, width_ratio, fold, ...).
@@ -51,8 +53,11 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     e.g. from disk) is read batch by batch whenever needed and never held whole, so memory does
     not grow with the calibration set; other iterables (a DataLoader) are read once and kept.
     units: only these (names as UnitResult.unit gives them); default every unit of a kind in
-    config.groups. graph: the model's UnitGraph
-    when the caller has built one (it is traced once).
+    config.groups. ignored_layers: modules (or their names) whose output channels stay whole:
+    every unit they produce (for heads: any of the attention's projections) is left out.
+    width_ratios: a width ratio per unit, by the unit's name or the name of a module that produces
+    it (a producer, a co-producer, an attention module), instead of config.width_ratio. graph:
+    the model's UnitGraph when the caller has built one (it is traced once).
     """
     config = _config(config, options)
     config.check_stopping_rule()
@@ -62,12 +67,48 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     if keys is not None and gram_batches is not None:
         gram_batches = InputsOf(calibration_batches(gram_batches))  # packed dicts may carry labels
     with keyword_inputs(model, keys):
-        return _prune(model, calib, config, labels, gram_batches, units, graph, progress)
+        return _prune(model, calib, config, labels, gram_batches, units, graph, progress,
+                      _UnitChoices(ignored_layers, width_ratios))
+
+
+@dataclass
+class _UnitChoices:
+    """Which units a caller leaves out (ignored_layers) and the width ratios it gives some."""
+
+    ignored_layers: Iterable[str | nn.Module] | None
+    width_ratios: Mapping[str, float] | None
+
+    def kept(self, graph: UnitGraph, todo: list[Unit]) -> list[Unit]:
+        if self.ignored_layers is None:
+            return todo
+        names = {graph.name_of(layer, "ignored_layers") for layer in self.ignored_layers}
+        return [u for u in todo if not names & set(_producer_names(u))]
+
+    def configs(self, graph: UnitGraph, todo: list[Unit], config: PruneConfig) -> dict[str, PruneConfig]:
+        """unit name -> its config, for the units given a width ratio."""
+        if not self.width_ratios:
+            return {}
+        if not isinstance(self.width_ratios, Mapping):
+            raise arg_error("width_ratios", f"must map unit or module names to ratios, got {type(self.width_ratios).__name__}")
+        configs = {}
+        for key, ratio in self.width_ratios.items():
+            found = [u for u in todo if key == u.name or key in _producer_names(u)]
+            if not found:
+                raise arg_error("width_ratios", f"names {key!r}, which is no unit pruned here nor a module producing "
+                                                f"one; units: {[u.name for u in todo][:6]}{' ...' if len(todo) > 6 else ''}")
+            for unit in found:
+                configs[unit.name] = replace(config, width_ratio=ratio)  # PruneConfig checks the ratio
+        return configs
+
+
+def _producer_names(unit: Unit) -> list[str]:
+    names = [unit.producer, *unit.co_producers]
+    return names + [unit.heads.attention] if unit.heads is not None else names
 
 
 def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | None,
            gram_batches: Iterable[torch.Tensor] | None, units: list[str] | None, graph: UnitGraph | None,
-           progress: bool) -> list[UnitResult]:
+           progress: bool, choices_asked: _UnitChoices) -> list[UnitResult]:
     criterion, exporter = CRITERIA[config.method], EXPORTERS[config.fold]
     batches = calibration_batches(calib, labels)
     if criterion.needs_labels and any(y is None for _, y in batches):
@@ -89,10 +130,14 @@ def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | 
         skipped = "; ".join(f"{', '.join(g.producers) or '?'}: {g.reason}" for g in graph.skipped)
         raise ValueError(f"greedyprune: {type(model).__name__} has no prunable unit (channel groups: {skipped})")
     todo = [u for u in graph.units if u.kind in config.groups] if units is None else [graph.unit(n) for n in units]
+    if todo and not choices_asked.kept(graph, todo):
+        raise arg_error("ignored_layers", f"leaves none of the {len(todo)} unit(s) to prune")
+    todo = choices_asked.kept(graph, todo)
     if not todo:
         raise arg_error("groups", f"{list(config.groups)} select no unit of {type(model).__name__} (its units are of "
                                   f"kinds {sorted({u.kind for u in graph.units})})")
     config = config.per_unit(len(todo))
+    unit_configs = choices_asked.configs(graph, todo, config)
     criterion.check(config)
     narrow = [u for u in todo if u.kind != "heads" and u.channels < config.round_to]
     if narrow:
@@ -107,7 +152,8 @@ def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | 
                          fused=config.measured_on_export and grams_on_calibration and reads_moments)
     # the unpruned network, whose consumer outputs a refit matches
     reference = copy.deepcopy(model).eval() if exporter.needs_reference(config) else None
-    steps = _UnitSteps(graph, batches, gram_batches, config, criterion, exporter, cache, reference, progress)
+    steps = _UnitSteps(graph, batches, gram_batches, config, unit_configs, criterion, exporter, cache, reference,
+                       progress)
     choices = []
     bar = tqdm(todo, desc=f"prune ({config.method})", unit="unit", disable=not progress)
     try:
@@ -117,7 +163,7 @@ def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | 
             bar.set_postfix_str(f"{unit.name}: {unit.channels}->{choices[-1].selection.width}")
     finally:
         model.train(was_training)
-    return [choice.result(config, cache) for choice in choices]
+    return [choice.result(cache) for choice in choices]
 
 
 def _config(config: PruneConfig | None, options: dict) -> PruneConfig:
@@ -133,12 +179,13 @@ class _UnitChoice:
     """One unit's choice and export, before the cache knows its exported discrepancy."""
 
     unit: Unit
+    config: PruneConfig
     selection: Selection
     exported: Exported
     seconds: dict[str, float]
 
-    def result(self, config: PruneConfig, cache: ForwardCache) -> UnitResult:
-        chosen, n = self.selection, self.unit.channels
+    def result(self, cache: ForwardCache) -> UnitResult:
+        chosen, n, config = self.selection, self.unit.channels, self.config
         exported = cache.exported.get(self.unit.name)
         seconds = dict(self.seconds)
         if self.unit.name in cache.seconds:
@@ -160,9 +207,11 @@ class _UnitChoice:
 class _UnitSteps:
     """The steps of one unit, with what every unit of a prune_model run shares."""
 
-    def __init__(self, graph: UnitGraph, batches, gram_batches, config: PruneConfig, criterion: Criterion,
-                 exporter: Exporter, cache: ForwardCache, reference: nn.Module | None, progress: bool):
+    def __init__(self, graph: UnitGraph, batches, gram_batches, config: PruneConfig,
+                 unit_configs: dict[str, PruneConfig], criterion: Criterion, exporter: Exporter, cache: ForwardCache,
+                 reference: nn.Module | None, progress: bool):
         self.graph, self.batches, self.gram_batches, self.config = graph, batches, gram_batches, config
+        self.unit_configs = unit_configs  # units given their own width ratio
         self.criterion, self.exporter, self.cache, self.progress = criterion, exporter, cache, progress
         self.reference = reference
 
@@ -170,7 +219,7 @@ class _UnitSteps:
         """Choose the unit's channels, export it, re-estimate BatchNorm, and have its exported
         discrepancy measured (now, or by the next unit's Gram pass)."""
         start = time.perf_counter()
-        config, cache = self.config, self.cache
+        config, cache = self.unit_configs.get(unit.name, self.config), self.cache
         targets = Targets()
         context = UnitContext(self.graph, unit, config,
                               SuffixEvaluator(self.graph, unit, self.batches, kind=cache.kind, target=targets,
@@ -200,7 +249,7 @@ class _UnitSteps:
             seconds["total"] += seconds["export"]
         else:
             cache.export_known(unit.name, selection.loss if self.exporter.keeps_function else None)
-        return _UnitChoice(unit, selection, exported, seconds)
+        return _UnitChoice(unit, config, selection, exported, seconds)
 
     def _moments(self, context: UnitContext, targets: Targets, seconds: dict[str, float]) -> None:
         """The consumer's input moments and, where the criterion needs it, the Gram (one pass over
@@ -219,7 +268,7 @@ class _UnitSteps:
     def _rounded(self, context: UnitContext, selection: Selection) -> Selection:
         """The selection, or where a tolerance chose a width that is no multiple of round_to, the
         criterion's choice at that width rounded up (which discrepancy it then has is reported)."""
-        unit, config = context.unit, self.config
+        unit, config = context.unit, context.config
         width = config.rounded(selection.width, unit.channels, unit.kind)
         if width == selection.width:
             return selection

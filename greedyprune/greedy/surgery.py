@@ -211,6 +211,7 @@ class UnitGraph:
 
     def _classify(self, group) -> None:
         producers, consumers, members, others = [], [], [], []
+        read_columns: dict[str, set[int]] = {}  # the input columns of each reader the group's channels feed
         residual = gated = False
         for item in group:
             dep = item.dep
@@ -232,10 +233,18 @@ class UnitGraph:
                     members.append(name)
             elif self.graph.is_in_channel_pruning_fn(dep.handler) and _is_linear_consumer(module):
                 consumers.append(name)
+                read_columns.setdefault(name, set()).update(int(i) for i in item.idxs)
             elif name not in others:
                 others.append(name)
         producers = sorted(dict.fromkeys(producers), key=self._order.__getitem__)  # model order
         consumers = sorted(dict.fromkeys(consumers), key=self._order.__getitem__)
+        partial = next((n for n in consumers if read_columns[n] != set(range(_in_columns(self.module(n))))), None)
+        if partial is not None:
+            cols = sorted(read_columns[partial])
+            self.skipped.append(SkippedGroup(producers, f"{partial} reads these channels at {len(cols)} of its "
+                                                        f"{_in_columns(self.module(partial))} input columns "
+                                                        f"({cols[0]}..{cols[-1]}: a concat or split)"))
+            return
         if residual:
             self._classify_stream(producers, consumers, members + others)
         elif len(producers) > 1 and not gated:
@@ -285,7 +294,7 @@ class UnitGraph:
         found = []
         for name in readers:
             module = self.module(name)
-            in_cols = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+            in_cols = _in_columns(module)
             if in_cols % channels:
                 self.skipped.append(SkippedGroup(producers, f"{name} reads {in_cols} columns from {channels} channels"))
                 return None
@@ -323,6 +332,16 @@ class UnitGraph:
             return self.model.get_submodule(name)
         except AttributeError as err:
             raise ValueError(f"greedyprune: the model has no module named {name!r}") from err
+
+    def name_of(self, layer: str | nn.Module, argument: str) -> str:
+        """The module's name in the model (a name is checked); ArgumentError naming `argument`."""
+        if isinstance(layer, nn.Module):
+            if layer not in self._names:
+                raise arg_error(argument, f"holds a {type(layer).__name__} that is not a module of the model")
+            return self._names[layer]
+        if not isinstance(layer, str) or layer not in self._order:
+            raise arg_error(argument, f"holds {layer!r}, which names no module of the model")
+        return layer
 
     def unit(self, name: str) -> Unit:
         for u in self.units:
@@ -433,6 +452,10 @@ class UnitGraph:
         if unit.heads is not None:
             return current_groups(self.model, unit.heads)
         return _out_channels(self.module(unit.producer))
+
+
+def _in_columns(module: nn.Module) -> int:
+    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
 
 
 def _out_channels(module: nn.Module) -> int:
