@@ -96,3 +96,14 @@ def test_both_torch_formats_read_and_a_truncated_legacy_file_is_one_error(tmp_pa
     (tmp_path / "cut.pt").write_bytes(data[: len(data) - 20])
     with pytest.raises(ArgumentError, match="'weights'.*truncated or damaged PyTorch file"):
         read_torch_file(tmp_path / "cut.pt", argument="weights")
+
+
+@pytest.mark.parametrize("make", [_text, _truncated, _foreign_zip, _empty])
+def test_the_python_loaders_refuse_an_unreadable_file_in_one_error(make, tmp_path):
+    from greedyprune.models import build_model
+    from greedyprune.models.io import load_model, load_weights_into, read_state_dict
+    path = tmp_path / "weights.pt"
+    make(path)
+    for load in (load_model, read_state_dict, lambda p: load_weights_into(build_model("mlp"), p)):
+        with pytest.raises(ArgumentError, match="'path'.*weights.pt"):
+            load(path)

@@ -12,9 +12,6 @@ program that `torch.export.load(path).module()` runs without any greedyprune cod
 """
 from __future__ import annotations
 
-import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 
 import torch
@@ -22,7 +19,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..checks import arg_error, check_module
-from ..files import replace_atomically, torch_save_atomically
+from ..files import read_torch_file, replace_atomically, torch_save_atomically
 from .heads import head_layouts, set_head_counts
 
 FILE_FORMAT = 2
@@ -167,16 +164,7 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path) -> None:
 
 
 def _read(path):
-    if not os.path.isfile(path):
-        raise arg_error("path", f"{str(path)!r} does not exist or is not a file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise arg_error("path", f"{str(path)!r} holds more than tensors and plain data (refused, it could run code: "
-                                f"{str(err).splitlines()[0][:160]})") from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError) as err:
-        raise arg_error("path", f"{str(path)!r} is not a readable torch file (truncated or of another kind: "
-                                f"{type(err).__name__})") from None
+    return read_torch_file(path, argument="path")
 
 
 def _is_state_dict(value) -> bool:
