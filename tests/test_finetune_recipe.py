@@ -66,3 +66,17 @@ def test_report_json_records_the_recipe_and_the_flags_given(tmp_path, capsys):
     assert recipe == {"name": "paper", "arch": "mlp", "given": ["--epochs", "--batch-size", "--lr"],
                       "settings": dict(PAPER, epochs=1, batch_size=128, lr=0.05)}
     assert "recipe: paper for mlp (1 epochs, batch 128, lr 0.05" in capsys.readouterr().out
+
+
+def test_prune_fine_tunes_with_the_recipe_and_the_flags_given(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
+    base = ["prune", "--model", "cnn", "--data", "digits", "--width", "0.5", "--calib-samples", "64",
+            "--gram-samples", "64", "--train-epochs", "1", "--finetune-epochs", "1", "--finetune-recipe", "paper",
+            "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "no-lr")]) == 2
+    assert "argument 'lr' is needed: the paper recipe gives a learning rate for resnet34" in capsys.readouterr().err
+    assert main(base + ["--lr", "0.02", "--batch-size", "32", "--out", str(tmp_path / "run")]) == 0
+    recipe = json.loads((tmp_path / "run" / "report.json").read_text())["after_finetune"]["recipe"]
+    assert recipe == {"name": "paper", "given": ["batch_size", "lr"],
+                      "settings": {"epochs": 1, "batch_size": 32, "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-5,
+                                   "label_smoothing": 0.0}}

@@ -11,7 +11,8 @@ from .criteria import METHODS
 from .exporters import EXPORTERS, REFIT_TARGETS
 from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
 from .outputs import DISCREPANCIES
-from .pipeline import DEMO_RUN, RunSpec
+from ..harness.training import FINETUNE_RECIPES
+from .pipeline import DEMO_RUN, RECIPE_SETTINGS, RunSpec
 from .surgery import UNIT_KINDS
 
 
@@ -137,6 +138,13 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                    help="where the model runs (default: cuda when available, else cpu; under torchrun with CUDA: "
                         "each process on its own GPU)")
     p.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs)
+    p.add_argument("--finetune-recipe", choices=FINETUNE_RECIPES, default=defaults.finetune_recipe,
+                   help="the fine-tuning's settings: quick (batch 64, lr 0.01, label smoothing 0.1: not the "
+                        "paper's) or paper (seed 000: batch 256, no label smoothing, lr per model; "
+                        "--finetune-epochs 150 for its length); the flags below override it")
+    for flag, kind in (("--lr", float), ("--batch-size", int), ("--momentum", float), ("--weight-decay", float),
+                       ("--label-smoothing", float)):
+        p.add_argument(flag, type=kind, default=None, help="of the fine-tuning (default: the recipe's)")
     p.add_argument("--train-epochs", type=int, default=defaults.train_epochs,
                    help="epochs when a zoo model must be trained first")
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -144,6 +152,11 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
     p.add_argument("--overwrite", action="store_true", default=defaults.overwrite,
                    help="replace a finished run in --out" + (" (the demo always does)" if defaults.overwrite else ""))
     p.add_argument("--no-progress", action="store_true")
+
+
+def finetune_flags(args) -> dict:
+    """The fine-tuning settings given on the command line (the recipe gives the others)."""
+    return {name: getattr(args, name) for name in RECIPE_SETTINGS if getattr(args, name) is not None}
 
 
 def groups_argument(text: str) -> tuple[str, ...]:
@@ -177,7 +190,8 @@ def _prune_command(args) -> int:
     run = RunSpec(model=args.model, data=args.data, weights=args.weights, out=args.out, device=args.device,
                   seed=args.seed, calib_samples=args.calib_samples, gram_samples=args.gram_samples,
                   target_flops=args.target_flops, flops_search=args.flops_search,
-                  finetune_epochs=args.finetune_epochs, train_epochs=args.train_epochs, overwrite=args.overwrite,
+                  finetune_epochs=args.finetune_epochs, finetune_recipe=args.finetune_recipe,
+                  finetune_settings=finetune_flags(args), train_epochs=args.train_epochs, overwrite=args.overwrite,
                   progress=not args.no_progress)
     report = run_pruning(config, run)
     print(format_report(report))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -20,7 +21,7 @@ from ..files import prepare_output_dir, write_json
 from ..harness.data import load_dataset, make_loader
 from ..harness.measure import model_stats
 from ..harness.model_source import check_model_source, resolve_model
-from ..harness.training import finetune
+from ..harness.training import FINETUNE_RECIPES, PAPER_FINETUNE_LR, finetune, finetune_recipe
 from ..models import export_program, save_model
 from .budget import FLOPS_SEARCHES, check_target_flops, tol_for_flops, width_ratio_for_flops
 from .config import PruneConfig
@@ -30,10 +31,12 @@ from .report import plot_report
 from .selection import UnitResult
 from .surgery import UnitGraph
 
-# Batch sizes of the run's loaders (global under torchrun): test evaluation, the Gram stream, fine-tuning.
+# Batch sizes of the run's loaders (global under torchrun): test evaluation, the Gram stream (the
+# fine-tuning's: its recipe's).
 TEST_BATCH = 256
 GRAM_BATCH = 256
-FINETUNE_BATCH = 64
+# What a fine-tuning recipe sets besides its epochs (prune's --finetune-epochs gives those).
+RECIPE_SETTINGS = ("batch_size", "lr", "momentum", "weight_decay", "label_smoothing")
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,10 @@ class RunSpec:
     target_flops: the fraction of the FLOPs to keep, reached by bisection on the per-unit
         tolerance (flops_search "epsilon", the paper's way: adaptive widths) or on one uniform
         width ratio ("width").
-    finetune_epochs: fine-tuning after pruning (0: none); train_epochs: training of a zoo model
-        without weights; seed: data order and training.
+    finetune_epochs: fine-tuning after pruning (0: none), with the settings of finetune_recipe
+        (harness.training.finetune_recipe: "quick" or "paper", seed 000's per model) where
+        finetune_settings (batch_size, lr, momentum, weight_decay, label_smoothing) does not give
+        them; train_epochs: training of a zoo model without weights; seed: data order and training.
     """
 
     model: str = "cnn"
@@ -65,6 +70,8 @@ class RunSpec:
     target_flops: float | None = None
     flops_search: str = "epsilon"
     finetune_epochs: int = 0
+    finetune_recipe: str = "quick"
+    finetune_settings: Mapping[str, float] = field(default_factory=dict)
     train_epochs: int = 15
     overwrite: bool = False
     progress: bool = True
@@ -73,6 +80,10 @@ class RunSpec:
         for name in ("calib_samples", "gram_samples", "train_epochs"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("finetune_epochs", self.finetune_epochs, minimum=0)
+        check_choice("finetune_recipe", self.finetune_recipe, FINETUNE_RECIPES)
+        unknown = sorted(set(self.finetune_settings) - set(RECIPE_SETTINGS))
+        if unknown:
+            raise arg_error("finetune_settings", f"names {unknown}; it takes {', '.join(RECIPE_SETTINGS)}")
         check_int("seed", self.seed, minimum=0)
         if self.target_flops is not None:
             check_target_flops(self.target_flops)
@@ -142,7 +153,7 @@ def check_run(config: PruneConfig, run: RunSpec) -> None:
     if config.step_batch is not None:
         shares.append(("step_batch", config.step_batch))
     if run.finetune_epochs > 0:
-        shares.append(("the fine-tuning batch", FINETUNE_BATCH))
+        shares.append(("the fine-tuning batch", finetune_settings(run)["batch_size"]))
     for name, value in shares:
         distributed.per_rank(value, name)  # under torchrun each process takes an equal share
     check_model_source(run.model, run.weights, without_weights="train")
@@ -216,11 +227,26 @@ def make_report(config: PruneConfig, run: RunSpec, loaded: LoadedRun, graph: Uni
     }
 
 
+def finetune_settings(run: RunSpec) -> dict:
+    """The fine-tuning's settings: the recipe's for the run's model, with run.finetune_settings
+    over them and run.finetune_epochs."""
+    settings = {**finetune_recipe(run.finetune_recipe, run.model), **run.finetune_settings,
+                "epochs": run.finetune_epochs}
+    if settings["lr"] is None:
+        raise arg_error("lr", f"is needed: the paper recipe gives a learning rate for {', '.join(PAPER_FINETUNE_LR)} "
+                              f"only, not {run.model!r}")
+    return settings
+
+
 def finetune_pruned(loaded: LoadedRun, run: RunSpec) -> dict:
-    """Fine-tune the pruned model (the greedy paper's recipe, harness.training.finetune); its stats after."""
-    loader = make_loader(loaded.train_set, FINETUNE_BATCH, shuffle=True, seed=run.seed + 3)
-    finetune(loaded.model, loader, epochs=run.finetune_epochs, progress=run.progress)
-    return model_stats(loaded.model, loaded.test_loader, loaded.calib_x)
+    """Fine-tune the pruned model (harness.training.finetune with finetune_settings); its stats
+    after, and the recipe that ran."""
+    settings = finetune_settings(run)
+    loader = make_loader(loaded.train_set, settings["batch_size"], shuffle=True, seed=run.seed + 3)
+    finetune(loaded.model, loader, epochs=settings["epochs"], lr=settings["lr"], momentum=settings["momentum"],
+             weight_decay=settings["weight_decay"], label_smoothing=settings["label_smoothing"], progress=run.progress)
+    return {**model_stats(loaded.model, loaded.test_loader, loaded.calib_x),
+            "recipe": {"name": run.finetune_recipe, "settings": settings, "given": sorted(run.finetune_settings)}}
 
 
 def write_outputs(out, report: dict, results: list[UnitResult], config: PruneConfig, run: RunSpec,
