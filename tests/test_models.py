@@ -251,16 +251,37 @@ def test_state_dicts_load_from_checkpoints_with_prefixes_and_mismatches_are_name
         load_weights_into(build_model("cnn", num_classes=10, in_channels=1, image_size=8), path)
 
 
-def test_a_pruned_model_exports_and_runs_without_greedyprune(tmp_path):
+def test_a_pruned_model_exports_and_runs_without_greedyprune_at_any_batch_size(tmp_path):
     from greedyprune.models import export_program
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=7).eval()
     x = torch.randn(2, 3, 32, 32)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=x)
     graph.get_pruning_group(model.layer2[1].conv1, tp.prune_conv_out_channels, idxs=list(range(9))).prune()
-    export_program(model, x, tmp_path / "pruned.pt2")
+    export_program(model, x[:1], tmp_path / "pruned.pt2")  # exported from one image, run at any batch size
     program = torch.export.load(tmp_path / "pruned.pt2").module()
-    torch.testing.assert_close(program(x), model(x))
+    for batch in (1, 4, 7):
+        images = torch.randn(batch, 3, 32, 32)
+        torch.testing.assert_close(program(images), model(images))
     save_model(model, tmp_path / "pruned.pt")
     plain = torch.load(tmp_path / "pruned.pt", weights_only=True)["state_dict"]  # plain PyTorch reads the weights
     assert plain["layer2.1.conv1.weight"].shape[0] == 32 - 9
+
+
+def test_a_token_model_exports_with_a_dynamic_sequence_length(tmp_path):
+    from greedyprune.models import export_program
+
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = torch.nn.Embedding(11, 6), torch.nn.Linear(6, 11)
+
+        def forward(self, ids):
+            return self.head(torch.relu(self.embed(ids)))
+
+    model = Tokens().eval()
+    export_program(model, torch.randint(0, 11, (1, 5)), tmp_path / "tokens.pt2")
+    program = torch.export.load(tmp_path / "tokens.pt2").module()
+    for shape in ((1, 5), (4, 9), (7, 2)):
+        ids = torch.randint(0, 11, shape)
+        torch.testing.assert_close(program(ids), model(ids))

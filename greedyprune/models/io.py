@@ -157,9 +157,23 @@ def load_state_dict_resized(model: nn.Module, state: Mapping[str, torch.Tensor],
 
 
 def export_program(model: nn.Module, example_input: torch.Tensor, path) -> None:
-    """torch.export the model (eval mode) and save the program to `path`, atomically; plain
-    PyTorch runs it with `torch.export.load(path).module()(x)`."""
-    program = torch.export.export(model.eval(), (example_input,))
+    """torch.export the model (eval mode) with a dynamic batch dimension (and a dynamic sequence
+    length for token ids [B, T], where the model allows it) and save the program to `path`,
+    atomically; plain PyTorch runs it at any batch size with `torch.export.load(path).module()(x)`."""
+    # an example of batch 1 would specialise the batch dimension to 1
+    example = example_input.repeat(2, *([1] * (example_input.dim() - 1))) if example_input.shape[0] == 1 \
+        else example_input
+    shapes = [{0: torch.export.Dim("batch", min=1)}]
+    if not example.is_floating_point() and example.dim() == 2:
+        shapes.insert(0, {0: shapes[0][0], 1: torch.export.Dim("tokens", min=1)})
+    model.eval()
+    for i, dims in enumerate(shapes):
+        try:
+            program = torch.export.export(model, (example,), dynamic_shapes=(dims,))
+            break
+        except Exception:  # torch.export raises many kinds; a fixed sequence length is the fallback
+            if i == len(shapes) - 1:
+                raise
     replace_atomically(path, lambda f: torch.export.save(program, f))
 
 
