@@ -199,3 +199,29 @@ def test_greedy_importance_drives_metapruner_to_the_plan_channels():
                          ignored_layers=[smaller[9]]).step()
     top = sorted(plan["units"][0]["order"][:2])
     torch.testing.assert_close(smaller[0].weight, _cnn()[0].weight[top])
+
+
+def test_greedy_importance_re_plans_at_each_iterative_step_and_ranks_globally():
+    model = _cnn()
+    x = torch.randn(16, 2, 8, 8)
+    importance = GreedyImportance.from_model(model, x, method="local", width_ratio=0.5, progress=False)
+    pruner = tp.pruner.BasePruner(model, x[:2], importance=importance, pruning_ratio=0.5, iterative_steps=2,
+                                  ignored_layers=[model[9]])
+    pruner.step()
+    assert (model[0].out_channels, model[4].out_channels) == (6, 9)
+    pruner.step()  # scored by a plan of the model as the first step left it
+    assert (model[0].out_channels, model[4].out_channels) == (4, 6)
+    assert [e["channels"] for e in importance._entries.values()] == [6, 9]
+    assert model(x).shape == (16, 5)
+    fixed = _cnn()
+    plan = select_channels(fixed, x, method="local", width_ratio=0.5, progress=False)
+    stepped = tp.pruner.BasePruner(fixed, x[:2], importance=GreedyImportance(fixed, plan), pruning_ratio=0.5,
+                                   iterative_steps=2, ignored_layers=[fixed[9]])
+    stepped.step()
+    with pytest.raises(ValueError, match="build the importance with GreedyImportance.from_model to re-plan"):
+        stepped.step()
+    ranked = _cnn()
+    tp.pruner.BasePruner(ranked, x[:2], importance=GreedyImportance.from_model(ranked, x, method="local",
+                                                                               width_ratio=0.5, progress=False),
+                         pruning_ratio=0.5, global_pruning=True, ignored_layers=[ranked[9]]).step()
+    assert ranked[0].out_channels + ranked[4].out_channels == 10 and ranked(x).shape == (16, 5)
