@@ -70,7 +70,9 @@ def greedy_local(G: torch.Tensor, w: torch.Tensor, max_neurons: int, tol: float,
     """
     Gd, wd = G.double(), w.double()
     n = Gd.shape[0]
-    diag, v = Gd.diagonal(), Gd @ wd
+    # a sum per row, not a GEMV: equal rows (duplicated neurons) get bit-equal sums, so exact ties
+    # stay exact and go to the lower index (a BLAS GEMV may round equal rows differently)
+    diag, v = Gd.diagonal(), (Gd * wd).sum(dim=1)
     wGw = float(wd @ v)
     a, u = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     aGa = aGw = 0.0

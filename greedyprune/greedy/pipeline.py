@@ -169,7 +169,10 @@ def load_run(run: RunSpec) -> LoadedRun:
     test_loader = make_loader(test_set, TEST_BATCH, shuffle=False)
     calib_x, calib_y = next(iter(make_loader(train_set, run.calib_samples, shuffle=True, seed=run.seed + 1)))
     gram_batches, streamed = [], 0
-    for x, _ in make_loader(train_set, min(GRAM_BATCH, run.gram_samples), shuffle=True, seed=run.seed + 2):
+    # whole global batches only: a last partial one would be padded differently per process count
+    gram_batch = min(GRAM_BATCH, run.gram_samples)
+    for x, _ in make_loader(train_set, gram_batch, shuffle=True, seed=run.seed + 2,
+                            drop_last=len(train_set) >= gram_batch):
         if streamed >= run.gram_samples:
             break
         gram_batches.append(x)
@@ -242,7 +245,8 @@ def finetune_pruned(loaded: LoadedRun, run: RunSpec) -> dict:
     """Fine-tune the pruned model (harness.training.finetune with finetune_settings); its stats
     after, and the recipe that ran."""
     settings = finetune_settings(run)
-    loader = make_loader(loaded.train_set, settings["batch_size"], shuffle=True, seed=run.seed + 3)
+    loader = make_loader(loaded.train_set, settings["batch_size"], shuffle=True, seed=run.seed + 3,
+                         drop_last=len(loaded.train_set) >= settings["batch_size"])  # as for the Gram batches
     finetune(loaded.model, loader, epochs=settings["epochs"], lr=settings["lr"], momentum=settings["momentum"],
              weight_decay=settings["weight_decay"], label_smoothing=settings["label_smoothing"], progress=run.progress)
     return {**model_stats(loaded.model, loaded.test_loader, loaded.calib_x),

@@ -114,11 +114,15 @@ def refit_consumer(moments: ConsumerMoments, weight: torch.Tensor, bias: torch.T
                 break
             lam *= 10
         else:  # rounding made the system indefinite beyond the damping: solve on its eigenvalues >= lambda
-            values, vectors = torch.linalg.eigh(xx)
-            fitted = (vectors @ ((vectors.T @ xy) / values.clamp_min(0).add(lam)[:, None])).T
+            try:
+                values, vectors = torch.linalg.eigh(xx)
+                fitted = (vectors @ ((vectors.T @ xy) / values.clamp_min(0).add(lam)[:, None])).T
+            except torch.linalg.LinAlgError:  # LAPACK gives up on some degenerate systems
+                fitted = None
     if fitted is None or not bool(torch.isfinite(fitted).all()):
-        warnings.warn(f"greedyprune: the refit of unit {unit} cannot be solved (its input moments are not finite); "
-                      "its channels are removed without a refit", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"greedyprune: the refit of unit {unit} cannot be solved (its input moments are not finite or "
+                      "too degenerate to factor); its channels are removed without a refit", RuntimeWarning,
+                      stacklevel=2)
         return None
     new_bias = None if bias is None else t.y - fitted @ xs
     return Refit(fitted, new_bias, _relative_error(t, columns, fitted, new_bias),

@@ -72,10 +72,12 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
     loader's generator: in the main process, or in each worker with its own seed.
 
     shard (default: when torchrun started several processes): each process reads its share and
-    `batch_size` is the global batch. Shuffled loaders use DistributedSampler (seeded by `seed`,
-    its epoch advanced at every pass; the world size must divide batch_size); unshuffled ones read
-    every world_size-th sample without padding, for measurements summed over the processes
-    (`evaluate`). The loader's `sharded` attribute says which it is.
+    `batch_size` is the global batch. Shuffled loaders draw one permutation from `seed` whatever
+    the process count (DistributedSampler's, its epoch advanced at every pass): process r reads
+    every world_size-th sample of it, so global batch b holds the samples batch b holds in one
+    process (the world size must divide batch_size). Unshuffled ones read every world_size-th
+    sample without padding, for measurements summed over the processes (`evaluate`). The
+    loader's `sharded` attribute says which it is.
     """
     if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
         raise arg_error("dataset", f"must be a map-style Dataset, got {type(dataset).__name__}")
@@ -91,8 +93,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
         shard = distributed.active()
     world, rank = (distributed.world_size(), distributed.rank()) if shard else (1, 0)
     sampler = None
-    if world > 1 and shuffle:
-        batch_size = distributed.per_rank(batch_size, "batch_size")
+    if shuffle:  # one process too: the same permutation as any number of processes
+        batch_size = distributed.per_rank(batch_size, "batch_size") if world > 1 else batch_size
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
                                      drop_last=drop_last)
         shuffle = False

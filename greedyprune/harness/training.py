@@ -165,39 +165,59 @@ def evaluate(model: nn.Module, loader, *, device=None) -> dict:
 
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable, *, device=None) -> int:
     """Re-estimate every BatchNorm's running mean and variance from `batches` (input tensors or
-    (inputs, targets) pairs): the statistics are reset and averaged over all batches with equal
-    weight, in train mode for the BN layers only (dropout stays off), without grad.
-    Returns the number of BN layers; the model's modes and BN momenta are restored. Under torchrun
-    the statistics are averaged over the processes, weighted by their batch counts."""
+    (inputs, targets) pairs), as train-mode BN with momentum None does: each batch normalised by
+    its own statistics, the running mean the average of the batches' means, the running variance
+    the average of their unbiased variances (every batch weighs the same). Dropout stays off and
+    no grad is taken. A batch's statistics are sums of x and x^2 and counts over every process
+    under torchrun, so the statistics are those of the global batch, whatever the process count.
+    Returns the number of BN layers; on an error the old statistics stay."""
     check_module(model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
     device = _place(model, device)
-    momenta = [m.momentum for m in norms]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    sums = {m: [torch.zeros(m.num_features, dtype=torch.float64, device=device) for _ in range(2)] for m in norms}
+    handles = [m.register_forward_hook(lambda m, args, _out: _global_batch_norm(m, args[0], sums[m])) for m in norms]
     seen = 0
-    with eval_mode(model), torch.no_grad():
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches
-            m.train()
-        try:
+    try:
+        with eval_mode(model), torch.no_grad():
             for batch in batches:
                 inputs = batch if torch.is_tensor(batch) else batch[0]
                 model(inputs.to(device))
                 seen += 1
-            if seen == 0:
-                raise arg_error("batches", "yielded no batch")
-        except BaseException:  # leave the old statistics, not half-estimated ones
-            for m, (mean, var, count) in zip(norms, saved):
-                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
-            raise
-        finally:
-            for m, momentum in zip(norms, momenta):
-                m.momentum = momentum
-    distributed.average_buffers(nn.ModuleList(norms), weight=seen)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if seen == 0:
+        raise arg_error("batches", "yielded no batch")
+    with torch.no_grad():
+        for m in norms:
+            mean_sum, var_sum = sums[m]
+            m.running_mean.copy_(mean_sum / seen)
+            m.running_var.copy_(var_sum / seen)
+            m.num_batches_tracked.fill_(seen)
     return len(norms)
+
+
+def _global_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, sums: list[torch.Tensor]):
+    """`module`'s train-mode output on x with the global batch's statistics (summed over the
+    processes in float64); adds the batch mean and unbiased variance to `sums`."""
+    dims = [0, *range(2, x.dim())]
+    xd = x.double()
+    moments = torch.stack([xd.sum(dims), xd.square().sum(dims)])
+    count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
+    distributed.all_reduce_sum(moments)
+    distributed.all_reduce_sum(count)
+    n = float(count)
+    mean = moments[0] / n
+    var = (moments[1] / n - mean.square()).clamp_min(0)
+    sums[0].add_(mean)
+    sums[1].add_(var * (n / max(n - 1, 1)))
+    shape = (1, -1, *([1] * (x.dim() - 2)))
+    y = (xd - mean.view(shape)) * torch.rsqrt(var.view(shape) + module.eps)
+    if module.affine:
+        y = y * module.weight.double().view(shape) + module.bias.double().view(shape)
+    return y.to(x.dtype)
 
 
 @contextmanager
