@@ -76,6 +76,8 @@ def test_prune_fine_tunes_with_the_recipe_and_the_flags_given(tmp_path, capsys, 
     assert main(base + ["--out", str(tmp_path / "no-lr")]) == 2
     assert "argument 'lr' is needed: the paper recipe gives a learning rate for resnet34" in capsys.readouterr().err
     assert main(base + ["--lr", "0.02", "--batch-size", "32", "--out", str(tmp_path / "run")]) == 0
+    assert ("(fine-tuning recipe: paper, epochs 1, batch size 32, lr 0.02, momentum 0.9, weight decay 5e-05, "
+            "label smoothing 0, cosine decay; given: batch_size, lr)") in capsys.readouterr().out
     recipe = json.loads((tmp_path / "run" / "report.json").read_text())["after_finetune"]["recipe"]
     assert recipe == {"name": "paper", "given": ["batch_size", "lr"],
                       "settings": {"epochs": 1, "batch_size": 32, "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-5,

@@ -50,7 +50,7 @@ def _pair(batch) -> Batch:
     raise arg_error("calib", f"must yield tensors or (inputs, labels) batches, got {type(batch).__name__}")
 
 
-class _ReadOnDemand(Sequence):
+class ReadOnDemand(Sequence):
     """A sequence whose item i is read (`_read(i)`) each time it is asked for; slices give lists."""
 
     def __getitem__(self, i):
@@ -59,7 +59,7 @@ class _ReadOnDemand(Sequence):
         return self._read(i)
 
 
-class CalibrationBatches(_ReadOnDemand):
+class CalibrationBatches(ReadOnDemand):
     """(inputs, labels or None) batches read from `source` (a sequence of batches) when asked for
     and not kept, so memory does not grow with the calibration set; with `step`, every source
     batch is cut into mini-batches of that many images (the sizes are read once, up front)."""
@@ -83,7 +83,7 @@ class CalibrationBatches(_ReadOnDemand):
         return x[start:start + step], None if y is None else y[start:start + step]
 
 
-class InputsOf(_ReadOnDemand):
+class InputsOf(ReadOnDemand):
     """The inputs of each (inputs, labels) batch of a sequence, read on demand."""
 
     def __init__(self, batches: Sequence):

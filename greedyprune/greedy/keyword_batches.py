@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..checks import arg_error
-from .calibration import _ReadOnDemand, is_sequence
+from .calibration import ReadOnDemand, is_sequence
 
 LABELS = "labels"
 
@@ -48,7 +48,7 @@ def _packed(batch, keys: tuple[str, ...], argument: str):
     return inputs if labels is None else (inputs, labels)
 
 
-class _PackedSequence(_ReadOnDemand):
+class _PackedSequence(ReadOnDemand):
     """A sequence of dict batches, packed when read (read on demand like the source)."""
 
     def __init__(self, source: Sequence, keys: tuple[str, ...], argument: str):

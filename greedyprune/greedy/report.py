@@ -20,6 +20,13 @@ def format_report(report: dict) -> str:
     s = report["before"]
     lines.append(f"(latency: median of repeated CPU forwards, {s['latency_threads']} threads, load average "
                  f"{s['latency_load'][0]:.1f}-{s['latency_load'][1]:.1f})")
+    recipe = report.get("after_finetune", {}).get("recipe")
+    if recipe:
+        order = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing")
+        settings = ", ".join(f"{k.replace('_', ' ')} {recipe['settings'][k]:g}" for k in order
+                             if k in recipe["settings"])
+        given = f"; given: {', '.join(recipe['given'])}" if recipe["given"] else ""
+        lines.append(f"(fine-tuning recipe: {recipe['name']}, {settings}, cosine decay{given})")
     lines.append("")
     lines.append("discrepancy: the network's (" + report["config"]["discrepancy"] + ") on the calibration images, with "
                  "the path's gates (gated) and as exported; refit: the consumer's relative output error "
