@@ -128,8 +128,11 @@ def test_finetune_and_eval_a_pruned_model(tmp_path, monkeypatch, capsys):
     assert sum(p.numel() for p in tuned.parameters()) == report["after"]["params"]
     capsys.readouterr()
     assert main(["eval", str(out / "finetuned.pt"), "--json", str(tmp_path / "eval.json")]) == 0
-    assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == report["after"]["accuracy"]
-    assert "test accuracy" in capsys.readouterr().out
+    measured = json.loads((tmp_path / "eval.json").read_text())
+    assert measured["accuracy"] == report["after"]["accuracy"]
+    assert measured["macs"] * 2 == measured["flops"] and measured["latency_device"] == "CPU"
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and f"({measured['macs'] / 1e6:.2f} MMACs), latency on CPU" in printed
     # a finished run is refused; a name without --weights is one line
     assert main(["finetune", str(pruned / "pruned.pt"), "--out", str(out), "--no-progress"]) == 2
     assert main(["eval", "mlp"]) == 2

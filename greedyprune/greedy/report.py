@@ -10,16 +10,18 @@ from ..files import save_figure
 
 def format_report(report: dict) -> str:
     """The before/after table and the per-unit widths as text."""
-    rows = [("", "params", "MFLOPs", "accuracy", "ms (batch 1)", "ms (batch 64)")]
+    rows = [("", "params", "MFLOPs", "MMACs", "accuracy", "ms (batch 1)", "ms (batch 64)")]
     for key in ("before", "after_prune", "after_finetune"):
         if key in report:
             s = report[key]
-            rows.append((key.replace("_", " "), f"{s['params']:,}", f"{s['flops'] / 1e6:.2f}", f"{s['accuracy']:.4f}",
+            rows.append((key.replace("_", " "), f"{s['params']:,}", f"{s['flops'] / 1e6:.2f}",
+                         f"{s['flops'] / 2e6:.2f}", f"{s['accuracy']:.4f}",
                          f"{s['latency_ms_batch1']:.3f}", f"{s['latency_ms_batch64']:.3f}"))
     lines = ["  ".join(f"{c:>14}" for c in row) for row in rows]
     s = report["before"]
-    lines.append(f"(latency: median of repeated CPU forwards, {s['latency_threads']} threads, load average "
-                 f"{s['latency_load'][0]:.1f}-{s['latency_load'][1]:.1f})")
+    lines.append(f"(FLOPs: torch.utils.flop_counter's, 2 per multiply-accumulate; MACs as papers and Torch-Pruning "
+                 f"quote them. Latency: median of repeated forwards on {s.get('latency_device', 'CPU')}, "
+                 f"{s['latency_threads']} threads, load average {s['latency_load'][0]:.1f}-{s['latency_load'][1]:.1f})")
     recipe = report.get("after_finetune", {}).get("recipe")
     if recipe:
         order = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing")

@@ -135,7 +135,8 @@ def _eval_command(args: argparse.Namespace) -> int:
     test_loader = make_loader(load_dataset(args.data, "test"), 256, shuffle=False)
     stats = model_stats(model, test_loader, next(iter(test_loader))[0][:1])
     print(f"test accuracy {stats['accuracy']:.4f} (loss {stats['test_loss']:.4f}), {stats['params']:,} parameters, "
-          f"{stats['flops'] / 1e6:.2f} MFLOPs, CPU latency {stats['latency_ms_batch1']:.2f} ms at batch 1, "
+          f"{stats['flops'] / 1e6:.2f} MFLOPs ({stats['macs'] / 1e6:.2f} MMACs), latency on {stats['latency_device']} "
+          f"{stats['latency_ms_batch1']:.2f} ms at batch 1, "
           f"{stats['latency_ms_batch64']:.2f} ms at batch 64 (medians; {stats['latency_threads']} threads, load "
           f"{stats['latency_load'][0]:.1f}-{stats['latency_load'][1]:.1f})")
     if args.json:

@@ -63,12 +63,23 @@ def _as_args(example_input) -> tuple[torch.Tensor, ...]:
 
 
 def model_stats(model: nn.Module, test_loader, example: torch.Tensor) -> dict:
-    """Parameters, FLOPs, test accuracy and loss, and CPU latency at batch 1 and 64 (what the
-    drivers report before and after pruning)."""
+    """Parameters, FLOPs and MACs (papers and Torch-Pruning quote MACs; torch's flop counter gives
+    2 FLOPs per multiply-accumulate), test accuracy and loss, and latency at batch 1 and 64 on the
+    model's device, which `latency_device` names (what the drivers report before and after pruning)."""
     acc = evaluate(model, test_loader)
-    batch64 = example[:1].expand(64, *example.shape[1:]).contiguous()
-    one, many = measure_latency(model, example[:1]), measure_latency(model, batch64, repeats=10)
-    return {"params": count_params(model), "flops": count_flops(model, example[:1]),
+    device = next((p.device for p in model.parameters()), example.device)
+    example = example[:1].to(device)
+    batch64 = example.expand(64, *example.shape[1:]).contiguous()
+    one, many = measure_latency(model, example), measure_latency(model, batch64, repeats=10)
+    flops = count_flops(model, example)
+    return {"params": count_params(model), "flops": flops, "macs": flops // 2,
             "accuracy": acc["accuracy"], "test_loss": acc["loss"],
             "latency_ms_batch1": one["median_ms"], "latency_ms_batch64": many["median_ms"],
-            "latency_threads": one["threads"], "latency_load": [one["load"][0], many["load"][1]]}
+            "latency_device": device_name(device), "latency_threads": one["threads"],
+            "latency_load": [one["load"][0], many["load"][1]]}
+
+
+def device_name(device: torch.device) -> str:
+    """"CPU" or the GPU's name (the device a latency was measured on)."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
