@@ -242,3 +242,20 @@ def test_a_width_pruned_zoo_vit_saves_and_loads(tmp_path):
     loaded, _ = load_model(tmp_path / "pruned.pt")
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_load_pruned_resizes_a_fresh_model_and_names_the_first_layer_that_does_not_fit(tmp_path):
+    from greedyprune.models import build_model, load_pruned
+    from greedyprune.models.io import save_model
+    from greedyprune.checks import ArgumentError
+    torch.manual_seed(0)
+    model = build_model("vit_tiny", num_classes=10, in_channels=1, image_size=32).eval()
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    prune_model(model, x, method="local", width_ratio=0.5, progress=False)
+    save_model(model, tmp_path / "pruned.pt")
+    fresh = load_pruned(build_model("vit_tiny", num_classes=10, in_channels=1, image_size=32), tmp_path / "pruned.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))
+    assert [b.attn.num_heads for b in fresh.blocks] == [b.attn.num_heads for b in model.blocks]
+    with pytest.raises(ArgumentError, match=r"'path'.*pruned.pt' does not fit CNN: missing: .*unexpected: "):
+        load_pruned(build_model("cnn", num_classes=10, in_channels=1, image_size=8), tmp_path / "pruned.pt")

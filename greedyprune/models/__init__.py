@@ -13,7 +13,7 @@ from torch import nn
 from ..checks import ArgumentError, check_int
 
 from .cnn import CNN
-from .io import export_program, load_model, load_weights, load_weights_into, read_state_dict, save_model
+from .io import export_program, load_model, load_pruned, load_weights, load_weights_into, read_state_dict, save_model
 from .mlp import MLP
 from .mobilenet_v2 import MobileNetV2
 from .resnet import IMAGENET_RESNETS, ResNet
@@ -79,6 +79,7 @@ def _build(name: str, num_classes: int, in_channels: int, image_size: int) -> nn
     return MobileNetV2(num_classes, in_channels)
 
 
-__all__ = ["build_model", "MODEL_NAMES", "save_model", "load_model", "read_state_dict", "load_weights", "load_weights_into",
+__all__ = ["build_model", "MODEL_NAMES", "save_model", "load_model", "load_pruned", "read_state_dict", "load_weights",
+           "load_weights_into",
            "export_program",
            "MLP", "CNN", "VGG", "CifarResNet", "ResNet", "MobileNetV2", "ViT"]

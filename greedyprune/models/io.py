@@ -115,7 +115,16 @@ def load_weights_into(model: nn.Module, path) -> nn.Module:
     return model
 
 
-def _load_checked(model: nn.Module, state: Mapping[str, torch.Tensor], path) -> None:
+def load_pruned(model: nn.Module, path) -> nn.Module:
+    """Load a pruned model's weights (a save_model file such as prune's pruned.pt, a state dict or
+    a checkpoint holding one) into `model`, a fresh model of the architecture it was pruned from:
+    every layer is resized to the file's shapes first (pruned channels, heads, embedding width).
+    Returns `model` in eval mode; an error names the first layer that does not fit."""
+    load_state_dict_resized(model, read_state_dict(path), source=str(path))
+    return model.eval()
+
+
+def _load_checked(model: nn.Module, state: Mapping[str, torch.Tensor], path, argument: str = "weights") -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -124,7 +133,7 @@ def _load_checked(model: nn.Module, state: Mapping[str, torch.Tensor], path) -> 
     if missing or unexpected or wrong:
         parts = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''} ({len(items)})"
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if items]
-        raise arg_error("weights", f"{str(path)!r} does not fit {type(model).__name__}: {'; '.join(parts)}")
+        raise arg_error(argument, f"{str(path)!r} does not fit {type(model).__name__}: {'; '.join(parts)}")
     model.load_state_dict(state)
 
 
@@ -146,10 +155,7 @@ def load_state_dict_resized(model: nn.Module, state: Mapping[str, torch.Tensor],
     _resize_parameters(model, state)
     for layout in layouts:
         set_head_counts(model, layout)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise arg_error("path", f"{source} does not fit the architecture it names: {str(err).splitlines()[0]}") from None
+    _load_checked(model, state, source, argument="path")
     for module in model.modules():  # the masked weight from the loaded weight_orig and weight_mask
         for hook in module._forward_pre_hooks.values():
             if isinstance(hook, prune.BasePruningMethod):
