@@ -1,6 +1,7 @@
 """The command line: every subcommand is registered; `prune` runs end to end; bad input is one
 clear line and exit code 2."""
 import pytest
+import torch
 
 from greedyprune.cli import build_parser, main
 
@@ -127,7 +128,7 @@ def test_finetune_and_eval_a_pruned_model(tmp_path, monkeypatch, capsys):
     tuned, _ = load_model(out / "finetuned.pt")
     assert sum(p.numel() for p in tuned.parameters()) == report["after"]["params"]
     capsys.readouterr()
-    assert main(["eval", str(out / "finetuned.pt"), "--json", str(tmp_path / "eval.json")]) == 0
+    assert main(["eval", str(out / "finetuned.pt"), "--device", "cpu", "--json", str(tmp_path / "eval.json")]) == 0
     measured = json.loads((tmp_path / "eval.json").read_text())
     assert measured["accuracy"] == report["after"]["accuracy"]
     assert measured["macs"] * 2 == measured["flops"] and measured["latency_device"] == "CPU"
@@ -186,3 +187,10 @@ def test_step_batch_and_memory_budget_reach_the_config(tmp_path, monkeypatch):
                  "--out", str(out), "--no-progress"]) == 0
     config = json.loads((out / "report.json").read_text())["config"]
     assert config["step_batch"] is None and config["memory_budget"] == 64 * 2 ** 20
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_eval_on_a_device_that_is_not_here_is_one_line(capsys):
+    assert main(["eval", "mlp", "--weights", "unused.pt", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip() == ("greedyprune eval: argument '--device' asks for 'cuda', but CUDA is "
+                                               "not available here")

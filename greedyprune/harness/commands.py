@@ -53,9 +53,10 @@ def register(subparsers) -> None:
     ft.set_defaults(func=_finetune_command)
 
     ev = subparsers.add_parser(
-        "eval", help="test accuracy, parameters, FLOPs and CPU latency of a saved model",
-        description="Evaluates on --data's test split; --json writes the numbers.")
+        "eval", help="test accuracy, parameters, FLOPs / MACs and latency of a saved model",
+        description="Evaluates on --data's test split, on --device (the latency too); --json writes the numbers.")
     _model_arguments(ev)
+    ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ev.add_argument("--json", help="write the numbers as JSON here")
     ev.set_defaults(func=_eval_command)
 
@@ -131,7 +132,8 @@ def _finetune_command(args: argparse.Namespace) -> int:
 
 
 def _eval_command(args: argparse.Namespace) -> int:
-    model = _load(args)
+    device = check_device("--device", args.device)
+    model = _load(args).to(device)
     test_loader = make_loader(load_dataset(args.data, "test"), 256, shuffle=False)
     stats = model_stats(model, test_loader, next(iter(test_loader))[0][:1])
     print(f"test accuracy {stats['accuracy']:.4f} (loss {stats['test_loss']:.4f}), {stats['params']:,} parameters, "
