@@ -101,6 +101,27 @@ def gather_objects(obj) -> list:
     return gathered
 
 
+def check_same(what: str, value) -> None:
+    """Refuse, naming `what` and the first process that differs from rank 0, where the processes
+    hold different `value`s (a fingerprint of their model or data: a run must see the same model
+    and dataset everywhere)."""
+    values = gather_objects(value)
+    differing = next((r for r, v in enumerate(values) if v != values[0]), None)
+    if differing is not None:
+        raise arg_error(what, f"differs between processes: process {differing} has {values[differing]}, "
+                              f"process 0 has {values[0]} (every process must load the same)")
+
+
+def fingerprint(model: nn.Module) -> tuple:
+    """The model's parameter count and the float64 sums of its weights and their squares, rounded:
+    equal models give equal fingerprints on every process."""
+    with torch.no_grad():
+        params = [p.detach().double() for p in model.state_dict().values() if p.is_floating_point()]
+        total = sum(float(p.sum()) for p in params)
+        squares = sum(float(p.square().sum()) for p in params)
+    return sum(p.numel() for p in params), round(total, 6), round(squares, 6)
+
+
 def average_buffers(model: nn.Module, weight: float = 1.0) -> None:
     """Floating buffers (BatchNorm running statistics) set to their `weight`-weighted mean over
     the processes, so every process holds the same model after training or re-estimation."""

@@ -135,3 +135,23 @@ def test_world_size_that_does_not_divide_the_calibration_set_is_one_line(weights
     assert run.stderr.count(line) == 2  # one line from each process, no traceback from greedyprune
     assert str(ROOT / "greedyprune") not in run.stderr  # torchrun reports the failed processes; no frame of ours
     assert not (out / "report.json").exists()
+
+
+def test_processes_holding_different_models_are_refused_naming_the_process(tmp_path):
+    script = tmp_path / "mismatch.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from greedyprune import distributed\n"
+        "distributed.init_from_env()\n"
+        "torch.manual_seed(distributed.rank())  # a different model on each process\n"
+        "model = torch.nn.Linear(3, 2)\n"
+        "try:\n"
+        "    distributed.check_same('model', distributed.fingerprint(model))\n"
+        "except ValueError as err:\n"
+        "    print(f'rank {distributed.rank()}: {err}')\n"
+        "distributed.check_same('data', 100)  # equal: no error\n"
+        "distributed.finish()\n")
+    run = torchrun(str(script))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "rank 0: greedyprune: argument 'model' differs between processes: process 1 has (8, " in run.stdout
+    assert "(every process must load the same)" in run.stdout

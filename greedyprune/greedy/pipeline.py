@@ -124,6 +124,8 @@ def run_pruning(config: PruneConfig, run: RunSpec = RunSpec()) -> dict:
     check_run(config, run)
     out = prepare_output_dir(run.out, finished="report.json", overwrite=run.overwrite)
     loaded = load_run(run)
+    distributed.check_same("model", distributed.fingerprint(loaded.model))
+    distributed.check_same("data", len(loaded.train_set))
     before = model_stats(loaded.model, loaded.test_loader, loaded.calib_x)
     config = fit_budget(config, run, loaded)
     graph = UnitGraph(loaded.model, loaded.calib_x[:2])
