@@ -12,7 +12,7 @@ from .exporters import EXPORTERS, REFIT_TARGETS
 from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
 from .outputs import DISCREPANCIES
 from ..harness.training import FINETUNE_RECIPES
-from .pipeline import DEMO_RUN, RECIPE_SETTINGS, RunSpec
+from .pipeline import DEMO_RUN, FINETUNE_FLAGS, RunSpec
 from .surgery import UNIT_KINDS
 
 
@@ -156,7 +156,7 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
 
 def finetune_flags(args) -> dict:
     """The fine-tuning settings given on the command line (the recipe gives the others)."""
-    return {name: getattr(args, name) for name in RECIPE_SETTINGS if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in FINETUNE_FLAGS if getattr(args, name) is not None}
 
 
 def groups_argument(text: str) -> tuple[str, ...]:

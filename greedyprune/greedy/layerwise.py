@@ -130,9 +130,10 @@ def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | 
         skipped = "; ".join(f"{', '.join(g.producers) or '?'}: {g.reason}" for g in graph.skipped)
         raise ValueError(f"greedyprune: {type(model).__name__} has no prunable unit (channel groups: {skipped})")
     todo = [u for u in graph.units if u.kind in config.groups] if units is None else [graph.unit(n) for n in units]
-    if todo and not choices_asked.kept(graph, todo):
+    kept = choices_asked.kept(graph, todo)
+    if todo and not kept:
         raise arg_error("ignored_layers", f"leaves none of the {len(todo)} unit(s) to prune")
-    todo = choices_asked.kept(graph, todo)
+    todo = kept
     if not todo:
         raise arg_error("groups", f"{list(config.groups)} select no unit of {type(model).__name__} (its units are of "
                                   f"kinds {sorted({u.kind for u in graph.units})})")

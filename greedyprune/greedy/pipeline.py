@@ -21,7 +21,7 @@ from ..files import prepare_output_dir, write_json
 from ..harness.data import load_dataset, make_loader
 from ..harness.measure import model_stats
 from ..harness.model_source import check_model_source, resolve_model
-from ..harness.training import FINETUNE_RECIPES, PAPER_FINETUNE_LR, finetune, finetune_recipe
+from ..harness.training import FINETUNE_RECIPES, PAPER_FINETUNE_LR, RECIPE_SETTINGS, finetune, finetune_recipe
 from ..models import export_program, save_model
 from .budget import FLOPS_SEARCHES, check_target_flops, tol_for_flops, width_ratio_for_flops
 from .config import PruneConfig
@@ -35,8 +35,8 @@ from .surgery import UnitGraph
 # fine-tuning's: its recipe's).
 TEST_BATCH = 256
 GRAM_BATCH = 256
-# What a fine-tuning recipe sets besides its epochs (prune's --finetune-epochs gives those).
-RECIPE_SETTINGS = ("batch_size", "lr", "momentum", "weight_decay", "label_smoothing")
+# What prune's flags may set of a fine-tuning recipe (--finetune-epochs gives the epochs).
+FINETUNE_FLAGS = tuple(name for name in RECIPE_SETTINGS if name != "epochs")
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ class RunSpec:
             check_int(name, getattr(self, name), minimum=1)
         check_int("finetune_epochs", self.finetune_epochs, minimum=0)
         check_choice("finetune_recipe", self.finetune_recipe, FINETUNE_RECIPES)
-        unknown = sorted(set(self.finetune_settings) - set(RECIPE_SETTINGS))
+        unknown = sorted(set(self.finetune_settings) - set(FINETUNE_FLAGS))
         if unknown:
-            raise arg_error("finetune_settings", f"names {unknown}; it takes {', '.join(RECIPE_SETTINGS)}")
+            raise arg_error("finetune_settings", f"names {unknown}; it takes {', '.join(FINETUNE_FLAGS)}")
         check_int("seed", self.seed, minimum=0)
         if self.target_flops is not None:
             check_target_flops(self.target_flops)
@@ -124,8 +124,9 @@ def run_pruning(config: PruneConfig, run: RunSpec = RunSpec()) -> dict:
     check_run(config, run)
     out = prepare_output_dir(run.out, finished="report.json", overwrite=run.overwrite)
     loaded = load_run(run)
-    distributed.check_same("model", distributed.fingerprint(loaded.model))
-    distributed.check_same("data", len(loaded.train_set))
+    if distributed.active():  # a process that loaded another model or dataset would prune another answer
+        distributed.check_same("model", distributed.fingerprint(loaded.model))
+        distributed.check_same("data", len(loaded.train_set))
     before = model_stats(loaded.model, loaded.test_loader, loaded.calib_x)
     config = fit_budget(config, run, loaded)
     graph = UnitGraph(loaded.model, loaded.calib_x[:2])

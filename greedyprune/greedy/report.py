@@ -6,6 +6,7 @@ from collections import Counter
 
 from ..extras import pyplot
 from ..files import save_figure
+from ..harness.training import RECIPE_SETTINGS
 
 
 def format_report(report: dict) -> str:
@@ -24,8 +25,7 @@ def format_report(report: dict) -> str:
                  f"{s['latency_threads']} threads, load average {s['latency_load'][0]:.1f}-{s['latency_load'][1]:.1f})")
     recipe = report.get("after_finetune", {}).get("recipe")
     if recipe:
-        order = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing")
-        settings = ", ".join(f"{k.replace('_', ' ')} {recipe['settings'][k]:g}" for k in order
+        settings = ", ".join(f"{k.replace('_', ' ')} {recipe['settings'][k]:g}" for k in RECIPE_SETTINGS
                              if k in recipe["settings"])
         given = f"; given: {', '.join(recipe['given'])}" if recipe["given"] else ""
         lines.append(f"(fine-tuning recipe: {recipe['name']}, {settings}, cosine decay{given})")

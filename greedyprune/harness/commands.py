@@ -14,11 +14,11 @@ from ..models import save_model
 from .data import load_dataset, make_loader
 from .measure import model_stats
 from .model_source import check_model_source, resolve_model
-from .training import FINETUNE_RECIPES, PAPER_FINETUNE_LR, PRECISIONS, QUICK_FINETUNE, finetune, finetune_recipe
+from .training import (FINETUNE_RECIPES, PAPER_FINETUNE_LR, PRECISIONS, QUICK_FINETUNE, RECIPE_SETTINGS, finetune,
+                       finetune_recipe)
 
 REPORT_NAME = "report.json"
 MODEL_NAME = "finetuned.pt"
-RECIPE_FLAGS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "label_smoothing")  # a recipe's settings
 
 
 def register(subparsers) -> None:
@@ -86,11 +86,11 @@ def _apply_recipe(args: argparse.Namespace, arch: str) -> dict:
     if settings["lr"] is None and args.lr is None:
         raise arg_error("--recipe", f"paper gives a learning rate for {', '.join(PAPER_FINETUNE_LR)} only, not "
                                     f"{arch!r}: pass --lr")
-    given = [name for name in RECIPE_FLAGS if getattr(args, name) is not None]
-    for name in RECIPE_FLAGS:
+    given = [name for name in RECIPE_SETTINGS if getattr(args, name) is not None]
+    for name in RECIPE_SETTINGS:
         if getattr(args, name) is None:
             setattr(args, name, settings[name])
-    return {"name": args.recipe, "arch": arch, "settings": {name: getattr(args, name) for name in RECIPE_FLAGS},
+    return {"name": args.recipe, "arch": arch, "settings": {name: getattr(args, name) for name in RECIPE_SETTINGS},
             "given": ["--" + name.replace("_", "-") for name in given]}
 
 

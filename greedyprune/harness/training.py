@@ -116,6 +116,7 @@ PAPER_FINETUNE_LR = {"resnet34": 0.001, "mobilenet_v2": 0.01, "mobilenet_v3_smal
 # 0.1, which the paper does not use (`finetune`'s defaults).
 QUICK_FINETUNE = dict(epochs=3, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-5, label_smoothing=0.1)
 FINETUNE_RECIPES = ("quick", "paper")
+RECIPE_SETTINGS = tuple(QUICK_FINETUNE)  # what a recipe sets, in the order reports give them
 
 
 def finetune_recipe(recipe: str, arch: str) -> dict:
@@ -204,13 +205,12 @@ def _global_batch_norm(module: nn.modules.batchnorm._BatchNorm, x: torch.Tensor,
     processes in float64); adds the batch mean and unbiased variance to `sums`."""
     dims = [0, *range(2, x.dim())]
     xd = x.double()
-    moments = torch.stack([xd.sum(dims), xd.square().sum(dims)])
-    count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
-    distributed.all_reduce_sum(moments)
-    distributed.all_reduce_sum(count)
-    n = float(count)
-    mean = moments[0] / n
-    var = (moments[1] / n - mean.square()).clamp_min(0)
+    count = torch.full((1,), x.numel() / x.shape[1], dtype=torch.float64, device=x.device)
+    sums_of_x = distributed.all_reduce_sum(torch.cat([xd.sum(dims), xd.square().sum(dims), count]))  # one collective
+    c = x.shape[1]
+    n = float(sums_of_x[2 * c])
+    mean = sums_of_x[:c] / n
+    var = (sums_of_x[c:2 * c] / n - mean.square()).clamp_min(0)
     sums[0].add_(mean)
     sums[1].add_(var * (n / max(n - 1, 1)))
     shape = (1, -1, *([1] * (x.dim() - 2)))

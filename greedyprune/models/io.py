@@ -169,17 +169,20 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path) -> None:
     # an example of batch 1 would specialise the batch dimension to 1
     example = example_input.repeat(2, *([1] * (example_input.dim() - 1))) if example_input.shape[0] == 1 \
         else example_input
-    shapes = [{0: torch.export.Dim("batch", min=1)}]
-    if not example.is_floating_point() and example.dim() == 2:
-        shapes.insert(0, {0: shapes[0][0], 1: torch.export.Dim("tokens", min=1)})
+    batch = {0: torch.export.Dim("batch", min=1)}
     model.eval()
-    for i, dims in enumerate(shapes):
+
+    def export(dims: dict):
+        return torch.export.export(model, (example,), dynamic_shapes=(dims,))
+
+    program = None
+    if not example.is_floating_point() and example.dim() == 2:  # token ids: a dynamic length where it can be
         try:
-            program = torch.export.export(model, (example,), dynamic_shapes=(dims,))
-            break
+            program = export({**batch, 1: torch.export.Dim("tokens", min=1)})
         except Exception:  # torch.export raises many kinds; a fixed sequence length is the fallback
-            if i == len(shapes) - 1:
-                raise
+            pass
+    if program is None:
+        program = export(batch)
     replace_atomically(path, lambda f: torch.export.save(program, f))
 
 
