@@ -107,10 +107,11 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
     p.add_argument("--groups", type=groups_argument, default=config.groups, metavar="KINDS",
                    help="comma-separated kinds of channel group to prune: inner (a layer's hidden channels), "
                         "residual (a residual stream: stage widths, every layer that makes or reads it), "
-                        "heads (an attention module's whole heads; key/value groups under grouped-query attention); "
+                        "heads (an attention module's whole heads; key/value groups under grouped-query attention), "
+                        "embed (a transformer's embedding width, read through LayerNorms/RMSNorms); "
                         f"default {','.join(config.groups)}")
     p.add_argument("--round-to", type=int, default=config.round_to, metavar="N",
-                   help="keep a multiple of N channels in every inner and residual unit (or all of them), e.g. 8 "
+                   help="keep a multiple of N channels in every inner, residual and embed unit (or all of them), e.g. 8 "
                         "for tensor cores; widths round up; heads are whole already (default 1)")
     p.add_argument("--refit-target", choices=REFIT_TARGETS, default=config.refit_target,
                    help="reconstruct: match the unpruned network's consumer output ('original': also corrects "

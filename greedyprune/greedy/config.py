@@ -59,8 +59,8 @@ class PruneConfig:
         reads it; "heads", an attention module's whole heads; "embed", a residual stream read
         through LayerNorms or RMSNorms, a transformer's embedding width); the others are left
         whole and listed in the report.
-    round_to: every inner and residual unit keeps a multiple of this many channels (or all of
-        them), for hardware that runs widths of multiples of 8 or 16 fastest; a width or a
+    round_to: every unit but heads (inner, residual, embed) keeps a multiple of this many
+        channels (or all of them), for hardware that runs widths of multiples of 8 or 16 fastest; a width or a
         tolerance's width is rounded up. Heads are whole already and not rounded.
     """
 
