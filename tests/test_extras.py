@@ -1,5 +1,5 @@
-"""scikit-learn and matplotlib are the `demo` extra: the core imports neither, and a missing one
-is named with the extra that installs it."""
+"""scikit-learn and matplotlib are the `demo` extra, onnx / onnxscript / onnxruntime the `onnx`
+extra: the core imports none of them, and a missing one is named with the extra that installs it."""
 import subprocess
 import sys
 
@@ -13,7 +13,8 @@ INSTALL_HINT = r"pip install 'greedyprune\[demo\]'"
 
 def test_core_imports_no_extra():
     code = ("import sys, greedyprune, greedyprune.greedy, greedyprune.popup, greedyprune.sparsity, greedyprune.cli; "
-            "print(sorted(m for m in ('sklearn', 'matplotlib') if m in sys.modules))")
+            "print(sorted(m for m in ('sklearn', 'matplotlib', 'onnx', 'onnxscript', 'onnxruntime') "
+            "if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 

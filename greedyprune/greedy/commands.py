@@ -3,7 +3,12 @@ subcommands."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+import torch
+
+from .. import distributed
+from ..extras import require_onnx
 from ..files import prepare_output_dir
 from .budget import FLOPS_SEARCHES
 from .config import DEFAULT_TOL, FINETUNE_DEFAULTS, PruneConfig
@@ -150,6 +155,9 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                    help="epochs when a zoo model must be trained first")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--out", default=str(defaults.out))
+    p.add_argument("--onnx", action="store_true",
+                   help="also write pruned.onnx (torch.onnx's dynamo exporter, dynamic batch; ONNX Runtime, "
+                        "TensorRT); needs the onnx extra: pip install 'greedyprune[onnx]'")
     p.add_argument("--overwrite", action="store_true", default=defaults.overwrite,
                    help="replace a finished run in --out" + (" (the demo always does)" if defaults.overwrite else ""))
     p.add_argument("--no-progress", action="store_true")
@@ -188,6 +196,8 @@ def _prune_command(args) -> int:
     from .report import format_report
 
     config = prune_config(args)
+    if args.onnx:
+        require_onnx()  # before the run: a missing extra must not cost a whole pruning run
     run = RunSpec(model=args.model, data=args.data, weights=args.weights, out=args.out, device=args.device,
                   seed=args.seed, calib_samples=args.calib_samples, gram_samples=args.gram_samples,
                   target_flops=args.target_flops, flops_search=args.flops_search,
@@ -198,7 +208,20 @@ def _prune_command(args) -> int:
     print(format_report(report))
     print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt (load_model) "
           f"and pruned.pt2 (torch.export.load(path).module())")
+    if args.onnx and distributed.is_main():
+        write_onnx(Path(args.out))
+        print(f"wrote {args.out}/pruned.onnx (onnxruntime.InferenceSession(path))")
     return 0
+
+
+def write_onnx(out: Path) -> None:
+    """pruned.onnx beside pruned.pt: the saved model, exported from an image of its architecture's size."""
+    from ..models import export_onnx, load_model
+
+    model, _ = load_model(out / "pruned.pt")
+    arch = model.greedyprune_arch
+    export_onnx(model, torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"]),
+                out / "pruned.onnx")
 
 
 def _rate_command(args) -> int:

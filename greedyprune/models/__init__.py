@@ -13,7 +13,7 @@ from torch import nn
 from ..checks import ArgumentError, check_int
 
 from .cnn import CNN
-from .io import export_program, load_model, load_pruned, load_weights, load_weights_into, read_state_dict, save_model
+from .io import export_onnx, export_program, load_model, load_pruned, load_weights, load_weights_into, read_state_dict, save_model
 from .mlp import MLP
 from .mobilenet_v2 import MobileNetV2
 from .resnet import IMAGENET_RESNETS, ResNet
@@ -81,5 +81,5 @@ def _build(name: str, num_classes: int, in_channels: int, image_size: int) -> nn
 
 __all__ = ["build_model", "MODEL_NAMES", "save_model", "load_model", "load_pruned", "read_state_dict", "load_weights",
            "load_weights_into",
-           "export_program",
+           "export_program", "export_onnx",
            "MLP", "CNN", "VGG", "CifarResNet", "ResNet", "MobileNetV2", "ViT"]

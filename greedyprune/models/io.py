@@ -8,10 +8,12 @@ models have fewer channels), sets the attention modules' head counts to match (m
 and loads it; torch.nn.utils.prune masks (weight_orig/weight_mask)
 are re-attached. Without greedyprune, plain PyTorch reads the same file with
 `torch.load(path, weights_only=True)["state_dict"]`; `export_program` writes a torch.export
-program that `torch.export.load(path).module()` runs without any greedyprune code.
+program that `torch.export.load(path).module()` runs without any greedyprune code, `export_onnx`
+an ONNX file for ONNX Runtime / TensorRT.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
@@ -19,6 +21,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..checks import arg_error, check_module
+from ..extras import require_onnx
 from ..files import read_torch_file, replace_atomically, torch_save_atomically
 from .heads import head_layouts, set_head_counts
 
@@ -166,6 +169,43 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path) -> None:
     """torch.export the model (eval mode) with a dynamic batch dimension (and a dynamic sequence
     length for token ids [B, T], where the model allows it) and save the program to `path`,
     atomically; plain PyTorch runs it at any batch size with `torch.export.load(path).module()(x)`."""
+    program = _exported_with_dynamic_batch(model, example_input)
+    replace_atomically(path, lambda f: torch.export.save(program, f))
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path) -> None:
+    """The model (eval mode) as an ONNX file at `path`, written atomically, through torch.onnx's
+    dynamo exporter, with the dynamic dimensions of export_program (batch; token ids' length
+    where the model allows it): ONNX Runtime runs it at any batch size. Needs the `onnx` extra
+    (onnx, onnxscript; onnxruntime to run it); an op ONNX has no translation for is one error
+    naming it, and nothing is written. The weights are stored inside the file (ONNX's 2 GiB limit)."""
+    require_onnx()
+    program = _exported_with_dynamic_batch(model, example_input)
+    try:
+        onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+    except Exception as err:  # torch.onnx raises its own error types, with the cause chained
+        raise arg_error("model", f"cannot be exported to ONNX: {_onnx_failure(err)}") from err
+    model_bytes = onnx_program.model_proto.SerializeToString()
+    replace_atomically(path, lambda f: f.write(model_bytes))
+
+
+def _onnx_failure(err: BaseException) -> str:
+    """What stopped the ONNX conversion, in one line: the op without an ONNX translation when
+    that is the cause (torch.onnx says so in a DispatchError down the cause chain)."""
+    while err is not None:
+        op = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'\)>", str(err))
+        if op:
+            return f"op {op.group(1)}.{op.group(2)} has no ONNX translation"
+        if err.__cause__ is None:
+            break
+        err = err.__cause__
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:200] if lines else 'no detail'}"
+
+
+def _exported_with_dynamic_batch(model: nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export of `model` in eval mode with the batch dimension dynamic, and the sequence
+    length of token ids [B, T] too where the model allows it."""
     # an example of batch 1 would specialise the batch dimension to 1
     example = example_input.repeat(2, *([1] * (example_input.dim() - 1))) if example_input.shape[0] == 1 \
         else example_input
@@ -175,15 +215,12 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path) -> None:
     def export(dims: dict):
         return torch.export.export(model, (example,), dynamic_shapes=(dims,))
 
-    program = None
     if not example.is_floating_point() and example.dim() == 2:  # token ids: a dynamic length where it can be
         try:
-            program = export({**batch, 1: torch.export.Dim("tokens", min=1)})
+            return export({**batch, 1: torch.export.Dim("tokens", min=1)})
         except Exception:  # torch.export raises many kinds; a fixed sequence length is the fallback
             pass
-    if program is None:
-        program = export(batch)
-    replace_atomically(path, lambda f: torch.export.save(program, f))
+    return export(batch)
 
 
 def _read(path):
