@@ -13,6 +13,7 @@ an ONNX file for ONNX Runtime / TensorRT.
 """
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 
@@ -242,25 +243,48 @@ def _resize_parameters(model: nn.Module, state: Mapping[str, torch.Tensor]) -> N
                     nn.Parameter(param.new_empty(state[key].shape), requires_grad=param.requires_grad))
 
 
-_RESIZED_BY_TYPE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.Embedding)
+# Layers resized to a file's shapes: a copy of the layer with new tensors and size attributes, so a
+# subclass keeps its type, its activation and its other state (timm's BatchNormAct2d, StdConv2d).
+_RESIZED_BY_TYPE = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.Embedding)
 
 
 def _resized(module: nn.Module, weight_shape, state, prefix: str) -> nn.Module:
-    """A fresh module of module's kind with the weight shape `weight_shape`."""
-    has_bias = f"{prefix}bias" in state
-    if isinstance(module, nn.Conv2d):
-        out_ch, in_per_group = weight_shape[0], weight_shape[1]
+    """A copy of `module` whose weight has the shape `weight_shape` and whose other tensors have
+    the file's shapes; a layer whose layout or state cannot follow is refused, by name."""
+    name = prefix[:-1]
+    if not isinstance(module, _RESIZED_BY_TYPE) or isinstance(module, nn.modules.conv._ConvTransposeNd):
+        raise arg_error("path", f"cannot resize layer {name!r} ({type(module).__name__}) to {tuple(weight_shape)}")
+    own = {**module._parameters, **module._buffers}
+    # the layer's own tensors are shared, not copied (they are replaced below); its submodules are copied
+    resized = copy.deepcopy(module, {id(t): t for t in own.values() if t is not None})
+    for attr, tensor in own.items():
+        if tensor is None or tensor.dim() == 0:  # no bias; BatchNorm's num_batches_tracked
+            continue
+        key = f"{prefix}{attr}"
+        if attr == "weight":
+            shape = tuple(weight_shape)
+        else:
+            shape = tuple(state[key].shape) if key in state else None
+        if shape is None and attr == "bias":
+            resized.register_parameter("bias", None)  # the pruned file's layer has none
+        elif shape is None:
+            raise arg_error("path", f"cannot resize layer {name!r} ({type(module).__name__}): its {attr} "
+                                    f"{tuple(tensor.shape)} is not in the file, so its new shape is unknown")
+        elif attr in module._parameters:
+            setattr(resized, attr, nn.Parameter(tensor.new_empty(shape), requires_grad=tensor.requires_grad))
+        else:
+            setattr(resized, attr, tensor.new_empty(shape))
+    out_size, in_size = weight_shape[0], weight_shape[1] if len(weight_shape) > 1 else None
+    if isinstance(module, nn.modules.conv._ConvNd):
         depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-        groups = out_ch if depthwise else module.groups
-        return nn.Conv2d(in_per_group * groups, out_ch, module.kernel_size, module.stride, module.padding,
-                         module.dilation, groups, has_bias, module.padding_mode)
-    if isinstance(module, nn.Linear):
-        return nn.Linear(weight_shape[1], weight_shape[0], bias=has_bias)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return type(module)(weight_shape[0], module.eps, module.momentum, module.affine, module.track_running_stats)
-    if isinstance(module, nn.LayerNorm):
-        return nn.LayerNorm(tuple(weight_shape), module.eps, module.elementwise_affine, bias=has_bias)
-    if isinstance(module, nn.Embedding):
-        return nn.Embedding(weight_shape[0], weight_shape[1], module.padding_idx, module.max_norm, module.norm_type,
-                            module.scale_grad_by_freq, module.sparse)
-    raise arg_error("path", f"cannot resize layer {prefix[:-1]!r} ({type(module).__name__}) to {tuple(weight_shape)}")
+        resized.groups = out_size if depthwise else module.groups
+        resized.out_channels, resized.in_channels = out_size, in_size * resized.groups
+    elif isinstance(module, nn.Linear):
+        resized.out_features, resized.in_features = out_size, in_size
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        resized.num_features = out_size
+    elif isinstance(module, nn.LayerNorm):
+        resized.normalized_shape = tuple(weight_shape)
+    else:
+        resized.num_embeddings, resized.embedding_dim = out_size, in_size
+    return resized
