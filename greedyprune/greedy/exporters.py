@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .criterion import UnitContext
-from .moments import columns_per_channel, kept_columns
+from .moments import reader_columns
 from .refit import refit_consumer
 from .selection import Selection
 
@@ -95,7 +95,7 @@ class Reconstruct(Exporter):
                 moments = replace(moments, xty=None, y_sum=None, yy=None)
             label = unit.name if len(unit.readers) == 1 else f"{unit.name} (reader {reader.name})"
             fits.append(refit_consumer(moments, consumer.weight.reshape(consumer.weight.shape[0], -1), consumer.bias,
-                                       kept_columns(kept, columns_per_channel(consumer, reader)),
+                                       reader_columns(reader, consumer, kept, unit.channels),
                                        damping=context.config.refit_damping, unit=label))
         graph.prune(unit, kept, fold="none")
         solved = [(reader, fit) for reader, fit in zip(unit.readers, fits) if fit is not None]

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import torch
 
-from .moments import ConsumerMoments, reader_weights, stream_moments
+from .moments import ConsumerMoments, reader_weights, stream_moments, unit_columns
 from .surgery import Unit, UnitGraph
 
 
@@ -30,11 +30,18 @@ def gram_from_columns(xtx: torch.Tensor, rows: int, weight: torch.Tensor, channe
 
 
 def gram_of(moments: list[ConsumerMoments], graph: UnitGraph, unit: Unit) -> torch.Tensor:
-    """G [N, N] (float64) of the unit from its readers' input moments (stream_moments' list)."""
-    G = None
+    """G [N, N] (float64) of the unit from its readers' input moments (stream_moments' list). A reader
+    through a concat adds the Gram of the unit's channels from their columns."""
+    n = unit.channels
+    G = torch.zeros(n, n, dtype=torch.float64, device=moments[0].xtx.device)
     for reader, m, weight in zip(unit.readers, moments, reader_weights(moments)):
-        part = gram_from_columns(m.xtx, m.rows, graph.module(reader.name).weight, unit.channels)
-        G = part if G is None else G.add_(part, alpha=weight)
+        consumer = graph.module(reader.name)
+        if reader.window is None:
+            G.add_(gram_from_columns(m.xtx, m.rows, consumer.weight, n), alpha=weight)
+            continue
+        cols = unit_columns(reader, consumer, n)
+        w = consumer.weight.detach().reshape(consumer.weight.shape[0], -1)[:, cols]
+        G.add_(gram_from_columns(m.xtx[cols, cols], m.rows, w, n), alpha=weight)
     return G
 
 

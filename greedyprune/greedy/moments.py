@@ -73,6 +73,20 @@ def kept_columns(kept: torch.Tensor, block: int) -> torch.Tensor:
     return (kept[:, None] * block + torch.arange(block, device=kept.device)).flatten()
 
 
+def reader_columns(reader: Reader, consumer: nn.Module, kept: torch.Tensor, channels: int) -> torch.Tensor:
+    """The reader's flat input columns left when its unit (of `channels`) keeps `kept` (sorted): those
+    of the kept channels and, through a concat, those of the other layers' channels."""
+    return kept_columns(reader.input_channels(kept, channels), columns_per_channel(consumer, reader))
+
+
+def unit_columns(reader: Reader, consumer: nn.Module, channels: int) -> slice:
+    """The reader's flat input columns that its unit's `channels` feed (all of them but through a concat)."""
+    if reader.window is None:
+        return slice(None)
+    block, offset = columns_per_channel(consumer, reader), reader.window.offset
+    return slice(offset * block, (offset + channels) * block)
+
+
 def reader_weights(moments: list[ConsumerMoments]) -> list[float]:
     """How a unit's readers' errors add up: each reader's output positions per image relative to the
     first reader's, so the sum is of squared output errors per image (gram.py, refit_selection.py)."""
@@ -163,7 +177,8 @@ class _ReaderStream:
         if isinstance(consumer, nn.Conv2d) and consumer.groups != 1:
             raise ValueError(f"greedyprune: reader {reader.name} is a grouped conv; it cannot read a unit's channels")
         n_cols = consumer.weight[0].numel()
-        if n_cols != unit.channels * columns_per_channel(consumer, reader):
+        inputs = unit.channels if reader.window is None else reader.window.inputs
+        if n_cols != inputs * columns_per_channel(consumer, reader):
             raise ValueError(f"greedyprune: reader {reader.name} reads {n_cols} columns per output, "
                              f"not a whole block per channel of {unit.name}")
         self.consumer, self.reader, self.reference = consumer, reader, reference

@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from .criterion import Criterion, UnitContext
-from .moments import columns_per_channel, kept_columns, reader_weights
+from .moments import columns_per_channel, reader_columns, reader_weights
 from .refit import damping_of, expectations, normal_equations, refit_consumer
 from .selection import Selection
 
@@ -40,9 +40,9 @@ class RefitSelection(Criterion):
     def select(self, context: UnitContext) -> Selection:
         start = time.perf_counter()
         config, unit = context.config, context.unit
-        readers = [_ReaderSystem(context.graph.module(reader.name), reader, moments)
+        readers = [_ReaderSystem(context.graph.module(reader.name), reader, moments, unit.channels)
                    for reader, moments in zip(unit.readers, context.moments)]
-        path = RefitPath([(r.expectations, r.block, r.bias is not None) for r in readers], unit.channels,
+        path = RefitPath([(r.expectations, r.block, r.bias is not None, r.window) for r in readers], unit.channels,
                          damping=config.refit_damping, weights=reader_weights(context.moments))
         timing = {"select": 0.0, "evaluate": 0.0}
 
@@ -93,11 +93,12 @@ class RefitSelection(Criterion):
 class _ReaderSystem:
     """One reader's weights and the expectations its refit reads."""
 
-    def __init__(self, consumer, reader, moments):
+    def __init__(self, consumer, reader, moments, channels: int):
         self.weight = consumer.weight.detach().reshape(consumer.weight.shape[0], -1).to(torch.float64)
         self.bias = None if consumer.bias is None else consumer.bias.detach().to(torch.float64)
         self.block = columns_per_channel(consumer, reader)
-        self.name = reader.name
+        self.name, self.reader, self.consumer, self.window = reader.name, reader, consumer, reader.window
+        self.channels = channels
         self.expectations = expectations(moments, self.weight, self.bias)
         # The tolerance bounds what the unit adds to the network as it is before the unit: candidates
         # are refit to the reader's output there (the export may refit to the unpruned network's).
@@ -105,7 +106,7 @@ class _ReaderSystem:
 
     def refit(self, kept: torch.Tensor, damping: float, unit: str):
         """(reader name, weight, bias, columns) of the refit on `kept`, or None where it cannot be solved."""
-        columns = kept_columns(kept, self.block)
+        columns = reader_columns(self.reader, self.consumer, kept, self.channels)
         fit = refit_consumer(self.current, self.weight, self.bias, columns, damping=damping, unit=unit)
         return None if fit is None else (self.name, fit.weight, fit.bias, columns)
 
@@ -116,12 +117,14 @@ class RefitPath:
     E|Y|^2 after pick i (the damped fit's, as the refit computes it; over several systems, the
     weighted sums').
 
-    systems: (expectations, block, centred) per reader; weights: each system's weight (default 1).
+    systems: (expectations, block, centred) per reader, with the reader's Window fourth where it
+    reads through a concat; weights: each system's weight (default 1).
     """
 
     def __init__(self, systems, channels: int, *, damping: float, weights: list[float] | None = None):
         self.channels = channels
-        self.systems = [_System(t, channels, block, centred=centred, damping=damping) for t, block, centred in systems]
+        self.systems = [_System(t, channels, block, centred=centred, damping=damping, window=window[0] if window else None)
+                        for t, block, centred, *window in systems]
         self.weights = [1.0] * len(self.systems) if weights is None else list(weights)
         self.total = sum(w * s.total for w, s in zip(self.weights, self.systems)) or 1.0
         self.residual = sum(w * s.residual for w, s in zip(self.weights, self.systems))
@@ -144,9 +147,10 @@ class RefitPath:
 
 class _System:
     """One reader's damped normal equations as channels are taken: the Schur complement of the
-    taken columns and the residual cross-moment."""
+    taken columns and the residual cross-moment. Through a concat (`window`), the columns of other
+    layers' channels are always kept: they are taken first, leaving a system over the unit's."""
 
-    def __init__(self, t, channels: int, block: int, *, centred: bool, damping: float):
+    def __init__(self, t, channels: int, block: int, *, centred: bool, damping: float, window=None):
         xx, xy = normal_equations(t, None, centred=centred)
         self.channels, self.block = channels, block
         self.total = float(t.yy) if t.yy > 0 else 1.0
@@ -154,6 +158,19 @@ class _System:
         self.schur = xx + damping_of(xx, damping) * torch.eye(xx.shape[0], dtype=xx.dtype, device=xx.device)
         self.cross = xy.clone()
         self.eye = torch.eye(block, dtype=xx.dtype, device=xx.device)
+        if window is not None:
+            self._take_other_layers(window.offset * block, (window.offset + channels) * block)
+
+    def _take_other_layers(self, start: int, end: int) -> None:
+        """Take every column outside start..end-1 (the unit's) and keep the system over those."""
+        columns = torch.arange(self.schur.shape[0], device=self.schur.device)
+        ours = (columns >= start) & (columns < end)
+        fixed, free = columns[~ours], columns[ours]
+        coupling = self.schur[free][:, fixed]
+        step = torch.linalg.solve(self.schur[fixed][:, fixed], torch.cat([coupling.T, self.cross[fixed]], dim=1))
+        self.residual -= float((self.cross[fixed] * step[:, free.numel():]).sum())
+        self.cross = self.cross[free] - coupling @ step[:, free.numel():]
+        self.schur = self.schur[free][:, free] - coupling @ step[:, :free.numel()]
 
     def gains(self) -> torch.Tensor:
         """How much taking each channel lowers the residual [channels] (taken ones: ~0)."""

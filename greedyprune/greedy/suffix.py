@@ -44,7 +44,8 @@ class BatchSuffix:
         self._suffix = None
         self._all_contributions = None
         self._consumer_out_per_sample = None
-        if use_fx and len(unit.readers) == 1 and not unit.norms:  # a norm before the reader: full forwards
+        # a norm before the reader, or other layers' channels at its input (a concat): full forwards
+        if use_fx and len(unit.readers) == 1 and not unit.norms and unit.readers[0].window is None:
             try:
                 self._suffix = _TracedSuffix(self.model, unit.consumer, inputs)
             except (fx.proxy.TraceError, NotImplementedError, TypeError, ValueError, RuntimeError):
@@ -220,8 +221,12 @@ def _linear_part(consumer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _channels_second(x: torch.Tensor, reader: Reader, channels: int) -> torch.Tensor:
-    """[B, N, rest]: a unit's channels of a reader's input as dim 1 (ops.taylor_scores' layout)."""
+    """[B, N, rest]: a unit's channels of a reader's input as dim 1 (ops.taylor_scores' layout).
+    Through a concat, the unit's channels are a slice of the reader's input."""
     b = x.shape[0]
+    if reader.window is not None:
+        x = x.movedim(-1, 1) if reader.channel_last else x
+        return x[:, reader.window.offset:reader.window.offset + channels].reshape(b, channels, -1)
     if reader.channel_last:  # [B, *, N * s]: a block of s columns per channel at every position
         x = x.reshape(b, -1, channels, reader.columns_per_channel).transpose(1, 2)
     return x.reshape(b, channels, -1)

@@ -18,6 +18,8 @@ A unit is a group of hidden channels removed together, with the linear layers th
   (models/norms.py) and stays the pruned network's forward. The Gram imitates the readers' inputs,
   the norms' outputs as the unpruned model computes them (docs/DESIGN.md §units).
 A Linear reads its channels on the last dim, so (batch, tokens, channels) activations are units too.
+A layer whose channels are concatenated with others' (Inception, DenseNet) is an inner unit read
+through a Window, where its channels sit in each reader's input; a split is left whole.
 Greedy imitation weighs channel i of a unit by a gate c_i on every reader's input. Where the
 stream's only other users are adds and channel-wise ops that end in readers, gating every reader
 by c with c_i = 0 computes what the network without channel i computes; removing channel i is
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -52,6 +54,27 @@ from .outputs import logits_of
 
 
 @dataclass(frozen=True)
+class Window:
+    """Where a reader reads a unit's channels through a concat: the unit's N channels are the
+    reader's input channels offset..offset+N-1, of `inputs` in all (the rest are other layers')."""
+
+    offset: int
+    inputs: int
+
+    def spread(self, values: torch.Tensor, fill: float = 1.0) -> torch.Tensor:
+        """[..., inputs]: values [..., N] of the unit's channels placed at the reader's input
+        channels, `fill` at the channels of other layers."""
+        out = values.new_full((*values.shape[:-1], self.inputs), fill)
+        out[..., self.offset:self.offset + values.shape[-1]] = values
+        return out
+
+    def input_channels(self, kept: torch.Tensor, channels: int) -> torch.Tensor:
+        """The reader's input channels left when the unit (of `channels`) keeps `kept` (sorted)."""
+        return torch.cat([torch.arange(self.offset, device=kept.device), kept + self.offset,
+                          torch.arange(self.offset + channels, self.inputs, device=kept.device)])
+
+
+@dataclass(frozen=True)
 class Reader:
     """A linear layer that reads a unit's channels (its module name)."""
 
@@ -60,6 +83,16 @@ class Reader:
     columns_per_channel: int = 1
     # Where it reads the channels: the last dim (Linear) or dim 1 (conv).
     channel_last: bool = False
+    # Through a concat (None: its input is the unit's channels alone).
+    window: Window | None = None
+
+    def spread(self, values: torch.Tensor, fill: float = 1.0) -> torch.Tensor:
+        """values [..., N] over the unit's channels as [..., the reader's input channels]."""
+        return values if self.window is None else self.window.spread(values, fill)
+
+    def input_channels(self, kept: torch.Tensor, channels: int) -> torch.Tensor:
+        """The reader's input channels left when its unit (of `channels`) keeps `kept` (sorted)."""
+        return kept if self.window is None else self.window.input_channels(kept, channels)
 
 
 UNIT_KINDS = ("inner", "residual", "heads", "embed")
@@ -108,7 +141,7 @@ FOLDS = ("consumer", "producer", "split", "none")
 # Autograd nodes of ops f with f(s x) = s f(x) for s > 0, channel by channel.
 _HOMOGENEOUS = re.compile(
     r"(Relu|LeakyRelu|MaxPool\w*|AvgPool\w*|AdaptiveAvgPool\w*|AdaptiveMaxPool\w*|Mean|Sum|View|UnsafeView|"
-    r"ReshapeAlias|Permute|Transpose|Clone|Squeeze\w*|Unsqueeze\w*|Expand|NativeDropout|Flatten)Backward\d*")
+    r"ReshapeAlias|Permute|Transpose|Clone|Squeeze\w*|Unsqueeze\w*|Expand|NativeDropout|Flatten|Cat)Backward\d*")
 
 
 def check_fold(fold: str) -> str:
@@ -165,7 +198,7 @@ class UnitGraph:
         covered = self._head_units()
         self.skipped += [SkippedGroup([self._names[m]], covered.get(self._names[m], "feeds attention (heads)"))
                          for m in attention_fed if covered.get(self._names[m]) != ""]
-        self.units.sort(key=lambda u: self._order[u.consumer])
+        self.units.sort(key=lambda u: (self._order[u.consumer], self._order[u.producer]))
 
     def _head_units(self) -> dict[str, str]:
         """Add a heads unit per attention module of a known layout; returns, per projection of
@@ -238,13 +271,23 @@ class UnitGraph:
                 others.append(name)
         producers = sorted(dict.fromkeys(producers), key=self._order.__getitem__)  # model order
         consumers = sorted(dict.fromkeys(consumers), key=self._order.__getitem__)
-        partial = next((n for n in consumers if read_columns[n] != set(range(_in_columns(self.module(n))))), None)
+        made = _out_channels(self.module(producers[0])) if producers else 0
+        # a reader with other layers' channels at its input (a concat), or some of the channels (a split)
+        partial = next((n for n in consumers if read_columns[n] != set(range(_in_columns(self.module(n))))
+                        or _in_columns(self.module(n)) < made), None)
+        windows = {}
         if partial is not None:
-            cols = sorted(read_columns[partial])
-            self.skipped.append(SkippedGroup(producers, f"{partial} reads these channels at {len(cols)} of its "
-                                                        f"{_in_columns(self.module(partial))} input columns "
-                                                        f"({cols[0]}..{cols[-1]}: a concat or split)"))
-            return
+            if residual or len(producers) != 1:
+                cols = sorted(read_columns[partial])
+                self.skipped.append(SkippedGroup(producers, f"{partial} reads these channels at {len(cols)} of its "
+                                                            f"{_in_columns(self.module(partial))} input columns "
+                                                            f"({cols[0]}..{cols[-1]}: a concat or split) of a "
+                                                            "residual stream or of several producers"))
+                return
+            windows = self._windows(producers[0], consumers)
+            if isinstance(windows, str):
+                self.skipped.append(SkippedGroup(producers, windows))
+                return
         if residual:
             self._classify_stream(producers, consumers, members + others)
         elif len(producers) > 1 and not gated:
@@ -253,7 +296,7 @@ class UnitGraph:
             reason = "no linear producer" if not producers else "no linear consumer (model output)"
             self.skipped.append(SkippedGroup(producers, reason))
         else:
-            unit = self._unit(producers, consumers, members, "inner")
+            unit = self._unit(producers, consumers, members, "inner", windows)
             if unit is not None:
                 unit.fold_target, unit.fold_blocker = self._fold_target(unit)
                 self.units.append(unit)
@@ -284,7 +327,34 @@ class UnitGraph:
             unit.fold_blocker = f"a residual stream read by {len(readers)} layer(s)"
             self.units.append(unit)
 
-    def _unit(self, producers: list[str], readers: list[str], members: list[str], kind: str) -> Unit | None:
+    def _windows(self, producer: str, readers: list[str]) -> dict[str, Window] | str:
+        """Where each reader reads the producer's channels through concats (a Window per reader that
+        does not read exactly them), or why they cannot be followed. Torch-Pruning maps one channel
+        at a time: channel j's group holds the input channel each reader reads it at."""
+        module = self.module(producer)
+        channels = _out_channels(module)
+        read: dict[str, dict[int, list[int]]] = {name: {} for name in readers}
+        for j in range(channels):
+            for item in self.graph.get_pruning_group(module, _out_channel_fn(module), idxs=[j]):
+                name = self._names.get(item.dep.target.module)
+                if name in read and self.graph.is_in_channel_pruning_fn(item.dep.handler):
+                    read[name].setdefault(j, []).extend(int(i) for i in item.idxs)
+        windows = {}
+        for name, columns in read.items():
+            if len(columns) < channels:
+                return (f"a split: {name} reads {len(columns)} of the {channels} channels (torch.split / chunk "
+                        "cut at sizes in the forward's code, which removing channels would break)")
+            offset = columns[0][0]
+            if any(columns[j] != [offset + j] for j in range(channels)):
+                return (f"{name} reads them through a concat, not one input column per channel in order "
+                        "(a flatten or a permutation after it)")
+            inputs = _in_columns(self.module(name))
+            if (offset, inputs) != (0, channels):
+                windows[name] = Window(offset, inputs)
+        return windows
+
+    def _unit(self, producers: list[str], readers: list[str], members: list[str], kind: str,
+              windows: dict[str, Window] | None = None) -> Unit | None:
         """The unit, or None (skipped with the reason) where a reader's columns or a producer's
         width do not match the channels."""
         channels = _out_channels(self.module(producers[0]))
@@ -294,6 +364,9 @@ class UnitGraph:
         found = []
         for name in readers:
             module = self.module(name)
+            if windows and name in windows:
+                found.append(Reader(name, 1, isinstance(module, nn.Linear), windows[name]))
+                continue
             in_cols = _in_columns(module)
             if in_cols % channels:
                 self.skipped.append(SkippedGroup(producers, f"{name} reads {in_cols} columns from {channels} channels"))
@@ -407,7 +480,25 @@ class UnitGraph:
             producer = self.module(unit.producer)
             group = self.graph.get_pruning_group(producer, _out_channel_fn(producer), idxs=drop)
             group.prune()
+            self._shift_windows(unit, torch.tensor(drop))
         return fold
+
+    def _shift_windows(self, unit: Unit, drop: torch.Tensor) -> None:
+        """After `unit` lost its channels `drop`: where it is read through a concat, the reader's
+        other units' windows move to the input channels left, and so does its own."""
+        removed = {}  # reader -> the input channels it lost
+        for i, reader in enumerate(unit.readers):
+            if reader.window is not None:
+                removed[reader.name] = drop + reader.window.offset
+                unit.readers[i] = replace(reader, window=replace(reader.window,
+                                                                 inputs=reader.window.inputs - drop.numel()))
+        for other in self.units:
+            for i, reader in enumerate(other.readers):
+                gone = removed.get(reader.name) if other is not unit else None
+                if gone is not None and reader.window is not None:
+                    w = reader.window
+                    other.readers[i] = replace(reader, window=replace(
+                        w, offset=w.offset - int((gone < w.offset).sum()), inputs=w.inputs - gone.numel()))
 
     def rescale(self, unit: Unit, keep: torch.Tensor, scales: torch.Tensor, fold: str = "consumer") -> None:
         """Multiply the unit's channels `keep` by `scales` at the consumer's input, folded into the
@@ -469,7 +560,7 @@ def apply_gates(x: torch.Tensor, gates: torch.Tensor, reader: Reader) -> torch.T
     gates [N] multiplies x as is; gates [K, N] multiplies x repeated K times along the batch
     (x's batch must then already be K*B, laid out candidate-major).
     """
-    g = gates.to(x.dtype)
+    g = reader.spread(gates.to(x.dtype))
     if reader.columns_per_channel > 1:
         g = g.repeat_interleave(reader.columns_per_channel, dim=-1)
     n = g.shape[-1]
@@ -504,5 +595,6 @@ def _scale_output_channels(module: nn.Module, factors: torch.Tensor) -> None:
 def _column_factors(weight: torch.Tensor, per_channel: torch.Tensor, reader: Reader) -> torch.Tensor:
     """Per-channel factors shaped to multiply a reader's weight along its input dim."""
     step = reader.columns_per_channel
-    f = per_channel.repeat_interleave(step) if step > 1 else per_channel
+    f = reader.spread(per_channel)
+    f = f.repeat_interleave(step) if step > 1 else f
     return f.view(1, -1, *([1] * (weight.dim() - 2)))
