@@ -267,6 +267,15 @@ class _SeededLoader(DataLoader):
             augmented.reseed(int(torch.randint(2**62, (), generator=self.generator)))
         return super().__iter__()
 
+    def position(self) -> dict:
+        """What the next epoch's order and augmentation are drawn from, for a checkpoint."""
+        return {"epoch": self._epoch, "generator": self.generator.get_state()}
+
+    def restore(self, position: dict) -> None:
+        """Continue where `position` was taken: the next epoch draws what it would have."""
+        self._epoch = int(position["epoch"])
+        self.generator.set_state(position["generator"])
+
 
 def _reseed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..checks import arg_error, check_callable, check_choice, check_int, check_module, check_real
+from .checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint, setting_differences
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -25,7 +27,7 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
           params: Iterable[torch.Tensor] | None = None,
           after_step: Callable[[nn.Module, int], None] | None = None,
           progress: bool = True, desc: str = "train", precision: str = "auto",
-          channels_last: bool | None = None) -> list[float]:
+          channels_last: bool | None = None, checkpoint=None, resume: bool = False) -> list[float]:
     """SGD with cosine learning-rate decay per iteration (lr at step 0, 0 after the last step).
 
     Optimizes `params` if given, else every parameter of `model` that requires grad, on
@@ -39,6 +41,10 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
     gradients and optimizer state stay float32); "fp32" does not; "auto": bf16 on a CUDA device
     that supports it. channels_last: conv weights and 4-D inputs in NHWC layout while training
     (default: on CUDA); the weights are contiguous again afterwards.
+    checkpoint: a file written atomically after every epoch (the model, optimizer, schedule, random
+    states, the loader's position and the losses); with resume, training continues from it when it
+    exists, as the uninterrupted run would (bit for bit on the CPU). Settings that differ from the
+    checkpoint's are refused, named.
     """
     check_module(model)
     check_choice("precision", precision, PRECISIONS)
@@ -61,14 +67,23 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
     total_steps = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total_steps))
 
+    settings = dict(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                    label_smoothing=label_smoothing, nesterov=nesterov, steps_per_epoch=steps_per_epoch,
+                    bf16=bf16, world_size=distributed.world_size())
+    if resume and checkpoint is None:
+        raise arg_error("resume", "needs 'checkpoint' (the file to resume from)")
+    epoch_losses, first_epoch = [], 0
+    if resume and Path(checkpoint).is_file():
+        epoch_losses = _resume(checkpoint, settings, model, optimizer, schedule, loader)
+        first_epoch = len(epoch_losses)
     was_training = model.training
     model.train()
     if nhwc:
         model.to(memory_format=torch.channels_last)
     net = distributed.ddp(model)
-    epoch_losses, step = [], 0
+    step = first_epoch * steps_per_epoch
     try:
-        for epoch in range(epochs):
+        for epoch in range(first_epoch, epochs):
             loss_sum, samples = 0.0, 0
             batches = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False)
             for batch in batches:
@@ -93,12 +108,40 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
                 batches.set_postfix(loss=f"{batch_loss:.4f}", lr=f"{step_lr:.3g}", refresh=False)
             loss_sum, samples = distributed.sum_numbers(loss_sum, samples)
             epoch_losses.append(loss_sum / samples)
+            if checkpoint is not None:
+                save_checkpoint({"format": TRAIN_CHECKPOINT_FORMAT, "settings": settings, "losses": epoch_losses,
+                                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "schedule": schedule.state_dict(), "rng": rng_states(),
+                                 "loader": loader.position() if hasattr(loader, "position") else None}, checkpoint)
     finally:
         model.train(was_training)
         if nhwc:
             model.to(memory_format=torch.contiguous_format)
     distributed.average_buffers(model)
     return epoch_losses
+
+
+TRAIN_CHECKPOINT_FORMAT = 1
+
+
+def _resume(checkpoint, settings: dict, model: nn.Module, optimizer, schedule, loader) -> list[float]:
+    """Restore what `train` saved after its last epoch; returns the losses of the epochs done."""
+    state = load_checkpoint(checkpoint, kind="training", file_format=TRAIN_CHECKPOINT_FORMAT)
+    differ = setting_differences(state["settings"], settings)
+    if differ:
+        raise arg_error("resume", f"checkpoint {str(checkpoint)!r} was written with other settings: {', '.join(differ)}")
+    if len(state["losses"]) > settings["epochs"]:
+        raise arg_error("resume", f"checkpoint {str(checkpoint)!r} is past epoch {settings['epochs']}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise arg_error("resume", f"checkpoint {str(checkpoint)!r} does not fit the model ({err})") from None
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    restore_rng_states(state["rng"])
+    if state["loader"] is not None and hasattr(loader, "restore"):
+        loader.restore(state["loader"])
+    return list(state["losses"])
 
 
 def cosine_factor(step: int, total_steps: int) -> float:
