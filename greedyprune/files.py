@@ -96,6 +96,34 @@ def read_torch_file(path, *, argument: str, mmap: bool = False):
 
 
 
+def read_weights_file(path, *, argument: str, mmap: bool = False):
+    """A weights file's content: a .safetensors file (Hugging Face's cache, timm's weights) as a
+    state dict, any other file as read_torch_file reads it."""
+    if str(path).endswith(".safetensors"):
+        return read_safetensors(path, argument=argument)
+    return read_torch_file(path, argument=argument, mmap=mmap)
+
+
+def read_safetensors(path, *, argument: str) -> dict:
+    """The tensors of a .safetensors file on the CPU (the format holds tensors only, no code);
+    an unreadable one is one ArgumentError naming `argument` and the file."""
+    from .checks import arg_error, check_file
+
+    check_file(argument, path)
+    try:
+        from safetensors.torch import load_file
+    except ModuleNotFoundError as err:
+        raise ImportError(f"greedyprune: {str(path)!r} is a .safetensors file, which needs safetensors "
+                          "(pip install safetensors)") from err
+    try:
+        return load_file(path, device="cpu")
+    except OSError:
+        raise
+    except Exception as err:  # safetensors reports a bad header or a short file with its own error types
+        raise arg_error(argument, f"{str(path)!r} is not a readable safetensors file ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:120] if str(err) else 'no detail'})") from None
+
+
 def write_json(path, obj, *, indent: int = 1) -> None:
     """`obj` as strict JSON (NaN/inf -> null, tensors and tuples -> lists) to `path`, atomically."""
     text = json.dumps(plain_json(obj), indent=indent, allow_nan=False) + "\n"

@@ -16,6 +16,7 @@ from .criteria import METHODS
 from .exporters import EXPORTERS, REFIT_TARGETS
 from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
 from .outputs import DISCREPANCIES
+from ..harness.commands import add_pretrained_argument, weights_argument
 from ..harness.training import FINETUNE_RECIPES
 from .pipeline import DEMO_RUN, FINETUNE_FLAGS, RunSpec
 from .surgery import UNIT_KINDS
@@ -79,7 +80,8 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                    help="a zoo name (trained on --data and cached) or a save_model file")
     p.add_argument("--weights", default=defaults.weights,
                    help="weights for the --model name instead of training it: a state dict (torchvision / timm "
-                        "layout) or a checkpoint holding one; 'module.' prefixes are stripped")
+                        "layout, .safetensors too) or a checkpoint holding one; 'module.' prefixes are stripped")
+    add_pretrained_argument(p)
     p.add_argument("--data", default=defaults.data,
                    help="'digits' (bundled), a CIFAR-10 python-pickle folder, or an ImageFolder root (torchvision)")
     p.add_argument("--method", choices=METHODS, default=None,
@@ -198,7 +200,7 @@ def _prune_command(args) -> int:
     config = prune_config(args)
     if args.onnx:
         require_onnx()  # before the run: a missing extra must not cost a whole pruning run
-    run = RunSpec(model=args.model, data=args.data, weights=args.weights, out=args.out, device=args.device,
+    run = RunSpec(model=args.model, data=args.data, weights=weights_argument(args), out=args.out, device=args.device,
                   seed=args.seed, calib_samples=args.calib_samples, gram_samples=args.gram_samples,
                   target_flops=args.target_flops, flops_search=args.flops_search,
                   finetune_epochs=args.finetune_epochs, finetune_recipe=args.finetune_recipe,

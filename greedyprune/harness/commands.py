@@ -3,6 +3,7 @@ greedy-imitation authors' workflow (`--recipe paper`: seed 000's fine-tuning, tr
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -11,9 +12,9 @@ from .. import distributed
 from ..checks import arg_error, check_device, check_int
 from ..files import prepare_output_dir, write_json
 from ..models import save_model
-from .data import load_dataset, make_loader
+from .data import INTERPOLATIONS, ImageTransform, load_dataset, make_loader, source_kind
 from .measure import model_stats
-from .model_source import check_model_source, resolve_model
+from .model_source import check_model_source, published_transform, published_weights_file, resolve_model
 from .training import (FINETUNE_RECIPES, PAPER_FINETUNE_LR, PRECISIONS, QUICK_FINETUNE, RECIPE_SETTINGS, finetune,
                        finetune_recipe)
 
@@ -62,15 +63,58 @@ def register(subparsers) -> None:
 
 
 def _model_arguments(p) -> None:
-    p.add_argument("model", help="a save_model file (e.g. prune's pruned.pt), or a model name with --weights")
+    p.add_argument("model", help="a save_model file (e.g. prune's pruned.pt), or a model name with --weights or "
+                                 "--pretrained")
     p.add_argument("--weights", help="with a model name: a state dict or a checkpoint holding one")
+    add_pretrained_argument(p)
     p.add_argument("--data", default="digits", help="'digits' (bundled), a CIFAR-10 folder or an ImageFolder root")
+    images = p.add_argument_group("ImageFolder preprocessing (default: the --pretrained weights' own, else "
+                                  "resize 256, crop 224, bilinear, ImageNet mean / std)")
+    images.add_argument("--image-size", type=int, help="the centre crop's side (the random crop's when training); "
+                                                       "without --resize the resize keeps its ratio to the crop")
+    images.add_argument("--resize", type=int, help="the shorter side before the centre crop")
+    images.add_argument("--interpolation", choices=INTERPOLATIONS)
+    images.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel mean, e.g. 0.5 0.5 0.5")
+    images.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel standard deviation")
+
+
+def add_pretrained_argument(p) -> None:
+    p.add_argument("--pretrained", action="store_true",
+                   help="with torchvision:<name> / timm:<name>: load the published weights from the local torch hub "
+                        "(torchvision) or Hugging Face (timm) cache, never the network; a missing file is one line "
+                        "naming where to put it")
+
+
+def weights_argument(args) -> str | Path | None:
+    """The weights file the flags name: --weights, or with --pretrained the published weights' cached file."""
+    return published_weights_file(args.model, args.weights) if args.pretrained else args.weights
 
 
 def _load(args) -> torch.nn.Module:
     """The model the arguments name (checked before any work): nothing is trained here."""
-    check_model_source(args.model, args.weights, without_weights="refuse", source_flag="model")
-    return resolve_model(args.model, args.data, without_weights="refuse", weights=args.weights)
+    weights = weights_argument(args)
+    check_model_source(args.model, weights, without_weights="refuse", source_flag="model")
+    return resolve_model(args.model, args.data, without_weights="refuse", weights=weights)
+
+
+TRANSFORM_FLAGS = {"image_size": "crop", "resize": "resize", "interpolation": "interpolation", "mean": "mean",
+                   "std": "std"}
+
+
+def image_transform(args) -> ImageTransform | None:
+    """The ImageFolder preprocessing the flags ask for (over the --pretrained weights' own); None
+    for data of another kind, which is used as stored (the flags are refused there)."""
+    given = {flag: getattr(args, flag) for flag in TRANSFORM_FLAGS if getattr(args, flag) is not None}
+    if source_kind(args.data) != "imagefolder":
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise arg_error(flag, f"applies to ImageFolder data only; {args.data!r} is used as stored")
+        return None
+    base = (published_transform(args.model) if args.pretrained else None) or ImageTransform()
+    fields = {TRANSFORM_FLAGS[flag]: tuple(value) if isinstance(value, list) else value for flag, value in given.items()}
+    if "crop" in fields and "resize" not in fields:  # the resize keeps its ratio to the crop (256 / 224)
+        fields["resize"] = round(fields["crop"] * base.resize / base.crop)
+    return replace(base, **fields)  # ImageTransform checks each value, naming it as the flag does
 
 
 def _architecture(model: torch.nn.Module, source: str) -> str:
@@ -104,6 +148,7 @@ def _describe(recipe: dict) -> str:
 
 def _finetune_command(args: argparse.Namespace) -> int:
     device = check_device("--device", args.device)
+    transform = image_transform(args)
     model = _load(args)
     recipe = _apply_recipe(args, _architecture(model, args.model))
     check_int("--epochs", args.epochs, minimum=1)
@@ -111,8 +156,8 @@ def _finetune_command(args: argparse.Namespace) -> int:
     distributed.per_rank(args.batch_size, "--batch-size")  # a global batch under torchrun
     out = prepare_output_dir(args.out, finished=REPORT_NAME, overwrite=args.overwrite)
     print(f"recipe: {_describe(recipe)}")
-    train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")
-    test_loader = make_loader(test_set, 256, shuffle=False)
+    train_set = load_dataset(args.data, "train", transform=transform)
+    test_loader = make_loader(load_dataset(args.data, "test", transform=transform), 256, shuffle=False)
     example = next(iter(test_loader))[0][:1]
     before = model_stats(model, test_loader, example)
     losses = finetune(model, make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed), epochs=args.epochs,
@@ -133,8 +178,9 @@ def _finetune_command(args: argparse.Namespace) -> int:
 
 def _eval_command(args: argparse.Namespace) -> int:
     device = check_device("--device", args.device)
+    transform = image_transform(args)
     model = _load(args).to(device)
-    test_loader = make_loader(load_dataset(args.data, "test"), 256, shuffle=False)
+    test_loader = make_loader(load_dataset(args.data, "test", transform=transform), 256, shuffle=False)
     stats = model_stats(model, test_loader, next(iter(test_loader))[0][:1])
     print(f"test accuracy {stats['accuracy']:.4f} (loss {stats['test_loss']:.4f}), {stats['params']:,} parameters, "
           f"{stats['flops'] / 1e6:.2f} MFLOPs ({stats['macs'] / 1e6:.2f} MMACs), latency on {stats['latency_device']} "

@@ -2,12 +2,15 @@
 CIFAR-10 from its python-pickle folder, and ImageFolder trees (needs torchvision).
 
 `load_dataset(source, split)` gives a map-style Dataset of (image float32 [C, H, W],
-label int64); `make_loader` a DataLoader whose order and augmentation follow `seed`.
+label int64); `make_loader` a DataLoader whose order and augmentation follow `seed`. The train
+split is augmented (random crop and flip) unless `augment=False`; ImageFolder images are
+preprocessed as an `ImageTransform` says (a published model's: model_source.published_transform).
 """
 from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,23 +33,66 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
-def load_dataset(source: str, split: str, *, image_size: int = 224) -> Dataset:
+@dataclass(frozen=True)
+class ImageTransform:
+    """How an ImageFolder image becomes a tensor: its shorter side resized to `resize` and a
+    centre crop of `crop` (augmented train images: a random resized crop of `crop` and a
+    horizontal flip), with `interpolation`, then normalised by `mean` and `std` per channel.
+    The default is the usual ImageNet evaluation (256 / 224, bilinear, ImageNet mean and std)."""
+
+    crop: int = 224
+    resize: int = 256
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self):
+        check_int("image_size", self.crop, minimum=1)
+        check_int("resize", self.resize, minimum=1)
+        if self.interpolation not in INTERPOLATIONS:
+            raise arg_error("interpolation", f"must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not (isinstance(values, tuple) and values and all(isinstance(v, (int, float)) for v in values)):
+                raise arg_error(name, f"must be a tuple of numbers, one per channel, got {values!r}")
+        if len(self.mean) != len(self.std):
+            raise arg_error("std", f"has {len(self.std)} values but mean has {len(self.mean)}")
+        if not all(v > 0 for v in self.std):
+            raise arg_error("std", f"must be > 0, got {self.std}")
+
+
+def load_dataset(source: str, split: str, *, image_size: int = 224, transform: ImageTransform | None = None,
+                 augment: bool | None = None) -> Dataset:
     """The `split` ("train" or "test"; "val" = "test") of `source`.
 
     source: "digits" (scikit-learn's 8x8 digits, 1437 train / 360 test images),
     a CIFAR-10 python-pickle folder (data_batch_1..5, test_batch, or its parent),
-    or an ImageFolder root with train/ and val/ (or test/) subfolders; `image_size`
-    is the crop side for ImageFolder only.
+    or an ImageFolder root with train/ and val/ (or test/) subfolders. For ImageFolder only:
+    `transform` (default: ImageTransform with crop `image_size`, resize image_size * 256 / 224).
+    augment: random crop and flip (default: for the train split; digits have none).
     """
     split = _check_split(split)
     kind, root = _classify_source(source)
+    augment = split == "train" if augment is None else augment
+    if transform is not None and kind != "imagefolder":
+        raise arg_error("transform", f"applies to ImageFolder roots only; {str(source)!r} is {kind}, whose images "
+                                     "are used as stored")
     if kind == "digits":
         return _digits(split)
     if kind == "cifar10":
-        return CIFAR10(root, train=split == "train")
-    return _image_folder(root, split, image_size)
+        return CIFAR10(root, train=split == "train", augment=augment)
+    if transform is None:
+        check_int("image_size", image_size, minimum=1)
+        transform = ImageTransform(crop=image_size, resize=round(image_size * 256 / 224))
+    return _image_folder(root, split, transform, augment)
+
+
+def source_kind(source: str) -> str:
+    """"digits", "cifar10" or "imagefolder": what `source` is (an error naming 'source' if none)."""
+    return _classify_source(source)[0]
 
 
 def dataset_info(source: str) -> dict:
@@ -222,20 +268,20 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _image_folder(root: Path, split: str, image_size: int) -> Dataset:
+def _image_folder(root: Path, split: str, transform: ImageTransform, augment: bool) -> Dataset:
     try:
         from torchvision import datasets, transforms
     except ImportError as err:
         raise ImportError(f"greedyprune: source {str(root)!r} is an ImageFolder root, which needs torchvision "
                           "(pip install torchvision); 'digits' and CIFAR-10 folders do not") from err
-    check_int("image_size", image_size, minimum=1)
-    if split == "train":
-        steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
-        folder = root / "train"
+    interpolation = transforms.InterpolationMode(transform.interpolation)
+    if augment:
+        steps = [transforms.RandomResizedCrop(transform.crop, interpolation=interpolation),
+                 transforms.RandomHorizontalFlip()]
     else:
-        steps = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
-        folder = _eval_folder(root)
-    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        steps = [transforms.Resize(transform.resize, interpolation=interpolation), transforms.CenterCrop(transform.crop)]
+    folder = root / "train" if split == "train" else _eval_folder(root)
+    steps += [transforms.ToTensor(), transforms.Normalize(transform.mean, transform.std)]
     try:
         return datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
     except FileNotFoundError as err:  # no class subfolders, or no image files in them

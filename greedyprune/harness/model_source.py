@@ -3,21 +3,26 @@ timm:<name>) with an optional weights file; a name without weights is trained on
 cached (`pretrained`), freshly initialised, or refused, as the caller asks.
 
 `check_model_source` validates what the user typed before any work; `resolve_model` builds it.
+`published_weights_file` finds a torchvision / timm model's published weights in the local caches
+(never the network) and `published_transform` the preprocessing they were trained with.
 """
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 import re
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from ..checks import arg_error, check_callable, check_choice, check_file, check_int, check_module
-from ..files import read_torch_file, torch_save_atomically
+from ..files import read_torch_file, read_weights_file, torch_save_atomically
 from ..models import EXTERNAL_LIBRARIES, MODEL_NAMES, build_model, load_model, load_weights_into
-from .data import dataset_info, load_dataset, make_loader
+from .data import ImageTransform, dataset_info, load_dataset, make_loader
 from .training import train
 
 # what a model name without a weights file gives: trained on the data (and cached), a fresh
@@ -53,7 +58,7 @@ def check_model_source(source, weights=None, *, without_weights: str, source_fla
         raise arg_error(source_flag, f"{source!r} is neither a file nor a model name ({', '.join(MODEL_NAMES)}, "
                                      "torchvision:<name>, timm:<name>)")
     if weights is not None:
-        read_torch_file(weights, argument=weights_flag, mmap=True)
+        read_weights_file(weights, argument=weights_flag, mmap=True)
 
 
 def resolve_model(source, data: str, *, without_weights: str, weights=None, seed: int = 0, epochs: int | None = None,
@@ -133,3 +138,88 @@ def _trained_model(arch: str, data: str, *, epochs: int, lr: float, batch_size: 
         train(model, loader, epochs=epochs, lr=lr, device=device, progress=progress, desc=f"train {arch}")
 
     return pretrained(key, lambda: _seeded_model(arch, data, seed), fit, cache_dir=cache_dir)
+
+
+# Hugging Face file names timm's weights are published under, in the order timm tries them.
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def published_weights_file(source, weights=None, *, flag: str = "--pretrained") -> Path:
+    """The local file of the published weights of `source` ('torchvision:<name>': its default
+    weights enum's file in torch.hub.get_dir()/checkpoints; 'timm:<name>[.<tag>]': its pretrained
+    config's Hugging Face file in the hub cache, or its torch hub file), found without network.
+    Not there: an error naming `flag` and the exact path to put the file at."""
+    library, _, name = str(source).partition(":")
+    if weights is not None:
+        raise arg_error(flag, "and --weights cannot be given together (the published weights or a file, not both)")
+    if library not in EXTERNAL_LIBRARIES or not name:
+        raise arg_error(flag, f"goes with a torchvision:<name> or timm:<name> model, not {str(source)!r} (give a "
+                              "weights file with --weights instead)")
+    if importlib.util.find_spec(library) is None:
+        raise arg_error(flag, f"needs {library} to look up {str(source)!r}'s weights (pip install {library})")
+    candidates = _torchvision_weights_files(name, flag) if library == "torchvision" else _timm_weights_files(name, flag)
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise arg_error(flag, f"no local copy of {source}'s weights (no network is used): put the file at "
+                              f"{candidates[0]}" + (f" (or {candidates[1]})" if len(candidates) > 1 else ""))
+    return found
+
+
+def published_transform(source) -> ImageTransform | None:
+    """The evaluation preprocessing `source`'s published weights were made with: torchvision's
+    weights.transforms() (resize, crop, interpolation, mean, std), timm's pretrained config
+    (input_size, interpolation, mean, std, crop_pct); None for other models."""
+    library, _, name = str(source).partition(":")
+    if library == "torchvision":
+        from torchvision.models import get_model_weights
+
+        preset = get_model_weights(name).DEFAULT.transforms()
+        return ImageTransform(crop=preset.crop_size[0], resize=preset.resize_size[0],
+                              interpolation=preset.interpolation.value, mean=tuple(preset.mean), std=tuple(preset.std))
+    if library == "timm":
+        import timm
+
+        config = timm.models.get_pretrained_cfg(name)
+        if config is None:
+            return None
+        crop = config.input_size[-1]
+        return ImageTransform(crop=crop, resize=math.floor(crop / config.crop_pct), interpolation=config.interpolation,
+                              mean=tuple(config.mean), std=tuple(config.std))
+    return None
+
+
+def _torchvision_weights_files(name: str, flag: str) -> list[Path]:
+    from torchvision.models import get_model_weights
+
+    try:
+        weights = get_model_weights(name).DEFAULT
+    except (ValueError, KeyError) as err:
+        raise arg_error(flag, f"torchvision publishes no weights for {name!r} ({err})") from None
+    return [_hub_checkpoint(weights.url)]
+
+
+def _timm_weights_files(name: str, flag: str) -> list[Path]:
+    """The Hugging Face cache's file where it holds one, else the paths to put it at."""
+    import timm
+
+    config = timm.models.get_pretrained_cfg(name)
+    if config is None:
+        raise arg_error(flag, f"timm publishes no weights for {name!r}")
+    if config.hf_hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        for filename in HF_WEIGHT_FILES:
+            cached = try_to_load_from_cache(config.hf_hub_id, filename)
+            if isinstance(cached, str):  # else None or a "known missing" marker
+                return [Path(cached)]
+        # the cache reads snapshots/<revision>/, revision 'main' itself where refs/main is absent
+        folder = Path(constants.HF_HUB_CACHE) / f"models--{config.hf_hub_id.replace('/', '--')}" / "snapshots" / "main"
+        return [folder / filename for filename in HF_WEIGHT_FILES]
+    if config.url:
+        return [_hub_checkpoint(config.url)]
+    raise arg_error(flag, f"timm's pretrained config of {name!r} names no file to load")
+
+
+def _hub_checkpoint(url: str) -> Path:
+    """Where torch.hub.load_state_dict_from_url keeps the file of `url`."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)

@@ -23,7 +23,7 @@ from torch.nn.utils import prune
 
 from ..checks import arg_error, check_module
 from ..extras import require_onnx
-from ..files import read_torch_file, replace_atomically, torch_save_atomically
+from ..files import read_torch_file, read_weights_file, replace_atomically, torch_save_atomically
 from .heads import head_layouts, set_head_counts
 
 FILE_FORMAT = 2
@@ -68,9 +68,10 @@ def load_model(path, *, map_location=None):
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
-    """The weights in `path`: a save_model file, a plain state dict, or a checkpoint holding one
-    under a usual key (state_dict, model, ...); `module.` prefixes (DDP) are stripped."""
-    return _state_dict_of(_read(path), path)
+    """The weights in `path`: a save_model file, a plain state dict, a checkpoint holding one
+    under a usual key (state_dict, model, ...), or a .safetensors file; `module.` prefixes (DDP)
+    are stripped."""
+    return _state_dict_of(read_weights_file(path, argument="path"), path)
 
 
 def _state_dict_of(content, path) -> dict[str, torch.Tensor]:
