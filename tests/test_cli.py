@@ -114,6 +114,8 @@ def test_weights_of_another_model_or_missing_are_one_line(command, tmp_path, cap
 def test_finetune_and_eval_a_pruned_model(tmp_path, monkeypatch, capsys):
     import json
 
+    import torch
+
     from greedyprune.models import load_model
     monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
     pruned = tmp_path / "prune"
@@ -134,6 +136,16 @@ def test_finetune_and_eval_a_pruned_model(tmp_path, monkeypatch, capsys):
     assert measured["macs"] * 2 == measured["flops"] and measured["latency_device"] == "CPU"
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and f"({measured['macs'] / 1e6:.2f} MMACs), latency on CPU" in printed
+    # --resume continues from the checkpoint of the last epoch: here every epoch is done
+    assert (out / "checkpoint.pt").is_file()
+    assert main(["finetune", str(pruned / "pruned.pt"), "--epochs", "2", "--lr", "0.05", "--out", str(out),
+                 "--no-progress", "--resume"]) == 0
+    again, _ = load_model(out / "finetuned.pt")
+    assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), again.state_dict().values()))
+    assert json.loads((out / "report.json").read_text())["epoch_losses"] == report["epoch_losses"]
+    assert main(["finetune", str(pruned / "pruned.pt"), "--epochs", "2", "--lr", "0.06", "--out", str(out),
+                 "--no-progress", "--resume"]) == 2
+    assert "lr=0.05 (now 0.06)" in capsys.readouterr().err
     # a finished run is refused; a name without --weights is one line
     assert main(["finetune", str(pruned / "pruned.pt"), "--out", str(out), "--no-progress"]) == 2
     assert main(["eval", "mlp"]) == 2

@@ -162,6 +162,10 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                         "TensorRT); needs the onnx extra: pip install 'greedyprune[onnx]'")
     p.add_argument("--overwrite", action="store_true", default=defaults.overwrite,
                    help="replace a finished run in --out" + (" (the demo always does)" if defaults.overwrite else ""))
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that stopped, from --out's prune-checkpoint.pt (written after every unit) "
+                        "and finetune-checkpoint.pt (every epoch): it ends as the uninterrupted run would; other "
+                        "arguments are refused, named")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -205,7 +209,7 @@ def _prune_command(args) -> int:
                   target_flops=args.target_flops, flops_search=args.flops_search,
                   finetune_epochs=args.finetune_epochs, finetune_recipe=args.finetune_recipe,
                   finetune_settings=finetune_flags(args), train_epochs=args.train_epochs, overwrite=args.overwrite,
-                  progress=not args.no_progress)
+                  resume=args.resume, progress=not args.no_progress)
     report = run_pruning(config, run)
     print(format_report(report))
     print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt (load_model) "

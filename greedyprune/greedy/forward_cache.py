@@ -91,6 +91,18 @@ class ForwardCache:
         self._now = {index: self._forward(index) for index in targets}
         self._settle(name, targets, start)
 
+    def settle(self) -> None:
+        """Measure the pending export now, by one forward of each batch, instead of in the next
+        unit's pass (which then records the same logits): a checkpoint after a unit holds its
+        exported discrepancy."""
+        if self._pending is None:
+            return
+        name, targets = self._pending
+        self._pending = None
+        start = time.perf_counter()
+        self._now = {index: self._forward(index) for index in targets}
+        self._settle(name, targets, start)
+
     def export_known(self, name: str, value: float | None) -> None:
         """Unit `name` was exported with its discrepancy known without a forward (a fold that keeps
         the gated function: the selection's; None: not measured)."""

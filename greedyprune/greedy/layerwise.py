@@ -10,9 +10,11 @@ pass from one unit to the next live in one `ForwardCache`.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -30,6 +32,7 @@ from .exporters import EXPORTERS, Exported, Exporter
 from .forward_cache import ForwardCache, Targets
 from .gram import gram_of
 from .moments import stream_moments
+from .resume import load_progress, run_settings, save_progress
 from .selection import Selection, UnitResult
 from .surgery import Unit, UnitGraph
 
@@ -38,7 +41,7 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
                 gram_batches: Iterable[torch.Tensor] | None = None, units: list[str] | None = None,
                 graph: UnitGraph | None = None, progress: bool = True,
                 ignored_layers: Iterable[str | nn.Module] | None = None, width_ratios: Mapping[str, float] | None = None,
-                **options) -> list[UnitResult]:
+                checkpoint: str | os.PathLike | None = None, resume: bool = False, **options) -> list[UnitResult]:
     """Prune `model` in place; returns one UnitResult per unit (together: the plan).
 
     config: a PruneConfig, or its fields as keyword options (method, tol, width_ratio, fold, ...).
@@ -58,6 +61,9 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
     width_ratios: a width ratio per unit, by the unit's name or the name of a module that produces
     it (a producer, a co-producer, an attention module), instead of config.width_ratio. graph:
     the model's UnitGraph when the caller has built one (it is traced once).
+    checkpoint: a file written atomically after every unit (resume.py); with resume, a run that
+    stopped continues after its last finished unit, as the uninterrupted run would (`model` must be
+    the unpruned model again; other settings are refused, named).
     """
     config = _config(config, options)
     config.check_stopping_rule()
@@ -68,7 +74,22 @@ def prune_model(model: nn.Module, calib, config: PruneConfig | None = None, *, l
         gram_batches = InputsOf(calibration_batches(gram_batches))  # packed dicts may carry labels
     with keyword_inputs(model, keys):
         return _prune(model, calib, config, labels, gram_batches, units, graph, progress,
-                      _UnitChoices(ignored_layers, width_ratios))
+                      _UnitChoices(ignored_layers, width_ratios), _Progress(checkpoint, resume))
+
+
+@dataclass
+class _Progress:
+    """Where a run checkpoints after every unit (None: nowhere), and whether it resumes from there."""
+
+    checkpoint: str | os.PathLike | None
+    resume: bool
+
+    def __post_init__(self):
+        if self.resume and self.checkpoint is None:
+            raise arg_error("resume", "needs 'checkpoint' (the file to resume from)")
+
+    def resumes(self) -> bool:
+        return self.resume and Path(self.checkpoint).is_file()
 
 
 @dataclass
@@ -108,7 +129,7 @@ def _producer_names(unit: Unit) -> list[str]:
 
 def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | None,
            gram_batches: Iterable[torch.Tensor] | None, units: list[str] | None, graph: UnitGraph | None,
-           progress: bool, choices_asked: _UnitChoices) -> list[UnitResult]:
+           progress: bool, choices_asked: _UnitChoices, saving: _Progress) -> list[UnitResult]:
     criterion, exporter = CRITERIA[config.method], EXPORTERS[config.fold]
     batches = calibration_batches(calib, labels)
     if criterion.needs_labels and any(y is None for _, y in batches):
@@ -153,18 +174,28 @@ def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | 
                          fused=config.measured_on_export and grams_on_calibration and reads_moments)
     # the unpruned network, whose consumer outputs a refit matches
     reference = copy.deepcopy(model).eval() if exporter.needs_reference(config) else None
+    settings = None if saving.checkpoint is None else run_settings(config, [u.name for u in todo], len(batches), model)
+    done: list[UnitResult] = []
+    if saving.resumes():
+        done = load_progress(saving.checkpoint, settings, model, cache)
+        graph = UnitGraph(model, batches[0][0][:2].to(next(model.parameters()).device))  # at the resumed widths
+        todo = [graph.unit(u.name) for u in todo[len(done):]]
     steps = _UnitSteps(graph, batches, gram_batches, config, unit_configs, criterion, exporter, cache, reference,
                        progress)
     choices = []
-    bar = tqdm(todo, desc=f"prune ({config.method})", unit="unit", disable=not progress)
+    bar = tqdm(todo, desc=f"prune ({config.method})", unit="unit", disable=not progress, initial=len(done),
+               total=len(done) + len(todo))
     try:
         for number, unit in enumerate(bar):
             bar.set_postfix_str(unit.name)
             choices.append(steps.run(unit, last=number + 1 == len(todo)))
             bar.set_postfix_str(f"{unit.name}: {unit.channels}->{choices[-1].selection.width}")
+            if settings is not None:
+                cache.settle()
+                save_progress(saving.checkpoint, settings, model, done + [c.result(cache) for c in choices], cache)
     finally:
         model.train(was_training)
-    return [choice.result(cache) for choice in choices]
+    return done + [choice.result(cache) for choice in choices]
 
 
 def _config(config: PruneConfig | None, options: dict) -> PruneConfig:

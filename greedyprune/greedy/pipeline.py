@@ -46,8 +46,10 @@ class RunSpec:
     model: a zoo or torchvision:/timm: name (trained on `data` and cached, unless `weights`, a
         state dict or checkpoint file, is given) or a save_model file; data: 'digits' (bundled),
         a CIFAR-10 folder or an ImageFolder root; out: the folder of the run's files (a folder
-        holding a finished run is refused unless overwrite); device: where the model runs (None:
-        CUDA when available, else the CPU).
+        holding a finished run is refused unless overwrite or resume); device: where the model runs
+        (None: CUDA when available, else the CPU).
+    resume: continue a run that stopped from the checkpoints in `out` (PRUNE_CHECKPOINT after every
+        unit, FINETUNE_CHECKPOINT after every fine-tuning epoch): it ends as the uninterrupted run.
     calib_samples: the calibration images the discrepancy is measured on; gram_samples: the
         images streamed into each Gram (under torchrun both are global, shared out).
     target_flops: the fraction of the FLOPs to keep, reached by bisection on the per-unit
@@ -74,6 +76,7 @@ class RunSpec:
     finetune_settings: Mapping[str, float] = field(default_factory=dict)
     train_epochs: int = 15
     overwrite: bool = False
+    resume: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -114,6 +117,10 @@ class LoadedRun:
     gram_batches: list[torch.Tensor]
 
 
+# Written after every unit / fine-tuning epoch; `resume` continues from them.
+PRUNE_CHECKPOINT, FINETUNE_CHECKPOINT = "prune-checkpoint.pt", "finetune-checkpoint.pt"
+
+
 def run_pruning(config: PruneConfig, run: RunSpec = RunSpec()) -> dict:
     """Prune `run.model` on `run.data` as `config` says; returns the report (also written to
     run.out: report.json, report.png, plan.json, pruned.pt, pruned.pt2). Every argument and the
@@ -122,7 +129,7 @@ def run_pruning(config: PruneConfig, run: RunSpec = RunSpec()) -> dict:
     statistic is summed over the processes, so all of them prune the same channels, and rank 0
     writes the files."""
     check_run(config, run)
-    out = prepare_output_dir(run.out, finished="report.json", overwrite=run.overwrite)
+    out = prepare_output_dir(run.out, finished="report.json", resume=run.resume, overwrite=run.overwrite)
     loaded = load_run(run)
     if distributed.active():  # a process that loaded another model or dataset would prune another answer
         distributed.check_same("model", distributed.fingerprint(loaded.model))
@@ -130,10 +137,11 @@ def run_pruning(config: PruneConfig, run: RunSpec = RunSpec()) -> dict:
     before = model_stats(loaded.model, loaded.test_loader, loaded.calib_x)
     config = fit_budget(config, run, loaded)
     graph = UnitGraph(loaded.model, loaded.calib_x[:2])
-    results, seconds = prune(config, loaded, graph, progress=run.progress)
+    results, seconds = prune(config, loaded, graph, progress=run.progress, checkpoint=out / PRUNE_CHECKPOINT,
+                             resume=run.resume)
     report = make_report(config, run, loaded, graph, results, before=before, prune_seconds=seconds)
     if run.finetune_epochs > 0:
-        report["after_finetune"] = finetune_pruned(loaded, run)
+        report["after_finetune"] = finetune_pruned(loaded, run, checkpoint=out / FINETUNE_CHECKPOINT)
     write_outputs(out, report, results, config, run, loaded)
     return report
 
@@ -201,12 +209,14 @@ def per_process(config: PruneConfig) -> PruneConfig:
     return config if config.step_batch is None else replace(config, step_batch=config.step_batch // distributed.world_size())
 
 
-def prune(config: PruneConfig, loaded: LoadedRun, graph: UnitGraph, *, progress: bool
-          ) -> tuple[list[UnitResult], float]:
-    """Prune the loaded model in place; its unit results and the seconds it took."""
+def prune(config: PruneConfig, loaded: LoadedRun, graph: UnitGraph, *, progress: bool, checkpoint=None,
+          resume: bool = False) -> tuple[list[UnitResult], float]:
+    """Prune the loaded model in place; its unit results and the seconds it took (checkpoint,
+    resume: prune_model's)."""
     start = time.perf_counter()
     results = prune_model(loaded.model, loaded.calib_x, per_process(config), labels=loaded.calib_y,
-                          gram_batches=loaded.gram_batches, graph=graph, progress=progress)
+                          gram_batches=loaded.gram_batches, graph=graph, progress=progress, checkpoint=checkpoint,
+                          resume=resume)
     return results, time.perf_counter() - start
 
 
@@ -244,14 +254,16 @@ def finetune_settings(run: RunSpec) -> dict:
     return settings
 
 
-def finetune_pruned(loaded: LoadedRun, run: RunSpec) -> dict:
-    """Fine-tune the pruned model (harness.training.finetune with finetune_settings); its stats
-    after, and the recipe that ran."""
+def finetune_pruned(loaded: LoadedRun, run: RunSpec, checkpoint=None) -> dict:
+    """Fine-tune the pruned model (harness.training.finetune with finetune_settings, checkpointing
+    every epoch to `checkpoint`, resumed from it with run.resume); its stats after, and the recipe
+    that ran."""
     settings = finetune_settings(run)
     loader = make_loader(loaded.train_set, settings["batch_size"], shuffle=True, seed=run.seed + 3,
                          drop_last=len(loaded.train_set) >= settings["batch_size"])  # as for the Gram batches
     finetune(loaded.model, loader, epochs=settings["epochs"], lr=settings["lr"], momentum=settings["momentum"],
-             weight_decay=settings["weight_decay"], label_smoothing=settings["label_smoothing"], progress=run.progress)
+             weight_decay=settings["weight_decay"], label_smoothing=settings["label_smoothing"], progress=run.progress,
+             checkpoint=checkpoint, resume=run.resume and checkpoint is not None)
     return {**model_stats(loaded.model, loaded.test_loader, loaded.calib_x),
             "recipe": {"name": run.finetune_recipe, "settings": settings, "given": sorted(run.finetune_settings)}}
 

@@ -20,6 +20,7 @@ from .training import (FINETUNE_RECIPES, PAPER_FINETUNE_LR, PRECISIONS, QUICK_FI
 
 REPORT_NAME = "report.json"
 MODEL_NAME = "finetuned.pt"
+CHECKPOINT_NAME = "checkpoint.pt"  # finetune's, after every epoch
 
 
 def register(subparsers) -> None:
@@ -50,6 +51,9 @@ def register(subparsers) -> None:
                     help="NHWC layout for convs while training (auto: on CUDA)")
     ft.add_argument("--out", default="greedyprune-out/finetune")
     ft.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    ft.add_argument("--resume", action="store_true",
+                    help=f"continue from --out/{CHECKPOINT_NAME} (written after every epoch) where it exists; the "
+                         "run ends as the uninterrupted one would")
     ft.add_argument("--no-progress", action="store_true")
     ft.set_defaults(func=_finetune_command)
 
@@ -154,7 +158,7 @@ def _finetune_command(args: argparse.Namespace) -> int:
     check_int("--epochs", args.epochs, minimum=1)
     check_int("--batch-size", args.batch_size, minimum=1)
     distributed.per_rank(args.batch_size, "--batch-size")  # a global batch under torchrun
-    out = prepare_output_dir(args.out, finished=REPORT_NAME, overwrite=args.overwrite)
+    out = prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     print(f"recipe: {_describe(recipe)}")
     train_set = load_dataset(args.data, "train", transform=transform)
     test_loader = make_loader(load_dataset(args.data, "test", transform=transform), 256, shuffle=False)
@@ -164,7 +168,8 @@ def _finetune_command(args: argparse.Namespace) -> int:
                       lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       label_smoothing=args.label_smoothing, device=device, progress=not args.no_progress,
                       precision=args.precision,
-                      channels_last=None if args.channels_last == "auto" else args.channels_last == "on")
+                      channels_last=None if args.channels_last == "auto" else args.channels_last == "on",
+                      checkpoint=out / CHECKPOINT_NAME, resume=args.resume)
     model.cpu()
     after = model_stats(model, test_loader, example)
     config = {k: v for k, v in vars(args).items() if k != "func"}
