@@ -196,3 +196,19 @@ def test_an_empty_image_folder_says_what_is_wrong(tmp_path):
     (tmp_path / "val").mkdir()
     with pytest.raises(ValueError, match="'source'.*no class subfolders"):
         data.dataset_info(str(tmp_path))
+
+
+def test_pruning_calibrates_on_train_images_without_augmentation(cifar, tmp_path, monkeypatch):
+    """The calibration and Gram images are train images as stored (no random crop or flip); the
+    fine-tuning set stays augmented."""
+    from greedyprune.greedy.pipeline import RunSpec, load_run
+
+    monkeypatch.setenv("GREEDYPRUNE_CACHE", str(tmp_path / "cache"))
+    folder, written = cifar
+    loaded = load_run(RunSpec(model="mlp", data=str(folder), calib_samples=8, gram_samples=16, train_epochs=1,
+                              progress=False, device="cpu"))
+    stored = {image.numpy().tobytes() for image in _normalized(np.concatenate(
+        [written[f"data_batch_{i}"][0] for i in range(1, 6)]))}
+    assert loaded.calib_x.shape[0] == 8 and sum(x.shape[0] for x in loaded.gram_batches) == 16
+    assert all(image.numpy().tobytes() in stored for image in torch.cat([loaded.calib_x, *loaded.gram_batches]))
+    assert loaded.train_set.augment

@@ -3,12 +3,7 @@ subcommands."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import torch
-
-from .. import distributed
-from ..extras import require_onnx
 from ..files import prepare_output_dir
 from .budget import FLOPS_SEARCHES
 from .config import DEFAULT_TOL, FINETUNE_DEFAULTS, PruneConfig
@@ -16,7 +11,7 @@ from .criteria import METHODS
 from .exporters import EXPORTERS, REFIT_TARGETS
 from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
 from .outputs import DISCREPANCIES
-from ..harness.commands import add_pretrained_argument, weights_argument
+from ..harness.commands import add_loading_arguments, add_pretrained_argument, image_transform, weights_argument, workers
 from ..harness.training import FINETUNE_RECIPES
 from .pipeline import DEMO_RUN, FINETUNE_FLAGS, RunSpec
 from .surgery import UNIT_KINDS
@@ -84,6 +79,7 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
     add_pretrained_argument(p)
     p.add_argument("--data", default=defaults.data,
                    help="'digits' (bundled), a CIFAR-10 python-pickle folder, or an ImageFolder root (torchvision)")
+    add_loading_arguments(p)
     p.add_argument("--method", choices=METHODS, default=None,
                    help=f"how channels are chosen (default: {config.method}; with --finetune-epochs > 0: "
                         f"{FINETUNE_DEFAULTS['method']})")
@@ -202,32 +198,19 @@ def _prune_command(args) -> int:
     from .report import format_report
 
     config = prune_config(args)
-    if args.onnx:
-        require_onnx()  # before the run: a missing extra must not cost a whole pruning run
     run = RunSpec(model=args.model, data=args.data, weights=weights_argument(args), out=args.out, device=args.device,
                   seed=args.seed, calib_samples=args.calib_samples, gram_samples=args.gram_samples,
                   target_flops=args.target_flops, flops_search=args.flops_search,
                   finetune_epochs=args.finetune_epochs, finetune_recipe=args.finetune_recipe,
                   finetune_settings=finetune_flags(args), train_epochs=args.train_epochs, overwrite=args.overwrite,
-                  resume=args.resume, progress=not args.no_progress)
+                  resume=args.resume, transform=image_transform(args), workers=workers(args), onnx=args.onnx,
+                  progress=not args.no_progress)
     report = run_pruning(config, run)
     print(format_report(report))
-    print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt (load_model) "
-          f"and pruned.pt2 (torch.export.load(path).module())")
-    if args.onnx and distributed.is_main():
-        write_onnx(Path(args.out))
-        print(f"wrote {args.out}/pruned.onnx (onnxruntime.InferenceSession(path))")
+    onnx = " and pruned.onnx (onnxruntime.InferenceSession(path))" if args.onnx else ""
+    print(f"\nwrote {args.out}/report.json, report.png, plan.json, pruned.pt (load_model), "
+          f"pruned.pt2 (torch.export.load(path).module()){onnx}")
     return 0
-
-
-def write_onnx(out: Path) -> None:
-    """pruned.onnx beside pruned.pt: the saved model, exported from an image of its architecture's size."""
-    from ..models import export_onnx, load_model
-
-    model, _ = load_model(out / "pruned.pt")
-    arch = model.greedyprune_arch
-    export_onnx(model, torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"]),
-                out / "pruned.onnx")
 
 
 def _rate_command(args) -> int:

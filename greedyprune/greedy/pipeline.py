@@ -17,12 +17,13 @@ import torch.nn as nn
 
 from .. import distributed
 from ..checks import arg_error, check_choice, check_device, check_int
+from ..extras import require_onnx
 from ..files import prepare_output_dir, write_json
-from ..harness.data import load_dataset, make_loader
+from ..harness.data import ImageTransform, default_workers, load_dataset, make_loader
 from ..harness.measure import model_stats
 from ..harness.model_source import check_model_source, resolve_model
 from ..harness.training import FINETUNE_RECIPES, PAPER_FINETUNE_LR, RECIPE_SETTINGS, finetune, finetune_recipe
-from ..models import export_program, save_model
+from ..models import export_onnx, export_program, save_model
 from .budget import FLOPS_SEARCHES, check_target_flops, tol_for_flops, width_ratio_for_flops
 from .config import PruneConfig
 from .layerwise import prune_model
@@ -50,6 +51,10 @@ class RunSpec:
         (None: CUDA when available, else the CPU).
     resume: continue a run that stopped from the checkpoints in `out` (PRUNE_CHECKPOINT after every
         unit, FINETUNE_CHECKPOINT after every fine-tuning epoch): it ends as the uninterrupted run.
+    transform: ImageFolder preprocessing (harness.data.ImageTransform; None: its default) of every
+        split; calibration and Gram images are train images without random augmentation, fine-tuning
+        images are augmented. workers: data-loading processes (None: data.default_workers).
+    onnx: also write pruned.onnx (models.export_onnx; needs the onnx extra, checked first).
     calib_samples: the calibration images the discrepancy is measured on; gram_samples: the
         images streamed into each Gram (under torchrun both are global, shared out).
     target_flops: the fraction of the FLOPs to keep, reached by bisection on the per-unit
@@ -77,6 +82,9 @@ class RunSpec:
     train_epochs: int = 15
     overwrite: bool = False
     resume: bool = False
+    transform: ImageTransform | None = None
+    workers: int | None = None
+    onnx: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -93,6 +101,14 @@ class RunSpec:
         check_choice("flops_search", self.flops_search, FLOPS_SEARCHES)
         if self.device is not None:
             check_device("device", self.device)
+        if self.workers is not None:
+            check_int("workers", self.workers, minimum=0)
+        if self.transform is not None and not isinstance(self.transform, ImageTransform):
+            raise arg_error("transform", f"must be a harness.data.ImageTransform, got {type(self.transform).__name__}")
+
+    @property
+    def loader_workers(self) -> int:
+        return default_workers(self.data) if self.workers is None else self.workers
 
     @property
     def torch_device(self) -> torch.device:
@@ -129,6 +145,8 @@ def run_pruning(config: PruneConfig, run: RunSpec = RunSpec()) -> dict:
     statistic is summed over the processes, so all of them prune the same channels, and rank 0
     writes the files."""
     check_run(config, run)
+    if run.onnx:
+        require_onnx()  # before the run: a missing extra must not cost a whole pruning run
     out = prepare_output_dir(run.out, finished="report.json", resume=run.resume, overwrite=run.overwrite)
     loaded = load_run(run)
     if distributed.active():  # a process that loaded another model or dataset would prune another answer
@@ -176,14 +194,19 @@ def load_run(run: RunSpec) -> LoadedRun:
     device = run.torch_device
     model = resolve_model(run.model, run.data, without_weights="train", weights=run.weights, seed=run.seed,
                           epochs=run.train_epochs, progress=run.progress).eval().to(device)
-    train_set, test_set = load_dataset(run.data, "train"), load_dataset(run.data, "test")
-    test_loader = make_loader(test_set, TEST_BATCH, shuffle=False)
-    calib_x, calib_y = next(iter(make_loader(train_set, run.calib_samples, shuffle=True, seed=run.seed + 1)))
+    workers, transform = run.loader_workers, run.transform
+    train_set = load_dataset(run.data, "train", transform=transform)
+    # calibration imitates the network on the images it sees, not on random crops and flips
+    calib_set = load_dataset(run.data, "train", transform=transform, augment=False)
+    test_loader = make_loader(load_dataset(run.data, "test", transform=transform), TEST_BATCH, shuffle=False,
+                              num_workers=workers)
+    calib_x, calib_y = next(iter(make_loader(calib_set, run.calib_samples, shuffle=True, seed=run.seed + 1,
+                                             num_workers=workers)))
     gram_batches, streamed = [], 0
     # whole global batches only: a last partial one would be padded differently per process count
     gram_batch = min(GRAM_BATCH, run.gram_samples)
-    for x, _ in make_loader(train_set, gram_batch, shuffle=True, seed=run.seed + 2,
-                            drop_last=len(train_set) >= gram_batch):
+    for x, _ in make_loader(calib_set, gram_batch, shuffle=True, seed=run.seed + 2,
+                            drop_last=len(calib_set) >= gram_batch, num_workers=workers):
         if streamed >= run.gram_samples:
             break
         gram_batches.append(x)
@@ -260,7 +283,8 @@ def finetune_pruned(loaded: LoadedRun, run: RunSpec, checkpoint=None) -> dict:
     that ran."""
     settings = finetune_settings(run)
     loader = make_loader(loaded.train_set, settings["batch_size"], shuffle=True, seed=run.seed + 3,
-                         drop_last=len(loaded.train_set) >= settings["batch_size"])  # as for the Gram batches
+                         drop_last=len(loaded.train_set) >= settings["batch_size"],  # as for the Gram batches
+                         num_workers=run.loader_workers)
     finetune(loaded.model, loader, epochs=settings["epochs"], lr=settings["lr"], momentum=settings["momentum"],
              weight_decay=settings["weight_decay"], label_smoothing=settings["label_smoothing"], progress=run.progress,
              checkpoint=checkpoint, resume=run.resume and checkpoint is not None)
@@ -271,7 +295,8 @@ def finetune_pruned(loaded: LoadedRun, run: RunSpec, checkpoint=None) -> dict:
 def write_outputs(out, report: dict, results: list[UnitResult], config: PruneConfig, run: RunSpec,
                   loaded: LoadedRun) -> None:
     """plan.json, pruned.pt (load_model), pruned.pt2 (torch.export.load(path).module(), where
-    torch.export can take the model), report.json and report.png, each written atomically."""
+    torch.export can take the model), with run.onnx pruned.onnx (an op without an ONNX translation
+    is an error naming it), report.json and report.png, each written atomically."""
     save_plan(make_plan(results, model=run.model, data=run.data, method=config.method, fold=config.fold),
               out / "plan.json")
     save_model(loaded.model, out / "pruned.pt", data=run.data, method=config.method)
@@ -280,5 +305,8 @@ def write_outputs(out, report: dict, results: list[UnitResult], config: PruneCon
         report["program"] = "pruned.pt2"
     except Exception as err:  # torch.export cannot take every model; the state dict file still works
         report["program"] = f"not written: torch.export failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+    if run.onnx:
+        export_onnx(loaded.model, loaded.calib_x[:1], out / "pruned.onnx")
+        report["onnx"] = "pruned.onnx"
     write_json(out / "report.json", report)
     plot_report(report, out / "report.png")

@@ -12,7 +12,7 @@ from .. import distributed
 from ..checks import arg_error, check_device, check_int
 from ..files import prepare_output_dir, write_json
 from ..models import save_model
-from .data import INTERPOLATIONS, ImageTransform, load_dataset, make_loader, source_kind
+from .data import INTERPOLATIONS, ImageTransform, default_workers, load_dataset, make_loader, source_kind
 from .measure import model_stats
 from .model_source import check_model_source, published_transform, published_weights_file, resolve_model
 from .training import (FINETUNE_RECIPES, PAPER_FINETUNE_LR, PRECISIONS, QUICK_FINETUNE, RECIPE_SETTINGS, finetune,
@@ -72,6 +72,13 @@ def _model_arguments(p) -> None:
     p.add_argument("--weights", help="with a model name: a state dict or a checkpoint holding one")
     add_pretrained_argument(p)
     p.add_argument("--data", default="digits", help="'digits' (bundled), a CIFAR-10 folder or an ImageFolder root")
+    add_loading_arguments(p)
+
+
+def add_loading_arguments(p) -> None:
+    """--workers and the ImageFolder preprocessing flags (image_transform reads them)."""
+    p.add_argument("--workers", type=int, help="data-loading worker processes (default: up to 8 for ImageFolder "
+                                               "data, 0 for digits and CIFAR-10, which are held in memory)")
     images = p.add_argument_group("ImageFolder preprocessing (default: the --pretrained weights' own, else "
                                   "resize 256, crop 224, bilinear, ImageNet mean / std)")
     images.add_argument("--image-size", type=int, help="the centre crop's side (the random crop's when training); "
@@ -150,9 +157,16 @@ def _describe(recipe: dict) -> str:
             f"{s['label_smoothing']:g}, cosine decay{given})")
 
 
+def workers(args) -> int:
+    """--workers, checked, or the data's default (data.default_workers)."""
+    if args.workers is None:
+        return default_workers(args.data)
+    return check_int("--workers", args.workers, minimum=0)
+
+
 def _finetune_command(args: argparse.Namespace) -> int:
     device = check_device("--device", args.device)
-    transform = image_transform(args)
+    transform, loaders = image_transform(args), workers(args)
     model = _load(args)
     recipe = _apply_recipe(args, _architecture(model, args.model))
     check_int("--epochs", args.epochs, minimum=1)
@@ -161,10 +175,12 @@ def _finetune_command(args: argparse.Namespace) -> int:
     out = prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     print(f"recipe: {_describe(recipe)}")
     train_set = load_dataset(args.data, "train", transform=transform)
-    test_loader = make_loader(load_dataset(args.data, "test", transform=transform), 256, shuffle=False)
+    test_loader = make_loader(load_dataset(args.data, "test", transform=transform), 256, shuffle=False,
+                              num_workers=loaders)
     example = next(iter(test_loader))[0][:1]
     before = model_stats(model, test_loader, example)
-    losses = finetune(model, make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed), epochs=args.epochs,
+    losses = finetune(model, make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed, num_workers=loaders),
+                      epochs=args.epochs,
                       lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       label_smoothing=args.label_smoothing, device=device, progress=not args.no_progress,
                       precision=args.precision,
@@ -183,9 +199,10 @@ def _finetune_command(args: argparse.Namespace) -> int:
 
 def _eval_command(args: argparse.Namespace) -> int:
     device = check_device("--device", args.device)
-    transform = image_transform(args)
+    transform, loaders = image_transform(args), workers(args)
     model = _load(args).to(device)
-    test_loader = make_loader(load_dataset(args.data, "test", transform=transform), 256, shuffle=False)
+    test_loader = make_loader(load_dataset(args.data, "test", transform=transform), 256, shuffle=False,
+                              num_workers=loaders)
     stats = model_stats(model, test_loader, next(iter(test_loader))[0][:1])
     print(f"test accuracy {stats['accuracy']:.4f} (loss {stats['test_loss']:.4f}), {stats['params']:,} parameters, "
           f"{stats['flops'] / 1e6:.2f} MFLOPs ({stats['macs'] / 1e6:.2f} MMACs), latency on {stats['latency_device']} "

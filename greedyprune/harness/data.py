@@ -95,6 +95,15 @@ def source_kind(source: str) -> str:
     return _classify_source(source)[0]
 
 
+def default_workers(source: str) -> int:
+    """Data-loading worker processes for `source`: ImageFolder images are decoded and transformed
+    per sample, so up to 8 workers (this process's share of the cores under torchrun); digits and
+    CIFAR-10 are tensors in memory, where workers only add start-up time (0)."""
+    if source_kind(source) != "imagefolder":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 1) // distributed.world_size() - 1))
+
+
 def dataset_info(source: str) -> dict:
     """in_channels, image_size and num_classes of `source`, without loading its images
     (ImageFolder: classes = subfolders of train/, image_size = the default crop, 224)."""
