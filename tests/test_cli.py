@@ -130,7 +130,10 @@ def test_finetune_and_eval_a_pruned_model(tmp_path, monkeypatch, capsys):
     tuned, _ = load_model(out / "finetuned.pt")
     assert sum(p.numel() for p in tuned.parameters()) == report["after"]["params"]
     capsys.readouterr()
-    assert main(["eval", str(out / "finetuned.pt"), "--device", "cpu", "--json", str(tmp_path / "eval.json")]) == 0
+    assert main(["eval", str(out / "finetuned.pt"), "--device", "cpu", "--workers", "-1"]) == 2
+    assert "'--workers' must be >= 0" in capsys.readouterr().err
+    assert main(["eval", str(out / "finetuned.pt"), "--device", "cpu", "--json", str(tmp_path / "eval.json"),
+                 "--workers", "1"]) == 0  # a worker process loads the batches
     measured = json.loads((tmp_path / "eval.json").read_text())
     assert measured["accuracy"] == report["after"]["accuracy"]
     assert measured["macs"] * 2 == measured["flops"] and measured["latency_device"] == "CPU"
