@@ -9,6 +9,8 @@ i on cuda:LOCAL_RANK), gloo on CPUs. Without a process group every function here
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import os
 
@@ -123,8 +125,9 @@ def fingerprint(model: nn.Module) -> tuple:
 
 
 def average_buffers(model: nn.Module, weight: float = 1.0) -> None:
-    """Floating buffers (BatchNorm running statistics) set to their `weight`-weighted mean over
-    the processes, so every process holds the same model after training or re-estimation."""
+    """Floating buffers set to their `weight`-weighted mean over the processes, so every process
+    holds the same model after training (BatchNorm running statistics trained through `ddp` are
+    equal already; a model's other buffers need not be)."""
     if not active():
         return
     buffers = [b for b in model.buffers() if b.is_floating_point()]
@@ -153,13 +156,77 @@ def per_rank(count: int, name: str) -> int:
 def ddp(model: nn.Module) -> nn.Module:
     """`model` wrapped in DistributedDataParallel (gradients averaged over the processes;
     parameters and buffers copied from rank 0 first), or `model` itself without a process group.
-    Buffers are not broadcast every step: `average_buffers` reconciles them after training."""
+    Every forward through the wrapper runs train-mode BatchNorm on the global batch
+    (`global_batch_norm`), so the gradients, losses and running statistics are those one process
+    computes on the whole batch. Buffers are not broadcast every step: `average_buffers`
+    reconciles any others after training."""
     if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel
+
+    class GlobalBatchNormDDP(DistributedDataParallel):
+        def forward(self, *args, **kwargs):
+            with global_batch_norm(self.module):
+                return super().forward(*args, **kwargs)
 
     device = next(model.parameters()).device
     # torch >= 2.13 names the switch forward_sync_buffers (and still syncs buffers at init)
     names = inspect.signature(DistributedDataParallel).parameters
     no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in names else {"broadcast_buffers": False}
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **no_sync)
+    return GlobalBatchNormDDP(model, device_ids=[device] if device.type == "cuda" else None, **no_sync)
+
+
+@contextlib.contextmanager
+def global_batch_norm(model: nn.Module):
+    """Inside the block, every BatchNorm of `model` that normalises by batch statistics (train
+    mode, or no running statistics) takes them from the sums of x and x^2 and the counts over
+    all the processes, with their gradient (what torch's SyncBatchNorm does on GPUs only), and
+    updates its running statistics with them; eval-mode BatchNorm is untouched. A no-op
+    without a process group."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if active() else []
+    for m in norms:
+        m.forward = functools.partial(_global_batch_norm_forward, m, type(m).forward.__get__(m))
+    try:
+        yield model
+    finally:
+        for m in norms:
+            del m.forward
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """The sum over the processes; its gradient with respect to each process's part is the sum
+    of every process's gradient of the result (each process's loss depends on every part)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        return all_reduce_sum(tensor.clone())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_reduce_sum(grad.clone())
+
+
+def _global_batch_norm_forward(module: nn.modules.batchnorm._BatchNorm, local_forward, x: torch.Tensor):
+    if not (module.training or module.running_mean is None):
+        return local_forward(x)
+    c, dims = x.shape[1], [0, *range(2, x.dim())]
+    shape = (1, c, *([1] * (x.dim() - 2)))
+    # shifted by the running mean, so that E[x^2] - E[x]^2 keeps float32 precision
+    shift = module.running_mean.detach().float().clone() if module.running_mean is not None else x.new_zeros(c).float()
+    xs = x.float() - shift.view(shape)
+    count = xs.new_full((1,), x.numel() / c)
+    sums = _SumOverProcesses.apply(torch.cat([xs.sum(dims), xs.square().sum(dims), count]).double())
+    n = sums[2 * c].detach()
+    centred_mean = sums[:c] / n
+    var = (sums[c:2 * c] / n - centred_mean.square()).clamp_min(0)
+    mean = centred_mean + shift.double()
+    if module.training and module.track_running_stats:
+        with torch.no_grad():
+            module.num_batches_tracked.add_(1)
+            factor = 1.0 / float(module.num_batches_tracked) if module.momentum is None else module.momentum
+            module.running_mean.lerp_(mean.to(module.running_mean.dtype), factor)
+            module.running_var.lerp_((var * (n / max(float(n) - 1, 1))).to(module.running_var.dtype), factor)
+    y = (x.float() - mean.float().view(shape)) * torch.rsqrt(var.float().view(shape) + module.eps)
+    if module.affine:
+        y = y * module.weight.float().view(shape) + module.bias.float().view(shape)
+    return y.to(x.dtype)
