@@ -30,6 +30,7 @@ QUICK_RESULTS_JSON = HERE / "results_quick.json"
 RESULTS_MD = HERE / "RESULTS.md"
 # Each module defines BENCHMARK (or a list, BENCHMARKS); RESULTS.md lists them in this order.
 BENCHMARK_MODULES = ["cases", "bench_global_imitation", "bench_greedy_demo", "bench_imagenet_scale", "bench_channel_groups",
+                     "bench_h100_projection",
                      "bench_popup_search", "bench_pqi_report", "bench_vs_torch_pruning", "bench_paper_claims", "gpu_bench"]
 
 

@@ -11,6 +11,7 @@ from .criteria import METHODS
 from .exporters import EXPORTERS, REFIT_TARGETS
 from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_curves
 from .outputs import DISCREPANCIES
+from .precision import PRECISIONS
 from ..harness.commands import add_loading_arguments, add_pretrained_argument, image_transform, weights_argument, workers
 from ..harness.training import FINETUNE_RECIPES
 from .pipeline import DEMO_RUN, FINETUNE_FLAGS, RunSpec
@@ -113,6 +114,10 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                         "heads (an attention module's whole heads; key/value groups under grouped-query attention), "
                         "embed (a transformer's embedding width, read through LayerNorms/RMSNorms); "
                         f"default {','.join(config.groups)}")
+    p.add_argument("--precision", choices=PRECISIONS, default=config.precision,
+                   help="the dtype of the criteria's forwards (bf16 / fp16: autocast over global imitation's "
+                        "candidates and Taylor passes, tolerance probes; for GPUs). The Gram pass, the export and BN "
+                        "re-estimation stay float32 (default fp32)")
     p.add_argument("--round-to", type=int, default=config.round_to, metavar="N",
                    help="keep a multiple of N channels in every inner, residual and embed unit (or all of them), e.g. 8 "
                         "for tensor cores; widths round up; heads are whole already (default 1)")
@@ -190,7 +195,7 @@ def prune_config(args) -> PruneConfig:
                        memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20),
                        fold=args.fold or defaults["fold"], recalibrate_bn=args.recalibrate_bn,
                        refit_target=args.refit_target, refit_damping=args.refit_damping, groups=args.groups,
-                       round_to=args.round_to)
+                       round_to=args.round_to, precision=args.precision)
 
 
 def _prune_command(args) -> int:

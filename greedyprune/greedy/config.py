@@ -8,6 +8,7 @@ from ..checks import ArgumentError, arg_error, check_choice, check_int, check_re
 from .criteria import CRITERIA
 from .exporters import EXPORTERS, REFIT_TARGETS
 from .outputs import DISCREPANCIES
+from .precision import PRECISIONS
 from .surgery import UNIT_KINDS
 
 # The network discrepancy each unit may add when no stopping rule is given.
@@ -62,6 +63,9 @@ class PruneConfig:
     round_to: every unit but heads (inner, residual, embed) keeps a multiple of this many
         channels (or all of them), for hardware that runs widths of multiples of 8 or 16 fastest; a width or a
         tolerance's width is rounded up. Heads are whole already and not rounded.
+    precision: the dtype the criteria's forwards run in ("bf16", "fp16": torch.autocast over global
+        imitation's candidates and Taylor passes, tolerance probes and refit evaluations), for GPU
+        speed; the Gram pass, the export and BN re-estimation stay float32 (precision.py).
     """
 
     method: str = "refit"
@@ -80,8 +84,10 @@ class PruneConfig:
     refit_target: str = "original"
     groups: tuple[str, ...] = UNIT_KINDS
     round_to: int = 1
+    precision: str = "fp32"
 
     def __post_init__(self):
+        check_choice("precision", self.precision, PRECISIONS)
         check_choice("method", self.method, tuple(CRITERIA))
         if self.network_budget is not None:
             check_real("network_budget", self.network_budget, low=0.0)

@@ -156,7 +156,10 @@ class SuffixEvaluator:
         r, images = None, 0
         for i in self._step_indices():
             engine = self._engine(i)
-            part = sum(ops.taylor_scores(act, grad, a32.to(act.dtype), 0).r.to(torch.float64)
+            # autocast forwards give 16-bit activations and gradients: the scores sum in float32
+            part = sum(ops.taylor_scores(act.float(), grad.float(), a32, 0).r.to(torch.float64)
+                       if act.dtype in (torch.float16, torch.bfloat16) else
+                       ops.taylor_scores(act, grad, a32.to(act.dtype), 0).r.to(torch.float64)
                        for act, grad in engine.taylor_inputs(a32 * self.channels)) * engine.batch
             r = part if r is None else r + part
             images += engine.batch

@@ -17,6 +17,7 @@ from typing import Iterable
 import torch
 
 from .moments import ConsumerMoments, reader_weights, stream_moments, unit_columns
+from .precision import exact
 from .surgery import Unit, UnitGraph
 
 
@@ -25,7 +26,8 @@ def gram_from_columns(xtx: torch.Tensor, rows: int, weight: torch.Tensor, channe
     w = weight.detach().reshape(weight.shape[0], -1).float()
     s = w.shape[1] // channels
     # W^T W in float32 (a GEMM as big as X^T X, without the long row sum); the product in float64.
-    prod = (xtx / max(rows, 1)) * (w.T @ w).double()
+    with exact(w.device):
+        prod = (xtx / max(rows, 1)) * (w.T @ w).double()
     return prod.view(channels, s, channels, s).sum(dim=(1, 3)) * float(channels) ** 2
 
 

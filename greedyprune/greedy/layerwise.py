@@ -32,6 +32,7 @@ from .exporters import EXPORTERS, Exported, Exporter
 from .forward_cache import ForwardCache, Targets
 from .gram import gram_of
 from .moments import stream_moments
+from .precision import forwards_in
 from .resume import load_progress, run_settings, save_progress
 from .selection import Selection, UnitResult
 from .surgery import Unit, UnitGraph
@@ -310,12 +311,15 @@ class _UnitSteps:
         return chosen
 
     def _select(self, context: UnitContext) -> Selection:
+        """The criterion's choice; its forwards (candidates, Taylor passes, tolerance probes) in
+        config.precision (the Gram pass, the export and BN re-estimation stay float32: precision.py)."""
         total = self.criterion.progress_total(context.max_neurons)
-        if total is None:
-            return self.criterion.select(context)
-        with tqdm(total=total, desc=f"  {self.config.method} {context.unit.name}", unit="step", leave=False,
-                  disable=not self.progress) as context.progress:
-            return self.criterion.select(context)
+        with forwards_in(self.config.precision, next(self.graph.model.parameters()).device):
+            if total is None:
+                return self.criterion.select(context)
+            with tqdm(total=total, desc=f"  {self.config.method} {context.unit.name}", unit="step", leave=False,
+                      disable=not self.progress) as context.progress:
+                return self.criterion.select(context)
 
 
 def _whole_if_unmet(selection: Selection, config: PruneConfig, channels: int) -> Selection:

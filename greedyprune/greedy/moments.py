@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .. import distributed
 from ..checks import arg_error
 from .outputs import logits_of
+from .precision import exact
 from .surgery import Reader, Unit, UnitGraph
 
 
@@ -212,16 +213,18 @@ class _ReaderStream:
         moments = self.moments
         y = self.reference_output.pop() if self.reference is not None else None
         x2, y2, moments.positions = _rows(self.consumer, x, y, self.positions_per_image, self.generator)
-        # each batch's GEMM in the model's precision (16-bit models in float32), summed in float64
+        # each batch's GEMM in the model's precision (16-bit models and autocast forwards in
+        # float32), summed in float64
         x2 = x2.to(torch.promote_types(x2.dtype, torch.float32))
-        moments.xtx.add_((x2.T @ x2).to(torch.float64))
-        moments.x_sum.add_(x2.sum(0).to(torch.float64))
-        moments.rows += x2.shape[0]
-        if y2 is not None:
-            y2 = y2.to(x2.dtype)
-            moments.xty.add_((x2.T @ y2).to(torch.float64))
-            moments.y_sum.add_(y2.sum(0).to(torch.float64))
-            moments.yy += float(y2.double().square().sum())
+        with exact(x2.device):
+            moments.xtx.add_((x2.T @ x2).to(torch.float64))
+            moments.x_sum.add_(x2.sum(0).to(torch.float64))
+            moments.rows += x2.shape[0]
+            if y2 is not None:
+                y2 = y2.to(x2.dtype)
+                moments.xty.add_((x2.T @ y2).to(torch.float64))
+                moments.y_sum.add_(y2.sum(0).to(torch.float64))
+                moments.yy += float(y2.double().square().sum())
 
 
 def _summed_over_processes(moments: ConsumerMoments) -> ConsumerMoments:
