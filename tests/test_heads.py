@@ -2,12 +2,10 @@
 on Hugging Face Llama (grouped-query attention) and ViT models, exact removal of whole heads, the
 Gram of head contributions, Taylor scores over heads, the refit, magnitude and every method."""
 import copy
-import math
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from greedyprune import ops
 from greedyprune.greedy import prune_model
@@ -16,6 +14,7 @@ from greedyprune.models.heads import group_l1
 from greedyprune.greedy.suffix import BatchSuffix
 from greedyprune.greedy.surgery import UnitGraph
 from greedyprune.models.vit import ViT
+from finite_differences import assert_gr_is_the_directional_derivative
 
 
 def tiny_vit(heads: int = 3) -> nn.Module:
@@ -154,11 +153,7 @@ def test_taylor_scores_over_heads_equal_finite_differences(use_fx):
     (act, grad), = ev.taylor_inputs(a * n)
     assert act.shape == (6, 3, 5 * 4)  # [images, heads, (4 patches + cls) x head_dim]
     gr = ops.taylor_scores(act, grad, a, 2).gr
-    h = 1e-6
-    for i in range(n):
-        e = torch.eye(n, dtype=torch.float64)[i]
-        fd = float(ev.evaluate(((1 - h) * a + h * e) * n) - ev.evaluate(((1 + h) * a - h * e) * n)) / (2 * h)
-        assert math.isclose(fd, n * float(gr[i]), rel_tol=1e-4, abs_tol=1e-9)
+    assert_gr_is_the_directional_derivative(ev, a, gr)
 
 
 def test_head_magnitude_is_the_mean_l1_of_the_heads_rows_and_columns():

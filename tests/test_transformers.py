@@ -1,7 +1,6 @@
 """Greedy imitation on transformer units: (batch, tokens, channels) activations read by a Linear
 (a ViT's MLP) and the shared hidden neurons of a gated MLP (gate and up projections multiplied,
 read by the down projection), against explicit computations (attention heads: test_heads.py)."""
-import math
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from greedyprune.greedy.suffix import BatchSuffix
 from greedyprune.greedy.surgery import UnitGraph
 from greedyprune.models import build_model
 from greedyprune.models.vit import ViT
+from finite_differences import assert_gr_is_the_directional_derivative
 
 
 def tiny_vit() -> nn.Module:
@@ -162,11 +162,7 @@ def test_fixed_steps_and_taylor_scores_on_token_channels(make, inputs):
     one = BatchSuffix(graph, unit, x, kind="kl")
     (act, grad), = one.taylor_inputs(a * n)
     scores = ops.taylor_scores(act, grad, a, 2)
-    h = 1e-6
-    for i in range(0, n, 5):
-        e = torch.eye(n, dtype=torch.float64)[i]
-        fd = float(one.evaluate(((1 - h) * a + h * e) * n) - one.evaluate(((1 + h) * a - h * e) * n)) / (2 * h)
-        assert math.isclose(fd, n * float(scores.gr[i]), rel_tol=1e-4, abs_tol=1e-9)
+    assert_gr_is_the_directional_derivative(one, a, scores.gr, range(0, n, 5))
 
 
 @pytest.mark.parametrize("method", ["local", "global", "hybrid"])
