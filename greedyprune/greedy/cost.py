@@ -18,7 +18,6 @@ tolerance decides count as N (the most it may keep).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -86,27 +85,6 @@ def unit_cost(config: PruneConfig, unit: Unit, *, calib_images: int, gram_images
         # the backward runs through the whole network; the re-checks through the suffix
         forwards["taylor"] = taylor_steps * (3 + min(config.taylor_top, n) * suffix_share) * step_images
     return UnitCost(unit.name, n, width, forwards)
-
-
-def seconds_per_image(model: nn.Module, example: torch.Tensor, repeats: int = 3) -> float:
-    """The median seconds of one forward of `example` (after a warm-up), per image, on the model's
-    device, in eval mode without grad."""
-    was_training = model.training
-    model.eval()
-    times = []
-    try:
-        with torch.no_grad():
-            for _ in range(repeats + 1):
-                if example.is_cuda:
-                    torch.cuda.synchronize(example.device)
-                start = time.perf_counter()
-                model(example)
-                if example.is_cuda:
-                    torch.cuda.synchronize(example.device)
-                times.append(time.perf_counter() - start)
-    finally:
-        model.train(was_training)
-    return sorted(times[1:])[len(times[1:]) // 2] / example.shape[0]
 
 
 def describe(costs: list[UnitCost], per_image: float, device: str) -> str:

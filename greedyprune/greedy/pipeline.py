@@ -26,7 +26,7 @@ from ..harness.training import FINETUNE_RECIPES, PAPER_FINETUNE_LR, RECIPE_SETTI
 from ..models import export_onnx, export_program, save_model
 from .budget import FLOPS_SEARCHES, check_target_flops, tol_for_flops, width_ratio_for_flops
 from .config import PruneConfig
-from .cost import PHASES, describe, seconds_per_image, suffix_shares, unit_cost
+from .cost import PHASES, describe, suffix_shares, unit_cost
 from .layerwise import prune_model
 from .plan import make_plan, save_plan
 from .report import plot_report
@@ -156,7 +156,7 @@ def run_pruning(config: PruneConfig, run: RunSpec = RunSpec()) -> dict:
     before = model_stats(loaded.model, loaded.test_loader, loaded.calib_x)
     config = fit_budget(config, run, loaded)
     graph = UnitGraph(loaded.model, loaded.calib_x[:2])
-    estimate = estimate_run(config, loaded, graph)
+    estimate = estimate_run(config, loaded, graph, before)
     print(estimate.pop("line"), flush=True)  # before paying for it
     results, seconds = prune(config, loaded, graph, progress=run.progress, checkpoint=out / PRUNE_CHECKPOINT,
                              resume=run.resume)
@@ -218,16 +218,17 @@ def load_run(run: RunSpec) -> LoadedRun:
     return LoadedRun(model, train_set, test_loader, calib_x.to(device), calib_y, gram_batches)
 
 
-def estimate_run(config: PruneConfig, loaded: LoadedRun, graph: UnitGraph) -> dict:
+def estimate_run(config: PruneConfig, loaded: LoadedRun, graph: UnitGraph, before: dict) -> dict:
     """The run's cost before it runs (cost.py): image forwards per phase, seconds per image forward
-    timed once on the model's device, the projected seconds, and the line that says so."""
+    (the batch-64 latency `before`, model_stats', measured on the model's device), the projected
+    seconds, and the line that says so."""
     world = distributed.world_size()
     calib = loaded.calib_x.shape[0] * world
     gram = sum(x.shape[0] for x in loaded.gram_batches) * world
     units = [u for u in graph.units if u.kind in config.groups]
     shares = suffix_shares(loaded.model, loaded.calib_x[:1], units)
     costs = [unit_cost(config, u, calib_images=calib, gram_images=gram, suffix_share=shares[u.name]) for u in units]
-    per_image = seconds_per_image(loaded.model, loaded.calib_x[:64]) / world  # the processes share the images
+    per_image = before["latency_ms_batch64"] / 1e3 / 64 / world  # the processes share the images
     device = str(loaded.calib_x.device)
     total = sum(c.total for c in costs)
     return {"image_forwards": total, "phases": {p: sum(c.forwards[p] for c in costs) for p in PHASES},
