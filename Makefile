@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The local CPU wheel, the version tested (pyproject's floor is torch>=2.6); any other
 # torch spec pulls GBs of CUDA packages. scikit-learn and matplotlib: the demo extra; onnx,
-# onnxscript and onnxruntime: the onnx extra (so CI runs the ONNX tests).
+# onnxscript and onnxruntime: the onnx extra (so CI runs the ONNX tests); safetensors and
+# huggingface_hub: the pretrained extra (Hugging Face cache files; timm brings both).
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install demo test pytest ctest cuda-check bench
@@ -14,7 +15,7 @@ TORCH_SPEC ?= torch==2.13.0
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" triton==3.9.0 ninja numpy tqdm torch-pruning scikit-learn matplotlib onnx onnxscript onnxruntime pytest pytest-benchmark hypothesis expecttest
+	$(PY) -m pip install -q "$(TORCH_SPEC)" triton==3.9.0 ninja numpy tqdm torch-pruning scikit-learn matplotlib onnx onnxscript onnxruntime safetensors huggingface_hub pytest pytest-benchmark hypothesis expecttest
 	touch $@
 
 install: $(VENV)/.deps

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from greedyprune.cli import main
 from greedyprune.harness import commands, model_source
@@ -70,7 +69,7 @@ def hub(tmp_path, monkeypatch):
 
 @pytest.fixture
 def hf_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
+    constants = pytest.importorskip("huggingface_hub.constants", reason="huggingface_hub not installed")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     return tmp_path / "hf" / f"models--{TIMM_HUB_ID.replace('/', '--')}" / "snapshots" / "main"
 
@@ -118,6 +117,7 @@ def test_missing_torchvision_weights_are_one_line_naming_the_exact_path(torchvis
 
 
 def test_timm_weights_come_from_the_hugging_face_cache(timm_stand_in, hf_cache, cifar):
+    save_file = pytest.importorskip("safetensors.torch", reason="safetensors not installed").save_file
     with pytest.raises(ValueError, match=rf"'--pretrained'.*put the file at {hf_cache / 'model.safetensors'} "
                                          rf"\(or {hf_cache / 'pytorch_model.bin'}\)"):
         model_source.published_weights_file("timm:resnet18.a1_in1k")
@@ -130,13 +130,17 @@ def test_timm_weights_come_from_the_hugging_face_cache(timm_stand_in, hf_cache, 
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
 
 
-def test_bad_pretrained_requests_name_the_flag(timm_stand_in, hf_cache, tmp_path, capsys):
+def test_bad_pretrained_requests_name_the_flag(timm_stand_in, capsys):
     for argv, says in [(["eval", "cnn", "--pretrained"], "goes with a torchvision:<name> or timm:<name>"),
                        (["eval", "timm:resnet18.a1_in1k", "--pretrained", "--weights", "w.pt"], "cannot be given"),
                        (["eval", "timm:no_such_net", "--pretrained"], "timm publishes no weights for 'no_such_net'")]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert "'--pretrained'" in err and says in err and len(err.splitlines()) == 1
+
+
+def test_a_broken_cached_safetensors_file_is_one_line(timm_stand_in, hf_cache, capsys):
+    pytest.importorskip("safetensors.torch", reason="safetensors not installed")
     hf_cache.mkdir(parents=True)
     (hf_cache / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
     assert main(["eval", "timm:resnet18.a1_in1k", "--pretrained"]) == 2
@@ -187,6 +191,7 @@ def test_real_torchvision_weights_file_name_and_transforms(hub):
 
 def test_real_timm_weights_load_from_a_fake_hugging_face_cache(tmp_path, monkeypatch):
     timm = pytest.importorskip("timm", reason="timm not installed")
+    save_file = pytest.importorskip("safetensors.torch", reason="safetensors not installed").save_file
     from huggingface_hub import constants
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     config = timm.models.get_pretrained_cfg("resnet18.a1_in1k")
