@@ -1,7 +1,8 @@
 """torch.distributed for every driver, started by torchrun (docs/DESIGN.md §7).
 
 Under `torchrun --nproc_per_node N -m greedyprune.cli ...` each process runs the same command on
-its shard of the data: training loaders shard with DistributedSampler, training wraps the model
+its shard of the data: training loaders deal every global batch over the processes
+(harness.data.GlobalBatches), training wraps the model
 in DDP, and every statistic a decision rests on (Grams, Taylor sums, discrepancies, accuracy,
 BatchNorm statistics) is summed over the processes, so all of them make the same decisions and
 hold the same model. Only rank 0 writes files (files.replace_atomically). NCCL on GPUs (process
@@ -141,6 +142,15 @@ def average_buffers(model: nn.Module, weight: float = 1.0) -> None:
     for b in buffers:
         b.copy_(flat[offset:offset + b.numel()].view_as(b))
         offset += b.numel()
+
+
+def global_mean(loss_sum: torch.Tensor, count: int) -> tuple[torch.Tensor, float]:
+    """The loss to back-propagate, and the global batch's mean loss: `loss_sum` is the sum over
+    this process's `count` samples, scaled by world_size over the global count so that DDP's
+    average of the gradients is the gradient of the mean over every process's samples however
+    unequal the shares. The mean is the same number on every process (a non-finite one stops all)."""
+    total, samples = sum_numbers(float(loss_sum.detach()), count)
+    return loss_sum * (world_size() / samples), total / samples
 
 
 def per_rank(count: int, name: str) -> int:

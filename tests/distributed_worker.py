@@ -6,8 +6,8 @@ discrepancies; prune_model's kept channels, gates, discrepancies and BatchNorm s
 local / global (all images and mini-batches) / hybrid / gfs; SR-popup's keep mask, scores, losses
 and statistics (BN kept and BN updated) and its BN re-estimation; SAP's masks, losses and
 statistics (also after a resume); a fine-tuning epoch; what each process draws after its own
-random states went through a checkpoint; and the one-line errors for shares the world size does
-not divide. With 1 process (torchrun sets WORLD_SIZE=1) no process group starts: the plain
+random states went through a checkpoint; and the one-line errors for a last batch with fewer
+samples than processes. Training batches and the training subset are cut into unequal shares. With 1 process (torchrun sets WORLD_SIZE=1) no process group starts: the plain
 single-process drivers run.
 Usage: torchrun --nproc_per_node N tests/distributed_worker.py WEIGHTS OUT
 """
@@ -34,8 +34,8 @@ from greedyprune.popup.search import reestimate_batchnorm
 from greedyprune.sparsity.sap import SAPConfig, run_sap
 
 CALIB_IMAGES = 96  # 1, 2 and 3 processes take equal shares
-TRAIN_IMAGES = 240  # so do they of the training subset's every batch and its last one
-BATCH = 48
+TRAIN_IMAGES = 239  # training: 2 and 3 divide neither the batch nor the dataset, shares differ by one
+BATCH = 50  # the last batch holds 39
 STEP_BATCH = 48  # global-imitation mini-batches (global)
 METHODS = ("local", "global", "hybrid", "gfs")
 
@@ -105,17 +105,18 @@ def popup_runs(model, train_set, test_set) -> dict:
 
 
 def refusals(model, train_set, test_set, world: int) -> dict:
-    """The errors of a batch the world size does not divide, per driver."""
-    if 64 % world == 0:
+    """The errors of a batch that leaves a last batch of fewer samples than processes, per driver."""
+    if world == 1:
         return {}
     errors = {}
+    batch = (TRAIN_IMAGES - 1) // 2  # the last batch holds 1 sample
     attempts = {
-        "search": lambda: search(wrap(copy.deepcopy(model)), train_set, test_set, SearchConfig(epochs=1, batch_size=64),
-                                 progress=False),
+        "search": lambda: search(wrap(copy.deepcopy(model)), train_set, test_set,
+                                 SearchConfig(epochs=1, batch_size=batch), progress=False),
         "sap": lambda: run_sap(copy.deepcopy(model), train_set, test_set, SAPConfig(iterations=1, epochs=1,
-                                                                                     batch_size=64), progress=False,
+                                                                                     batch_size=batch), progress=False,
                                figure=False),
-        "finetune": lambda: finetune(copy.deepcopy(model), make_loader(train_set, 64, shuffle=True), epochs=1,
+        "finetune": lambda: finetune(copy.deepcopy(model), make_loader(train_set, batch, shuffle=True), epochs=1,
                                      progress=False),
     }
     for name, attempt in attempts.items():

@@ -212,3 +212,78 @@ def test_pruning_calibrates_on_train_images_without_augmentation(cifar, tmp_path
     assert loaded.calib_x.shape[0] == 8 and sum(x.shape[0] for x in loaded.gram_batches) == 16
     assert all(image.numpy().tobytes() in stored for image in torch.cat([loaded.calib_x, *loaded.gram_batches]))
     assert loaded.train_set.augment
+
+
+def _merge(parts: list[torch.Tensor]) -> torch.Tensor:
+    """A global batch from its parts: position j was read by process j % world, as its (j // world)-th."""
+    world = len(parts)
+    return torch.stack([parts[j % world][j // world] for j in range(sum(len(p) for p in parts))])
+
+
+@pytest.mark.parametrize("length, batch_size, drop_last", [(20, 5, False), (23, 6, False), (23, 6, True), (7, 9, False)])
+def test_global_batches_deal_each_batch_of_one_permutation_over_the_processes(length, batch_size, drop_last):
+    one = list(data.GlobalBatches(length, batch_size, seed=4, drop_last=drop_last))
+    order = torch.randperm(length, generator=torch.Generator().manual_seed(4)).tolist()  # DistributedSampler's
+    assert sum(one, []) == (order[:length // batch_size * batch_size] if drop_last else order)
+    assert all(len(b) == batch_size for b in one[:-1])
+    for world in (2, 3):
+        parts = [list(data.GlobalBatches(length, batch_size, seed=4, world=world, rank=r, drop_last=drop_last))
+                 for r in range(world)]
+        assert {len(p) for p in parts} == {len(one)}  # the same number of steps on every process
+        for b, batch in enumerate(one):
+            assert _merge([torch.tensor(p[b]) for p in parts]).tolist() == batch
+            assert max(len(p[b]) for p in parts) - min(len(p[b]) for p in parts) <= 1
+    sampler = data.GlobalBatches(length, batch_size, seed=4, drop_last=drop_last)
+    sampler.set_epoch(1)
+    assert list(sampler) != one  # a new permutation every epoch
+
+
+def test_a_last_batch_with_fewer_samples_than_processes_is_one_error_naming_the_batch():
+    with pytest.raises(ValueError, match=r"'batch_size' \(5\) leaves the dataset's 21 samples a last batch of 1, "
+                                         r"fewer than the 3 processes"):
+        data.GlobalBatches(21, 5, seed=0, world=3, rank=0)
+    data.GlobalBatches(21, 5, seed=0, world=3, rank=0, drop_last=True)  # no last batch: it runs
+    with pytest.raises(ValueError, match="'--batch-size'"):
+        data.check_global_batch("--batch-size", 5, 21, world=2)
+    data.check_global_batch("--batch-size", 5, 20, world=3)
+
+
+def test_augmented_batches_do_not_depend_on_the_process_or_worker_count(cifar, monkeypatch):
+    dataset = data.load_dataset(str(cifar[0]), "train")  # augmented: random crops and flips
+    one = data.make_loader(dataset, 7, shuffle=True, seed=2)
+    epochs = [_batches(one) for _ in range(2)]
+    workers = data.make_loader(dataset, 7, shuffle=True, seed=2, num_workers=2)
+    assert all(_same(epoch, _batches(workers)) for epoch in epochs)
+    assert not torch.equal(epochs[0][0][0], epochs[1][0][0])  # another order and draw every epoch
+    for world in (2, 3):
+        monkeypatch.setattr(data.distributed, "world_size", lambda: world)
+        loaders = []
+        for r in range(world):
+            monkeypatch.setattr(data.distributed, "rank", lambda: r)
+            loaders.append(data.make_loader(dataset, 7, shuffle=True, seed=2, shard=True))
+        for epoch in epochs:
+            parts = [_batches(loader) for loader in loaders]
+            merged = [(_merge([p[b][0] for p in parts]), _merge([p[b][1] for p in parts])) for b in range(len(epoch))]
+            assert _same(merged, epoch)
+
+
+def test_torch_random_transforms_are_drawn_from_the_dataset_seed_and_leave_the_global_stream():
+    class Noisy(torch.utils.data.Dataset):  # draws from torch's global generator, as torchvision's transforms do
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return torch.rand(3), index
+
+    dataset = data._TorchRandomAugmentation(Noisy())
+    dataset.reseed(5)
+    state = torch.get_rng_state()
+    first = [dataset[i] for i in range(4)]
+    assert torch.equal(torch.get_rng_state(), state)
+    dataset.reseed(5)
+    assert all(torch.equal(a[0], dataset[i][0]) for i, a in enumerate(first))
+    dataset.reseed(6)
+    assert not torch.equal(first[0][0], dataset[0][0])
+    loader = data.make_loader(dataset, 2, shuffle=True, seed=1)
+    assert loader.augmentation is not None and _same(_batches(loader), _batches(data.make_loader(dataset, 2, shuffle=True,
+                                                                                                  seed=1)))

@@ -1,7 +1,8 @@
 """torchrun with 1, 2 and 3 gloo processes on CPU: every driver decides the same on every process
 and the same as one process (plans, masks, counts exactly; discrepancies, losses, scores, BN
-statistics and weights to float32 rounding: RTOL), and a share the world size does not divide is
-one line naming the argument."""
+statistics and weights to float32 rounding: RTOL), training batches and datasets cut into unequal
+shares included; a calibration share the world size does not divide, or a last training batch with
+fewer samples than processes, is one line naming the argument."""
 import json
 import math
 import os
@@ -127,11 +128,12 @@ def test_the_runs_prune_and_train_something(runs):
     assert not torch.equal(one["finetune"]["bn"]["block1.bn.running_var"], one["bn_before"]["block1.bn.running_var"])
 
 
-def test_a_batch_three_processes_do_not_divide_is_one_line_naming_it(runs):
-    line = ("greedyprune: argument 'batch_size' (64) must be divisible by the number of processes (3) so each "
-            "process takes an equal share")
-    assert runs[3][0]["refusals"] == {"search": line, "sap": line, "finetune": line}
-    assert runs[2][0]["refusals"] == {}  # 64 divides by 2: it runs
+def test_a_last_batch_with_fewer_samples_than_processes_is_one_line_naming_the_batch(runs):
+    for world in (2, 3):
+        line = (f"greedyprune: argument 'batch_size' (119) leaves the dataset's 239 samples a last batch of 1, fewer "
+                f"than the {world} processes, so a process would read none; choose a batch size that leaves none or "
+                f"at least {world}")
+        assert runs[world][0]["refusals"] == {"search": line, "sap": line, "finetune": line}
 
 
 def test_sap_resumes_from_rank_0s_checkpoint_on_every_process(runs):
@@ -155,9 +157,11 @@ def test_the_readme_torchrun_command_gives_the_single_process_answer(weights, tm
     plans = [json.loads((tmp_path / name / "plan.json").read_text())["units"] for name in ("one", "two")]
     assert [u["keep"] for u in plans[1]] == [u["keep"] for u in plans[0]]
     reports = [json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two")]
-    for one, two in zip(*(r["units"] for r in reports)):  # float32 forwards over other batch splits
-        assert math.isclose(one["discrepancy"], two["discrepancy"], rel_tol=5e-3, abs_tol=1e-7)
-    assert math.isclose(reports[0]["after_prune"]["test_loss"], reports[1]["after_prune"]["test_loss"], rel_tol=1e-3)
+    # float32 forwards over other batch splits: a KL of near-equal distributions carries the absolute
+    # rounding of its log-probabilities (measured: 2.3e-7 on a KL of 1.2e-3)
+    for one, two in zip(*(r["units"] for r in reports)):
+        assert math.isclose(one["discrepancy"], two["discrepancy"], rel_tol=RTOL, abs_tol=1e-6)
+    assert math.isclose(reports[0]["after_prune"]["test_loss"], reports[1]["after_prune"]["test_loss"], rel_tol=RTOL)
 
 
 def test_prune_command_under_torchrun_writes_once(weights, tmp_path):

@@ -34,7 +34,7 @@ def test_the_paper_recipe_reaches_the_training_exactly(tmp_path, monkeypatch, ca
     seen = {}
 
     def fake_finetune(model, loader, **kw):
-        seen.update(kw, batch_size=loader.batch_size)
+        seen.update(kw, batch_size=loader.batch_sampler.batch_size)  # the global batch
         raise KeyboardInterrupt("stopped by the test")
 
     monkeypatch.setattr(commands, "finetune", fake_finetune)

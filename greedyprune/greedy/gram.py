@@ -28,7 +28,10 @@ def gram_from_columns(xtx: torch.Tensor, rows: int, weight: torch.Tensor, channe
     # W^T W in float32 (a GEMM as big as X^T X, without the long row sum); the product in float64.
     with exact(w.device):
         prod = (xtx / max(rows, 1)) * (w.T @ w).double()
-    return prod.view(channels, s, channels, s).sum(dim=(1, 3)) * float(channels) ** 2
+    G = prod.view(channels, s, channels, s).sum(dim=(1, 3)) * float(channels) ** 2
+    # float32 GEMMs (X^T X per batch, W^T W) need not be bit-symmetric (it depends on the CPU's
+    # kernels); the selection ops require a symmetric G, and G + G^T is exactly symmetric
+    return (G + G.mT) * 0.5
 
 
 def gram_of(moments: list[ConsumerMoments], graph: UnitGraph, unit: Unit) -> torch.Tensor:

@@ -185,8 +185,6 @@ def check_run(config: PruneConfig, run: RunSpec) -> None:
     shares = [("calib_samples", run.calib_samples), ("gram_samples", min(GRAM_BATCH, run.gram_samples))]
     if config.step_batch is not None:
         shares.append(("step_batch", config.step_batch))
-    if run.finetune_epochs > 0:
-        shares.append(("the fine-tuning batch", finetune_settings(run)["batch_size"]))
     for name, value in shares:
         distributed.per_rank(value, name)  # under torchrun each process takes an equal share
     check_model_source(run.model, run.weights, without_weights="train")
@@ -207,7 +205,7 @@ def load_run(run: RunSpec) -> LoadedRun:
     calib_x, calib_y = next(iter(make_loader(calib_set, run.calib_samples, shuffle=True, seed=run.seed + 1,
                                              num_workers=workers)))
     gram_batches, streamed = [], 0
-    # whole global batches only: a last partial one would be padded differently per process count
+    # whole global batches only: every process holds a part of each (a last partial one may leave one none)
     gram_batch = min(GRAM_BATCH, run.gram_samples)
     for x, _ in make_loader(calib_set, gram_batch, shuffle=True, seed=run.seed + 2,
                             drop_last=len(calib_set) >= gram_batch, num_workers=workers):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed
 from ..checks import arg_error, check_device, check_int
 from ..files import prepare_output_dir, write_json
 from ..models import save_model
-from .data import INTERPOLATIONS, ImageTransform, default_workers, load_dataset, make_loader, source_kind
+from .data import (INTERPOLATIONS, ImageTransform, check_global_batch, default_workers, load_dataset, make_loader,
+                   source_kind)
 from .measure import model_stats
 from .model_source import check_model_source, published_transform, published_weights_file, resolve_model
 from .training import (FINETUNE_RECIPES, PAPER_FINETUNE_LR, PRECISIONS, QUICK_FINETUNE, RECIPE_SETTINGS, finetune,
@@ -171,10 +171,10 @@ def _finetune_command(args: argparse.Namespace) -> int:
     recipe = _apply_recipe(args, _architecture(model, args.model))
     check_int("--epochs", args.epochs, minimum=1)
     check_int("--batch-size", args.batch_size, minimum=1)
-    distributed.per_rank(args.batch_size, "--batch-size")  # a global batch under torchrun
+    train_set = load_dataset(args.data, "train", transform=transform)
+    check_global_batch("--batch-size", args.batch_size, len(train_set))  # a global batch under torchrun
     out = prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     print(f"recipe: {_describe(recipe)}")
-    train_set = load_dataset(args.data, "train", transform=transform)
     test_loader = make_loader(load_dataset(args.data, "test", transform=transform), 256, shuffle=False,
                               num_workers=loaders)
     example = next(iter(test_loader))[0][:1]

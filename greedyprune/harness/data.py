@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from .. import distributed
 from ..checks import ArgumentError, arg_error, check_int
@@ -121,18 +121,20 @@ def dataset_info(source: str) -> dict:
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
                 drop_last: bool = False, shard: bool | None = None) -> DataLoader:
-    """A DataLoader whose shuffling (and the dataset's augmentation, if any) is drawn from `seed`.
+    """A DataLoader whose order and augmentation (if the dataset draws any) follow `seed`.
 
-    Equal seeds give equal batches. Every epoch the augmentation is reseeded from the
-    loader's generator: in the main process, or in each worker with its own seed.
+    Equal seeds give equal batches. Each sample's augmentation is drawn from its own seed, a
+    function of the epoch's key (drawn from the loader's generator) and the sample's index, so it
+    does not depend on which process or worker reads the sample.
 
     shard (default: when torchrun started several processes): each process reads its share and
-    `batch_size` is the global batch. Shuffled loaders draw one permutation from `seed` whatever
-    the process count (DistributedSampler's, its epoch advanced at every pass): process r reads
-    every world_size-th sample of it, so global batch b holds the samples batch b holds in one
-    process (the world size must divide batch_size). Unshuffled ones read every world_size-th
-    sample without padding, for measurements summed over the processes (`evaluate`). The
-    loader's `sharded` attribute says which it is.
+    `batch_size` is the global batch. Shuffled loaders draw one permutation per epoch from `seed`
+    whatever the process count (DistributedSampler's draw, its epoch advanced at every pass):
+    global batch b is samples b*batch_size .. (b+1)*batch_size - 1 of it, as in one process, and
+    process r reads every world_size-th of them from the r-th on (`GlobalBatches`; shares differ
+    by at most one sample, nothing is padded). A last batch with fewer samples than processes is
+    refused, naming batch_size. Unshuffled ones read every world_size-th sample, for measurements
+    summed over the processes (`evaluate`). The loader's `sharded` attribute says which it is.
     """
     if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
         raise arg_error("dataset", f"must be a map-style Dataset, got {type(dataset).__name__}")
@@ -147,22 +149,59 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
     if shard is None:
         shard = distributed.active()
     world, rank = (distributed.world_size(), distributed.rank()) if shard else (1, 0)
-    sampler = None
-    if shuffle:  # one process too: the same permutation as any number of processes
-        batch_size = distributed.per_rank(batch_size, "batch_size") if world > 1 else batch_size
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                     drop_last=drop_last)
-        shuffle = False
-    elif world > 1:
+    augmented = _augmented_base(dataset)
+    keyed = dataset = _PerSampleAugmentation(dataset, augmented) if augmented is not None else dataset
+    # one process shuffles with GlobalBatches too: the same permutation as any number of processes
+    batches = GlobalBatches(len(dataset), batch_size, seed=seed, world=world, rank=rank,
+                            drop_last=drop_last) if shuffle else None
+    if not shuffle and world > 1:
         dataset = Subset(dataset, range(rank, len(dataset), world))
         batch_size = -(-batch_size // world)
-    # each process draws its own augmentation
-    generator = torch.Generator().manual_seed(seed * world + rank)
-    loader = _SeededLoader(dataset, batch_size=batch_size, shuffle=bool(shuffle), sampler=sampler,
-                           generator=generator, num_workers=num_workers, drop_last=drop_last,
-                           worker_init_fn=_reseed_worker if num_workers > 0 else None)
+    loader = _SeededLoader(dataset, batch_sampler=batches, batch_size=1 if batches else batch_size,
+                           generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
+                           drop_last=False if batches else drop_last)
     loader.sharded = world > 1
+    loader.augmentation = keyed if augmented is not None else None
     return loader
+
+
+def check_global_batch(name: str, batch_size: int, length: int, *, world: int | None = None,
+                       drop_last: bool = False) -> None:
+    """An error naming `name` where a global batch of `batch_size` over `length` samples leaves a
+    last batch with fewer samples than the `world` processes (default: torchrun's), so that one
+    of them would read none."""
+    world = distributed.world_size() if world is None else world
+    last = 0 if drop_last else length % batch_size
+    if 0 < last < world:
+        raise arg_error(name, f"({batch_size}) leaves the dataset's {length} samples a last batch of {last}, "
+                              f"fewer than the {world} processes, so a process would read none; choose a batch "
+                              f"size that leaves none or at least {world}")
+
+
+class GlobalBatches(Sampler):
+    """One process's part of every global batch: the epoch's permutation of `length` samples is
+    torch.randperm(length) from seed + epoch (DistributedSampler's draw), global batch b holds its
+    samples b*batch_size .. (b+1)*batch_size - 1 (the last one shorter, or dropped with drop_last),
+    and process `rank` of `world` takes every world-th of them from the rank-th on. Every process
+    has the same number of batches; with one process they are the whole global batches."""
+
+    def __init__(self, length: int, batch_size: int, *, seed: int, world: int = 1, rank: int = 0,
+                 drop_last: bool = False):
+        self.length, self.batch_size, self.seed, self.world, self.rank = length, batch_size, seed, world, rank
+        self.drop_last = drop_last
+        self.epoch = 0
+        check_global_batch("batch_size", batch_size, length, world=world, drop_last=drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length // self.batch_size if self.drop_last else -(-self.length // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        for b in range(len(self)):
+            yield order[b * self.batch_size + self.rank:min((b + 1) * self.batch_size, self.length):self.world].tolist()
 
 
 class CIFAR10(Dataset):
@@ -292,10 +331,33 @@ def _image_folder(root: Path, split: str, transform: ImageTransform, augment: bo
     folder = root / "train" if split == "train" else _eval_folder(root)
     steps += [transforms.ToTensor(), transforms.Normalize(transform.mean, transform.std)]
     try:
-        return datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+        images = datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
     except FileNotFoundError as err:  # no class subfolders, or no image files in them
         raise arg_error("source", f"ImageFolder {str(folder)!r} holds no images in class subfolders "
                                   f"(<class>/<image>): {err}") from None
+    return _TorchRandomAugmentation(images) if augment else images
+
+
+class _TorchRandomAugmentation(Dataset):
+    """A dataset whose transforms draw from torch's global generator (torchvision's random crops
+    and flips), made reseedable: every item draws them from a seed taken from the dataset's own
+    generator, with the global generator's state kept as it was."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        self.dataset = dataset
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation's random stream from `seed`."""
+        self._generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (), generator=self._generator)))
+            return self.dataset[index]
 
 
 def _augmented_base(dataset: Dataset):
@@ -305,21 +367,46 @@ def _augmented_base(dataset: Dataset):
     return dataset if callable(getattr(dataset, "reseed", None)) else None
 
 
+def _sample_seed(key: int, index: int) -> int:
+    """A 63-bit seed for sample `index` in the epoch keyed `key` (splitmix64's finaliser, so that
+    neighbouring indices and keys give unrelated seeds)."""
+    z = (key + (index + 1) * 0x9E3779B97F4A7C15) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) >> 1
+
+
+class _PerSampleAugmentation(Dataset):
+    """`dataset` with each sample's augmentation drawn from _sample_seed(key, index): the same
+    sample gets the same augmentation in an epoch whichever process or worker reads it. `base`
+    (the dataset that draws it, under any Subset) is reseeded before every item."""
+
+    def __init__(self, dataset: Dataset, base):
+        self.dataset, self.base, self.key = dataset, base, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        self.base.reseed(_sample_seed(self.key, index))
+        return self.dataset[index]
+
+
 class _SeededLoader(DataLoader):
-    """A DataLoader that reseeds its dataset's augmentation from its generator every epoch (and
-    moves a DistributedSampler to the next epoch)."""
+    """A DataLoader that moves its GlobalBatches to the next epoch and draws the epoch's
+    augmentation key from its generator at every pass (at iteration, not construction, so loaders
+    sharing one dataset stay independent; before the workers start, so they copy it)."""
 
     sharded = False
+    augmentation: _PerSampleAugmentation | None = None
     _epoch = 0
 
     def __iter__(self):
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(self._epoch)
+        if isinstance(self.batch_sampler, GlobalBatches):
+            self.batch_sampler.set_epoch(self._epoch)
             self._epoch += 1
-        augmented = _augmented_base(self.dataset)
-        if augmented is not None and self.num_workers == 0:
-            # drawn at iteration, not construction, so loaders sharing one dataset stay independent
-            augmented.reseed(int(torch.randint(2**62, (), generator=self.generator)))
+        if self.augmentation is not None:
+            self.augmentation.key = int(torch.randint(2**62, (), generator=self.generator))
         return super().__iter__()
 
     def position(self) -> dict:
@@ -330,10 +417,3 @@ class _SeededLoader(DataLoader):
         """Continue where `position` was taken: the next epoch draws what it would have."""
         self._epoch = int(position["epoch"])
         self.generator.set_state(position["generator"])
-
-
-def _reseed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    augmented = _augmented_base(info.dataset)
-    if augmented is not None:
-        augmented.reseed(info.seed)  # per worker and per epoch, derived from the loader's generator

@@ -35,8 +35,10 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
     optimizer step (step = 0 .. epochs*len(loader)-1) while the optimizer's lr is still the
     one that step used. `device`: where the model and batches go (default: the model's).
     Returns the mean training loss of each epoch; the model's train/eval mode is restored.
-    Under torchrun the model trains wrapped in DDP on a sharded loader (make_loader), the losses
-    are means over every process, and BatchNorm statistics are averaged over them at the end.
+    Under torchrun the model trains wrapped in DDP on a sharded loader (make_loader): each step's
+    loss is the mean over the global batch however it is shared (distributed.global_mean), the
+    epoch losses are means over every process's samples, and BatchNorm normalises by the global
+    batch.
     precision: "bf16" runs the forward and the loss under torch.autocast(bfloat16) (weights,
     gradients and optimizer state stay float32); "fp32" does not; "auto": bf16 on a CUDA device
     that supports it. channels_last: conv weights and 4-D inputs in NHWC layout while training
@@ -91,8 +93,9 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
                 if nhwc and inputs.dim() == 4:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = F.cross_entropy(net(inputs), targets, label_smoothing=label_smoothing)
-                batch_loss, step_lr = loss.item(), optimizer.param_groups[0]["lr"]
+                    summed = F.cross_entropy(net(inputs), targets, label_smoothing=label_smoothing, reduction="sum")
+                loss, batch_loss = distributed.global_mean(summed, len(targets))
+                local_sum, step_lr = float(summed.detach()), optimizer.param_groups[0]["lr"]
                 if not math.isfinite(batch_loss):  # stop before a NaN step spoils the weights
                     raise FloatingPointError(f"greedyprune: training loss became {batch_loss} at epoch {epoch + 1}, "
                                              f"step {step} (lr {step_lr:.3g}); try a smaller 'lr'")
@@ -103,7 +106,7 @@ def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float =
                     after_step(model, step)
                 schedule.step()
                 step += 1
-                loss_sum += batch_loss * len(targets)
+                loss_sum += local_sum
                 samples += len(targets)
                 batches.set_postfix(loss=f"{batch_loss:.4f}", lr=f"{step_lr:.3g}", refresh=False)
             loss_sum, samples = distributed.sum_numbers(loss_sum, samples)

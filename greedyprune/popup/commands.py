@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed
 from ..checks import arg_error, check_device, check_file, check_int
-from ..harness.data import load_dataset, make_loader
+from ..harness.data import check_global_batch, load_dataset, make_loader
 from ..files import prepare_output_dir
 from ..models import save_model
 from ..harness.model_source import check_model_source, resolve_model
@@ -110,9 +109,9 @@ def run_search_command(args: argparse.Namespace) -> int:
     config = SearchConfig(sparsity=args.sparsity, schedule=args.schedule, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, init=args.init,
                           eta=args.eta, seed=args.seed, bn=args.bn, scores=args.scores, scope=args.scope)
-    distributed.per_rank(config.batch_size, "--batch-size")  # a global batch under torchrun
-    prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")
+    check_global_batch("--batch-size", config.batch_size, len(train_set))  # a global batch under torchrun
+    prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     model = _pretrained_model(args)
     masked = wrap(model, exclude_classifier=args.exclude_classifier).to(args.device)
     try:

@@ -334,8 +334,8 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     logits = net(inputs)
-                    loss = F.cross_entropy(logits, targets)
-                    batch_loss = loss.item()
+                    summed = F.cross_entropy(logits, targets, reduction="sum")
+                    loss, batch_loss = distributed.global_mean(summed, len(targets))  # the global batch's mean
                     if not math.isfinite(batch_loss):  # stop before NaN scores reach the swap
                         raise FloatingPointError(f"greedyprune.popup: search loss became {batch_loss} at step "
                                                  f"{step + 1} (lr {lr:.3g}); try a smaller 'lr'")
@@ -344,7 +344,7 @@ def search(masked: MaskedModel, train_set, test_set, config: SearchConfig = Sear
                     optimizer.step()
                     swaps = popup_step(masked, rate, config.scope)
                     step += 1
-                    totals["loss_sum"] += batch_loss * len(targets)
+                    totals["loss_sum"] += float(summed.detach())
                     totals["correct"] += (logits.argmax(1) == targets).sum().item()
                     totals["samples"] += len(targets)
                     totals["swaps"] += int(swaps.sum())

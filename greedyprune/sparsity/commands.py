@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import distributed
 from ..checks import arg_error
-from ..harness.data import load_dataset
+from ..harness.data import check_global_batch, load_dataset
 from ..files import prepare_output_dir, read_torch_file, write_json
 from ..models import load_weights
 from ..harness.model_source import check_model_source, resolve_model
@@ -110,7 +109,6 @@ def sap_command(args: argparse.Namespace) -> int:
                        beta=args.beta, ratio=args.ratio, iterations=args.iterations, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, stop_on_rising_pqi=args.stop_on_rising_pqi,
                        keep_last_weight=args.keep_last_weight)
-    distributed.per_rank(config.batch_size, "--batch-size")  # a global batch under torchrun
     explicit = [f"--{n}" for n in RECIPE_FIELDS if getattr(args, n) != recipe[n]]
     source = f", Table 3 for {args.model}" if args.recipe == "paper" and recipe["iterations"] is not None else ""
     ran = (f"{args.recipe}{source} ({config.epochs} epochs x T = {config.iterations} pruning iterations, "
@@ -118,10 +116,12 @@ def sap_command(args: argparse.Namespace) -> int:
            f"{'; ' + ', '.join(explicit) + ' given' if explicit else ''})")
     print(f"recipe: {ran}")
     check_model_source(args.model, args.weights, without_weights="init")
+    train_set, test_set = load_dataset(args.data, "train"), load_dataset(args.data, "test")
+    check_global_batch("--batch-size", config.batch_size, len(train_set))  # a global batch under torchrun
     prepare_output_dir(args.out, finished=MODEL_FILE, resume=args.resume, overwrite=args.overwrite)
     # without --weights, --seed's initialisation: what SAP rewinds to
     model = resolve_model(args.model, args.data, without_weights="init", weights=args.weights, seed=config.seed)
-    result = run_sap(model, load_dataset(args.data, "train"), load_dataset(args.data, "test"), config,
+    result = run_sap(model, train_set, test_set, config,
                      out_dir=args.out, resume=args.resume, progress=not args.no_progress, recipe=ran)
     print(results_table({config.label: result.history}), end="")
     if result.stopped:
