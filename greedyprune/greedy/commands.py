@@ -118,6 +118,9 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                    help="the dtype of the criteria's forwards (bf16 / fp16: autocast over global imitation's "
                         "candidates and Taylor passes, tolerance probes; for GPUs). The Gram pass, the export and BN "
                         "re-estimation stay float32 (default fp32)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=config.channels_last,
+                   help="run every pruning forward with the convolutions in NHWC layout, as GPUs' tensor cores "
+                        "want them (default: on a CUDA device for a convnet; the written model is contiguous)")
     p.add_argument("--round-to", type=int, default=config.round_to, metavar="N",
                    help="keep a multiple of N channels in every inner, residual and embed unit (or all of them), e.g. 8 "
                         "for tensor cores; widths round up; heads are whole already (default 1)")
@@ -195,7 +198,7 @@ def prune_config(args) -> PruneConfig:
                        memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20),
                        fold=args.fold or defaults["fold"], recalibrate_bn=args.recalibrate_bn,
                        refit_target=args.refit_target, refit_damping=args.refit_damping, groups=args.groups,
-                       round_to=args.round_to, precision=args.precision)
+                       round_to=args.round_to, precision=args.precision, channels_last=args.channels_last)
 
 
 def _prune_command(args) -> int:

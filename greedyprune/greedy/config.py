@@ -66,6 +66,10 @@ class PruneConfig:
     precision: the dtype the criteria's forwards run in ("bf16", "fp16": torch.autocast over global
         imitation's candidates and Taylor passes, tolerance probes and refit evaluations), for GPU
         speed; the Gram pass, the export and BN re-estimation stay float32 (precision.py).
+    channels_last: every forward of the run (Gram passes, candidates, probes, BN re-estimation)
+        with the convolutions' weights in NHWC layout, so activations flow channels-last, as
+        GPUs' tensor-core convolutions want them (precision.py, `memory_layout`). None: on a CUDA
+        device for a model with 2-D convolutions. The model is contiguous again afterwards.
     """
 
     method: str = "refit"
@@ -85,8 +89,11 @@ class PruneConfig:
     groups: tuple[str, ...] = UNIT_KINDS
     round_to: int = 1
     precision: str = "fp32"
+    channels_last: bool | None = None
 
     def __post_init__(self):
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise arg_error("channels_last", f"must be True, False or None, got {self.channels_last!r}")
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("method", self.method, tuple(CRITERIA))
         if self.network_budget is not None:

@@ -32,7 +32,7 @@ from .exporters import EXPORTERS, Exported, Exporter
 from .forward_cache import ForwardCache, Targets
 from .gram import gram_of
 from .moments import stream_moments
-from .precision import forwards_in
+from .precision import forwards_in, lay_out, uses_channels_last
 from .resume import load_progress, run_settings, save_progress
 from .selection import Selection, UnitResult
 from .surgery import Unit, UnitGraph
@@ -171,6 +171,9 @@ def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | 
     # discrepancy, the pass runs on to the logits: they are the unit's targets and measure the
     # previous unit's export (the model before a unit is the model after the previous export).
     reads_moments = criterion.needs_gram or criterion.needs_moments or exporter.needs_moments
+    nhwc = uses_channels_last(config.channels_last, model)
+    if nhwc:
+        lay_out(model, True)  # before the reference copy, which then runs channels-last too
     cache = ForwardCache(model, batches, criterion.discrepancy_kind(config),
                          fused=config.measured_on_export and grams_on_calibration and reads_moments)
     # the unpruned network, whose consumer outputs a refit matches
@@ -181,8 +184,10 @@ def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | 
         done = load_progress(saving.checkpoint, settings, model, cache)
         graph = UnitGraph(model, batches[0][0][:2].to(next(model.parameters()).device))  # at the resumed widths
         todo = [graph.unit(u.name) for u in todo[len(done):]]
+        if nhwc:
+            lay_out(model, True)
     steps = _UnitSteps(graph, batches, gram_batches, config, unit_configs, criterion, exporter, cache, reference,
-                       progress)
+                       progress, nhwc)
     choices = []
     bar = tqdm(todo, desc=f"prune ({config.method})", unit="unit", disable=not progress, initial=len(done),
                total=len(done) + len(todo))
@@ -196,6 +201,8 @@ def _prune(model: nn.Module, calib, config: PruneConfig, labels: torch.Tensor | 
                 save_progress(saving.checkpoint, settings, model, done + [c.result(cache) for c in choices], cache)
     finally:
         model.train(was_training)
+        if nhwc:
+            lay_out(model, False)
     return done + [choice.result(cache) for choice in choices]
 
 
@@ -242,11 +249,11 @@ class _UnitSteps:
 
     def __init__(self, graph: UnitGraph, batches, gram_batches, config: PruneConfig,
                  unit_configs: dict[str, PruneConfig], criterion: Criterion, exporter: Exporter, cache: ForwardCache,
-                 reference: nn.Module | None, progress: bool):
+                 reference: nn.Module | None, progress: bool, channels_last: bool):
         self.graph, self.batches, self.gram_batches, self.config = graph, batches, gram_batches, config
         self.unit_configs = unit_configs  # units given their own width ratio
         self.criterion, self.exporter, self.cache, self.progress = criterion, exporter, cache, progress
-        self.reference = reference
+        self.reference, self.channels_last = reference, channels_last
 
     def run(self, unit: Unit, *, last: bool) -> _UnitChoice:
         """Choose the unit's channels, export it, re-estimate BatchNorm, and have its exported
@@ -273,6 +280,8 @@ class _UnitSteps:
         selection = _whole_if_unmet(selection, config, unit.channels)
         selection = self._rounded(context, selection)
         exported = self.exporter.export(selection, context)
+        if self.channels_last:  # the surgery's new tensors are contiguous
+            lay_out(self.graph.model, True)
         seconds["total"] = time.perf_counter() - start
         if config.recalibrate_bn:  # "export": BN re-estimation and the exported discrepancy
             t = time.perf_counter()

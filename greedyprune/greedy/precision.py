@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import nn
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -24,6 +25,22 @@ def forwards_in(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def uses_channels_last(setting: bool | None, model: nn.Module) -> bool:
+    """Whether a run lays the model's convolutions out channels-last: `setting`, or (None) on a
+    CUDA device for a model with a 2-D convolution (on CPUs NHWC is no faster in general)."""
+    convs = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if setting is None:
+        first = next(model.parameters(), None)
+        return convs and first is not None and first.device.type == "cuda"
+    return setting and convs
+
+
+def lay_out(model: nn.Module, channels_last: bool) -> None:
+    """`model`'s 4-D parameters and buffers channels-last (NHWC) or contiguous again; a layer the
+    surgery resized gets new, contiguous tensors, so a run lays the model out after every unit."""
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def exact(device: torch.device):
