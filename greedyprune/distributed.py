@@ -115,6 +115,15 @@ def check_same(what: str, value) -> None:
                               f"process 0 has {values[0]} (every process must load the same)")
 
 
+def check_same_inputs(model: nn.Module, dataset) -> None:
+    """Refuse, in one line naming 'model' or 'data' and the first process that differs, where the
+    processes loaded different models (weights' fingerprint) or datasets (sample count): each would
+    compute another answer. A no-op without a process group."""
+    if active():
+        check_same("model", fingerprint(model))
+        check_same("data", len(dataset))
+
+
 def fingerprint(model: nn.Module) -> tuple:
     """The model's parameter count and the float64 sums of its weights and their squares, rounded:
     equal models give equal fingerprints on every process."""

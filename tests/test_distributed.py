@@ -203,8 +203,17 @@ def test_processes_holding_different_models_are_refused_naming_the_process(tmp_p
         "except ValueError as err:\n"
         "    print(f'rank {distributed.rank()}: {err}')\n"
         "distributed.check_same('data', 100)  # equal: no error\n"
+        "torch.manual_seed(0)\n"
+        "same = torch.nn.Linear(3, 2)\n"
+        "distributed.check_same_inputs(same, range(10))\n"
+        "try:  # what finetune, search and sap check: another dataset on process 1\n"
+        "    distributed.check_same_inputs(same, range(10 + distributed.rank()))\n"
+        "except ValueError as err:\n"
+        "    print(f'rank {distributed.rank()}: {err}')\n"
         "distributed.finish()\n")
     run = torchrun(str(script))
     assert run.returncode == 0, run.stderr[-3000:]
     assert "rank 0: greedyprune: argument 'model' differs between processes: process 1 has (8, " in run.stdout
     assert "(every process must load the same)" in run.stdout
+    assert ("rank 0: greedyprune: argument 'data' differs between processes: process 1 has 11, process 0 has 10 "
+            "(every process must load the same)") in run.stdout

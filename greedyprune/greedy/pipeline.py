@@ -150,9 +150,7 @@ def run_pruning(config: PruneConfig, run: RunSpec = RunSpec()) -> dict:
         require_onnx()  # before the run: a missing extra must not cost a whole pruning run
     out = prepare_output_dir(run.out, finished="report.json", resume=run.resume, overwrite=run.overwrite)
     loaded = load_run(run)
-    if distributed.active():  # a process that loaded another model or dataset would prune another answer
-        distributed.check_same("model", distributed.fingerprint(loaded.model))
-        distributed.check_same("data", len(loaded.train_set))
+    distributed.check_same_inputs(loaded.model, loaded.train_set)  # another model or dataset: another answer
     before = model_stats(loaded.model, loaded.test_loader, loaded.calib_x)
     config = fit_budget(config, run, loaded)
     graph = UnitGraph(loaded.model, loaded.calib_x[:2])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..checks import arg_error, check_device, check_int
 from ..files import prepare_output_dir, write_json
 from ..models import save_model
@@ -173,6 +174,7 @@ def _finetune_command(args: argparse.Namespace) -> int:
     check_int("--batch-size", args.batch_size, minimum=1)
     train_set = load_dataset(args.data, "train", transform=transform)
     check_global_batch("--batch-size", args.batch_size, len(train_set))  # a global batch under torchrun
+    distributed.check_same_inputs(model, train_set)
     out = prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     print(f"recipe: {_describe(recipe)}")
     test_loader = make_loader(load_dataset(args.data, "test", transform=transform), 256, shuffle=False,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..checks import arg_error, check_device, check_file, check_int
 from ..harness.data import check_global_batch, load_dataset, make_loader
 from ..files import prepare_output_dir
@@ -113,6 +114,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     check_global_batch("--batch-size", config.batch_size, len(train_set))  # a global batch under torchrun
     prepare_output_dir(args.out, finished=REPORT_NAME, resume=args.resume, overwrite=args.overwrite)
     model = _pretrained_model(args)
+    distributed.check_same_inputs(model, train_set)
     masked = wrap(model, exclude_classifier=args.exclude_classifier).to(args.device)
     try:
         history = search(masked, train_set, test_set, config, out_dir=args.out, resume=args.resume,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import distributed
 from ..checks import arg_error
 from ..harness.data import check_global_batch, load_dataset
 from ..files import prepare_output_dir, read_torch_file, write_json
@@ -121,6 +122,7 @@ def sap_command(args: argparse.Namespace) -> int:
     prepare_output_dir(args.out, finished=MODEL_FILE, resume=args.resume, overwrite=args.overwrite)
     # without --weights, --seed's initialisation: what SAP rewinds to
     model = resolve_model(args.model, args.data, without_weights="init", weights=args.weights, seed=config.seed)
+    distributed.check_same_inputs(model, train_set)
     result = run_sap(model, train_set, test_set, config,
                      out_dir=args.out, resume=args.resume, progress=not args.no_progress, recipe=ran)
     print(results_table({config.label: result.history}), end="")
