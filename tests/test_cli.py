@@ -40,9 +40,11 @@ def test_os_errors_and_bad_devices_are_one_line(tmp_path, capsys):
                  "--no-progress"])
     captured = capsys.readouterr().err
     assert code == 2 and captured.count("\n") == 1 and "Traceback" not in captured
-    code = main(["search", "--device", "tpu", "--out", str(tmp_path / "s"), "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 2 and "'--device'" in err and err.count("\n") == 1
+    for command in ("search", "sap"):
+        code = main([command, "--device", "tpu", "--out", str(tmp_path / command), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and "'--device'" in err and err.count("\n") == 1
+        assert not (tmp_path / command).exists()
 
 
 def test_debug_shows_the_traceback(tmp_path):

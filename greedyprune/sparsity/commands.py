@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from .. import distributed
-from ..checks import arg_error
+from ..checks import arg_error, check_device
 from ..harness.data import check_global_batch, load_dataset
 from ..files import prepare_output_dir, read_torch_file, write_json
 from ..models import load_weights
@@ -56,6 +58,8 @@ def register(subparsers) -> None:
                      help="stop once the retrained model's global PQI_{p,q} rises (the paper's suggested extension)")
     sap.add_argument("--keep-last-weight", action="store_true",
                      help="never take a neuron's last weight (keeps its largest); not in the paper or its code")
+    sap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                     help="where the model trains and is evaluated (default: cuda when available)")
     sap.add_argument("--out", required=True, help="output folder")
     sap.add_argument("--resume", action="store_true", help="continue from --out's checkpoint.pt if there is one")
     sap.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a finished run")
@@ -110,6 +114,7 @@ def sap_command(args: argparse.Namespace) -> int:
                        beta=args.beta, ratio=args.ratio, iterations=args.iterations, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, seed=args.seed, stop_on_rising_pqi=args.stop_on_rising_pqi,
                        keep_last_weight=args.keep_last_weight)
+    device = check_device("--device", args.device)
     explicit = [f"--{n}" for n in RECIPE_FIELDS if getattr(args, n) != recipe[n]]
     source = f", Table 3 for {args.model}" if args.recipe == "paper" and recipe["iterations"] is not None else ""
     ran = (f"{args.recipe}{source} ({config.epochs} epochs x T = {config.iterations} pruning iterations, "
@@ -122,6 +127,7 @@ def sap_command(args: argparse.Namespace) -> int:
     prepare_output_dir(args.out, finished=MODEL_FILE, resume=args.resume, overwrite=args.overwrite)
     # without --weights, --seed's initialisation: what SAP rewinds to
     model = resolve_model(args.model, args.data, without_weights="init", weights=args.weights, seed=config.seed)
+    model = model.to(device)
     distributed.check_same_inputs(model, train_set)
     result = run_sap(model, train_set, test_set, config,
                      out_dir=args.out, resume=args.resume, progress=not args.no_progress, recipe=ran)
