@@ -81,7 +81,8 @@ def test_the_default_lays_out_convnets_on_cuda_only():
         PruneConfig(channels_last="yes")
 
 
-@pytest.mark.parametrize("flag, value", [([], None), (["--channels-last"], True), (["--no-channels-last"], False)])
+@pytest.mark.parametrize("flag, value", [([], None), (["--channels-last", "auto"], None), (["--channels-last", "on"], True),
+                                         (["--channels-last", "off"], False)])
 def test_the_prune_flag_reaches_the_config(flag, value):
     import argparse
 

@@ -164,6 +164,24 @@ def test_the_readme_torchrun_command_gives_the_single_process_answer(weights, tm
     assert math.isclose(reports[0]["after_prune"]["test_loss"], reports[1]["after_prune"]["test_loss"], rel_tol=RTOL)
 
 
+def test_the_finetune_command_on_three_processes_gives_one_process_losses(weights, tmp_path):
+    from greedyprune.cli import main
+    # digits' 1437 training images in batches of 100: 3 divides neither, the last batch holds 37
+    command = ["finetune", "cnn", "--weights", str(weights), "--data", "digits", "--epochs", "1", "--batch-size",
+               "100", "--no-progress"]
+    run = torchrun("-m", "greedyprune.cli", *command, "--out", str(tmp_path / "three"), processes=3)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert main(command + ["--out", str(tmp_path / "one")]) == 0
+    one, three = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "three"))
+    assert math.isclose(three["epoch_losses"][0], one["epoch_losses"][0], rel_tol=RTOL)
+    assert math.isclose(three["after"]["test_loss"], one["after"]["test_loss"], rel_tol=RTOL)
+    refused = torchrun("-m", "greedyprune.cli", *command[:-3], "--batch-size", "718", "--no-progress", "--out",
+                       str(tmp_path / "refused"))  # 1437 = 2 x 718 + 1: one process would read nothing
+    assert refused.returncode != 0 and not (tmp_path / "refused").exists()
+    assert refused.stderr.count("greedyprune finetune: argument '--batch-size' (718) leaves the dataset's 1437 "
+                                "samples a last batch of 1, fewer than the 2 processes") == 2
+
+
 def test_prune_command_under_torchrun_writes_once(weights, tmp_path):
     out = tmp_path / "prune"
     run = torchrun("-m", "greedyprune.cli", "prune", "--model", "cnn", "--weights", str(weights), "--method", "local",

@@ -13,7 +13,7 @@ from .layer_curves import DEFAULT_WIDTHS, FIGURE_NAME, RESULTS_NAME, run_layer_c
 from .outputs import DISCREPANCIES
 from .precision import PRECISIONS
 from ..harness.commands import add_loading_arguments, add_pretrained_argument, image_transform, weights_argument, workers
-from ..harness.training import FINETUNE_RECIPES
+from ..harness.training import CHANNELS_LAST_CHOICES, FINETUNE_RECIPES
 from .pipeline import DEMO_RUN, FINETUNE_FLAGS, RunSpec
 from .surgery import UNIT_KINDS
 
@@ -118,9 +118,10 @@ def _pruning_arguments(p, *, defaults: RunSpec) -> None:
                    help="the dtype of the criteria's forwards (bf16 / fp16: autocast over global imitation's "
                         "candidates and Taylor passes, tolerance probes; for GPUs). The Gram pass, the export and BN "
                         "re-estimation stay float32 (default fp32)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=config.channels_last,
-                   help="run every pruning forward with the convolutions in NHWC layout, as GPUs' tensor cores "
-                        "want them (default: on a CUDA device for a convnet; the written model is contiguous)")
+    p.add_argument("--channels-last", choices=tuple(CHANNELS_LAST_CHOICES), default="auto",
+                   help="on: every pruning forward with the convolutions in NHWC layout, as GPUs' tensor cores "
+                        "want them; auto (default): on for a convnet on a CUDA device. The written model is "
+                        "contiguous")
     p.add_argument("--round-to", type=int, default=config.round_to, metavar="N",
                    help="keep a multiple of N channels in every inner, residual and embed unit (or all of them), e.g. 8 "
                         "for tensor cores; widths round up; heads are whole already (default 1)")
@@ -198,7 +199,8 @@ def prune_config(args) -> PruneConfig:
                        memory_budget=None if args.max_batch_memory is None else int(args.max_batch_memory * 2**20),
                        fold=args.fold or defaults["fold"], recalibrate_bn=args.recalibrate_bn,
                        refit_target=args.refit_target, refit_damping=args.refit_damping, groups=args.groups,
-                       round_to=args.round_to, precision=args.precision, channels_last=args.channels_last)
+                       round_to=args.round_to, precision=args.precision,
+                       channels_last=CHANNELS_LAST_CHOICES[args.channels_last])
 
 
 def _prune_command(args) -> int:

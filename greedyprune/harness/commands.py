@@ -16,8 +16,8 @@ from .data import (INTERPOLATIONS, ImageTransform, check_global_batch, default_w
                    source_kind)
 from .measure import model_stats
 from .model_source import check_model_source, published_transform, published_weights_file, resolve_model
-from .training import (FINETUNE_RECIPES, PAPER_FINETUNE_LR, PRECISIONS, QUICK_FINETUNE, RECIPE_SETTINGS, finetune,
-                       finetune_recipe)
+from .training import (CHANNELS_LAST_CHOICES, FINETUNE_RECIPES, PAPER_FINETUNE_LR, PRECISIONS, QUICK_FINETUNE,
+                       RECIPE_SETTINGS, finetune, finetune_recipe)
 
 REPORT_NAME = "report.json"
 MODEL_NAME = "finetuned.pt"
@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     ft.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ft.add_argument("--precision", choices=PRECISIONS, default="auto",
                     help="bf16: forward and loss under bfloat16 autocast (float32 weights); auto: bf16 on CUDA")
-    ft.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+    ft.add_argument("--channels-last", choices=tuple(CHANNELS_LAST_CHOICES), default="auto",
                     help="NHWC layout for convs while training (auto: on CUDA)")
     ft.add_argument("--out", default="greedyprune-out/finetune")
     ft.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -186,7 +186,7 @@ def _finetune_command(args: argparse.Namespace) -> int:
                       lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       label_smoothing=args.label_smoothing, device=device, progress=not args.no_progress,
                       precision=args.precision,
-                      channels_last=None if args.channels_last == "auto" else args.channels_last == "on",
+                      channels_last=CHANNELS_LAST_CHOICES[args.channels_last],
                       checkpoint=out / CHECKPOINT_NAME, resume=args.resume)
     model.cpu()
     after = model_stats(model, test_loader, example)

@@ -20,6 +20,8 @@ from ..checks import arg_error, check_callable, check_choice, check_int, check_m
 from .checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint, setting_differences
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# The command lines' --channels-last: auto (on CUDA) / on / off, as train's channels_last argument.
+CHANNELS_LAST_CHOICES = {"auto": None, "on": True, "off": False}
 
 
 def train(model: nn.Module, loader, *, epochs: int, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
