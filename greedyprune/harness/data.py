@@ -149,19 +149,22 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
     if shard is None:
         shard = distributed.active()
     world, rank = (distributed.world_size(), distributed.rank()) if shard else (1, 0)
-    augmented = _augmented_base(dataset)
-    keyed = dataset = _PerSampleAugmentation(dataset, augmented) if augmented is not None else dataset
+    base = _augmented_base(dataset)
+    augmentation = None if base is None else _PerSampleAugmentation(dataset, base)
+    if augmentation is not None:
+        dataset = augmentation
     # one process shuffles with GlobalBatches too: the same permutation as any number of processes
     batches = GlobalBatches(len(dataset), batch_size, seed=seed, world=world, rank=rank,
                             drop_last=drop_last) if shuffle else None
     if not shuffle and world > 1:
         dataset = Subset(dataset, range(rank, len(dataset), world))
         batch_size = -(-batch_size // world)
-    loader = _SeededLoader(dataset, batch_sampler=batches, batch_size=1 if batches else batch_size,
+    sampled = batches is not None  # the batch sampler then owns the batch size and drop_last
+    loader = _SeededLoader(dataset, batch_sampler=batches, batch_size=1 if sampled else batch_size,
                            generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
-                           drop_last=False if batches else drop_last)
+                           drop_last=False if sampled else drop_last)
     loader.sharded = world > 1
-    loader.augmentation = keyed if augmented is not None else None
+    loader.augmentation = augmentation
     return loader
 
 
