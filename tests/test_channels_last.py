@@ -84,10 +84,6 @@ def test_the_default_lays_out_convnets_on_cuda_only():
 @pytest.mark.parametrize("flag, value", [([], None), (["--channels-last", "auto"], None), (["--channels-last", "on"], True),
                                          (["--channels-last", "off"], False)])
 def test_the_prune_flag_reaches_the_config(flag, value):
-    import argparse
-
-    from greedyprune.greedy import commands
-    parser = argparse.ArgumentParser()
-    commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["prune", "--model", "cnn", *flag])
-    assert commands.prune_config(args).channels_last is value
+    from greedyprune.cli import build_parser
+    from greedyprune.greedy.commands import prune_config
+    assert prune_config(build_parser().parse_args(["prune", "--model", "cnn", *flag])).channels_last is value

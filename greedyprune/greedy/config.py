@@ -68,7 +68,7 @@ class PruneConfig:
         speed; the Gram pass, the export and BN re-estimation stay float32 (precision.py).
     channels_last: every forward of the run (Gram passes, candidates, probes, BN re-estimation)
         with the convolutions' weights in NHWC layout, so activations flow channels-last, as
-        GPUs' tensor-core convolutions want them (precision.py, `memory_layout`). None: on a CUDA
+        GPUs' tensor-core convolutions want them (precision.py, `lay_out`). None: on a CUDA
         device for a model with 2-D convolutions. The model is contiguous again afterwards.
     """
 

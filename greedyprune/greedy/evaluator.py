@@ -156,11 +156,8 @@ class SuffixEvaluator:
         r, images = None, 0
         for i in self._step_indices():
             engine = self._engine(i)
-            # autocast forwards give 16-bit activations and gradients: the scores sum in float32
-            part = sum(ops.taylor_scores(act.float(), grad.float(), a32, 0).r.to(torch.float64)
-                       if act.dtype in (torch.float16, torch.bfloat16) else
-                       ops.taylor_scores(act, grad, a32.to(act.dtype), 0).r.to(torch.float64)
-                       for act, grad in engine.taylor_inputs(a32 * self.channels)) * engine.batch
+            inputs = engine.taylor_inputs(a32 * self.channels)
+            part = sum(_taylor_r(act, grad, a32) for act, grad in inputs) * engine.batch
             r = part if r is None else r + part
             images += engine.batch
         return distributed.all_reduce_sum(r) / distributed.sum_numbers(images)[0]
@@ -174,3 +171,10 @@ class SuffixEvaluator:
             gr = gr.masked_fill(exclude.to(gr.device), float("inf"))
             k = min(k, int((~exclude).sum()))
         return torch.sort(gr, stable=True).indices[:k]
+
+
+def _taylor_r(act: torch.Tensor, grad: torch.Tensor, a32: torch.Tensor) -> torch.Tensor:
+    """One reader's Taylor sums r (float64) in the activations' dtype, 16-bit ones (autocast
+    forwards) in float32."""
+    dtype = torch.float32 if act.dtype in (torch.float16, torch.bfloat16) else act.dtype
+    return ops.taylor_scores(act.to(dtype), grad.to(dtype), a32.to(dtype), 0).r.to(torch.float64)

@@ -126,8 +126,8 @@ def sap_command(args: argparse.Namespace) -> int:
     check_global_batch("--batch-size", config.batch_size, len(train_set))  # a global batch under torchrun
     prepare_output_dir(args.out, finished=MODEL_FILE, resume=args.resume, overwrite=args.overwrite)
     # without --weights, --seed's initialisation: what SAP rewinds to
-    model = resolve_model(args.model, args.data, without_weights="init", weights=args.weights, seed=config.seed)
-    model = model.to(device)
+    model = resolve_model(args.model, args.data, without_weights="init", weights=args.weights,
+                          seed=config.seed).to(device)
     distributed.check_same_inputs(model, train_set)
     result = run_sap(model, train_set, test_set, config,
                      out_dir=args.out, resume=args.resume, progress=not args.no_progress, recipe=ran)
